@@ -1,0 +1,32 @@
+# orchd: `make run` (quick start) and `make test` (the whole suite) work on a fresh machine.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test lint clean venv
+
+venv: $(STAMP)
+
+# Installs the newest allowed version of every dependency, so a release that breaks us shows up here.
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || { \
+	  echo "make: cannot create a virtualenv: install python3-venv (apt-get install python3-venv)" >&2; exit 1; }
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet --upgrade --upgrade-strategy eager -e '.[dev]'
+	@touch $@
+
+run: $(STAMP)
+	@mkdir -p .state
+	$(BIN)/orchd up --config etc/orchd/quickstart.toml
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check orchd tests
+	$(BIN)/ruff format --check orchd tests
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) .state build dist *.egg-info

@@ -1,0 +1,130 @@
+"""The daemons' entry points: ``orchd-scheduler``, ``orchd-worker`` and ``orchd up`` (both at once)."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import click
+
+from orchd import __version__
+from orchd.cli.common import config_option, friendly, load
+from orchd.config import Config
+from orchd.errors import ConfigError
+from orchd.logging import configure, get_logger
+from orchd.runtime import Signals, open_store
+from orchd.scheduler.daemon import Scheduler
+from orchd.worker.daemon import Worker
+
+log = get_logger("orchd")
+
+
+def _configured(config_path: Path | None) -> Config:
+    config = load(config_path)
+    configure(config.logging.level, config.logging.format)
+    return config
+
+
+def _reloader(signals: Signals, config_path: Path | None) -> object:
+    """Returns the new config after SIGHUP, or None; a broken new config is logged and ignored."""
+
+    def reload() -> Config | None:
+        if not signals.reload.is_set():
+            return None
+        signals.reload.clear()
+        try:
+            config = load(config_path)
+        except ConfigError as exc:
+            log.error("reload refused: keeping the running config", error=str(exc))
+            return None
+        log.info("config reloaded", path=str(config.path))
+        return config
+
+    return reload
+
+
+@click.command("orchd-scheduler")
+@config_option
+@click.option("--once", is_flag=True, help="Run exactly one tick and exit.")
+@click.version_option(__version__, prog_name="orchd-scheduler")
+@friendly
+def scheduler_main(config_path: Path | None, once: bool) -> None:
+    """Materialize scheduled runs of deployments into the queue and reap dead workers' runs."""
+    config = _configured(config_path)
+    signals = Signals().install()
+    store = open_store(config, "scheduler", signals.stop.is_set)
+    if store is None:
+        return
+    scheduler = Scheduler(config, store)
+    if once:
+        scheduler.sync()
+        report = scheduler.tick()
+        click.echo(
+            f"tick: {report.schedules} schedules, {report.created} runs created, {report.crashed} reaped"
+        )
+        return
+    log.info("scheduler started", version=__version__)
+    scheduler.run(signals.stop, _reloader(signals, config_path))  # type: ignore[arg-type]
+    log.info("scheduler stopped")
+
+
+@click.command("orchd-worker")
+@config_option
+@click.option("--pool", "pools", multiple=True, help="Pool to serve (repeatable; default: worker.pools).")
+@click.option(
+    "--concurrency", type=click.IntRange(1, 10_000), help="Runs at once (default: worker.concurrency)."
+)
+@click.option("--name", help="Worker name (default: worker.name or HOSTNAME-PID).")
+@click.option("--burst", is_flag=True, help="Run what is due now, then exit.")
+@click.version_option(__version__, prog_name="orchd-worker")
+@friendly
+def worker_main(
+    config_path: Path | None, pools: tuple[str, ...], concurrency: int | None, name: str | None, burst: bool
+) -> None:
+    """Claim due runs of the given pools and execute them as child processes."""
+    config = _configured(config_path)
+    signals = Signals().install()
+    store = open_store(config, "worker", signals.stop.is_set)
+    if store is None:
+        return
+    worker = Worker(
+        config,
+        store,
+        list(pools or config.worker.pools),
+        concurrency or config.worker.concurrency,
+        name or "",
+        burst,
+    )
+    worker.run(signals.stop)
+
+
+@click.command("up")
+@config_option
+@friendly
+def up(config_path: Path | None) -> None:
+    """Scheduler and one worker together in the foreground: the quick start.
+
+    \b
+    Example:
+      orchd up --config etc/orchd/quickstart.toml
+    Stop it with Ctrl-C.
+    """
+    config = _configured(config_path)
+    signals = Signals().install()
+    store = open_store(config, "scheduler", signals.stop.is_set)
+    if store is None:
+        return
+    worker_store = open_store(config, "worker", signals.stop.is_set)
+    assert worker_store is not None
+    scheduler = Scheduler(config, store)
+    thread = threading.Thread(
+        target=scheduler.run,
+        args=(signals.stop, _reloader(signals, config_path)),
+        name="scheduler",
+        daemon=True,
+    )
+    thread.start()
+    log.info("orchd up: scheduler and worker running; Ctrl-C stops both", database=config.database.url)
+    Worker(config, worker_store, list(config.worker.pools), config.worker.concurrency).run(signals.stop)
+    thread.join(timeout=10)
+    log.info("orchd stopped")

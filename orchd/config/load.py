@@ -1,0 +1,308 @@
+"""Reading orchd.toml (+ deployments.d/*.toml), environment overrides, defaults and validation.
+
+Precedence: command-line flag > environment (ORCHD_<SECTION>_<KEY>) > file > default.  Every
+error is a ConfigError whose one-line message names the file, the line when it can be found,
+the key, and what was expected, so a person can fix it without reading a traceback.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from orchd.config.model import ARRAYS, NAME_PATTERN, SECTIONS, Config, DeploymentConfig, PoolConfig
+from orchd.errors import ConfigError
+from orchd.schedules import parse_schedule
+
+DEFAULT_PATH = Path("/etc/orchd/orchd.toml")
+SYSTEM_STATE_DIR = Path("/var/lib/orchd")
+CREDENTIAL_NAME = "database-url"
+
+
+def default_config_path(env: Mapping[str, str]) -> Path:
+    return Path(env.get("ORCHD_CONFIG") or DEFAULT_PATH)
+
+
+def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Config:
+    """Load and validate the configuration.
+
+    ``path`` None means ``$ORCHD_CONFIG`` or /etc/orchd/orchd.toml; a missing default file is
+    an empty configuration (everything defaulted), a missing explicit file is an error.
+    """
+    env = os.environ if env is None else env
+    explicit = path is not None or bool(env.get("ORCHD_CONFIG"))
+    cfg_path = Path(path) if path is not None else default_config_path(env)
+    documents: list[_Document] = []
+    if cfg_path.exists() or explicit:
+        documents.append(_Document.read(cfg_path))
+        drop_in = cfg_path.parent / "deployments.d"
+        if drop_in.is_dir():
+            documents.extend(_Document.read(p) for p in sorted(drop_in.glob("*.toml")))
+    return _build(cfg_path if documents else None, documents, env)
+
+
+class _Document:
+    """One parsed TOML file, remembering its text so keys can be traced back to a line."""
+
+    def __init__(self, path: Path, text: str, data: dict[str, Any]) -> None:
+        self.path, self.text, self.data = path, text, data
+        self.lines = text.splitlines()
+
+    @classmethod
+    def read(cls, path: Path) -> _Document:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: config file not found") from None
+        except PermissionError:
+            raise ConfigError(f"{path}: permission denied reading the config file") from None
+        except IsADirectoryError:
+            raise ConfigError(f"{path}: is a directory, expected a TOML file") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+        return cls(path, text, data)
+
+    def where(self, table: str, key: str | None, index: int = 0) -> str:
+        """``file:line`` of ``key`` inside ``[table]`` (the index-th ``[[table]]``), best effort."""
+        header = re.compile(rf"^\s*\[\[?\s*{re.escape(table)}\s*\]\]?\s*(#.*)?$")
+        start, seen = None, -1
+        for number, line in enumerate(self.lines):
+            if header.match(line):
+                seen += 1
+                if seen == index:
+                    start = number
+                    break
+        if start is None:
+            # dotted keys or inline tables: look for the key anywhere
+            start = -1
+        if key is not None:
+            pattern = re.compile(rf"^\s*(?:{re.escape(table)}\.)?[\"']?{re.escape(key)}[\"']?\s*=")
+            inline = re.compile(rf"[{{,]\s*[\"']?{re.escape(key)}[\"']?\s*=")
+            for number in range(start + 1, len(self.lines)):
+                line = self.lines[number]
+                if number > start + 1 and header.match(line) is None and re.match(r"^\s*\[", line):
+                    break
+                if pattern.match(line) or inline.search(line):
+                    return f"{self.path}:{number + 1}"
+        return f"{self.path}:{start + 1}" if start >= 0 else str(self.path)
+
+
+def _unknown(key: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    hint = f" (did you mean {close[0]!r}?)" if close else f" (expected one of: {', '.join(known)})"
+    return f"unknown key{hint}"
+
+
+def _parse_fields(
+    cls: type,
+    raw: Mapping[str, Any],
+    locate: Any,
+    label: str,
+    sources: dict[str, str],
+    origin: Mapping[str, str],
+) -> dict[str, Any]:
+    """Validate ``raw`` against the fields of ``cls``; ``locate(key)`` names where a key was written."""
+    fields = {fd.name: fd for fd in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in fields:
+            raise ConfigError(f"{locate(key)}: {label}.{key}: {_unknown(key, list(fields))}")
+    values: dict[str, Any] = {}
+    for name, fd in fields.items():
+        if name in raw:
+            value = raw[name]
+            sources[f"{label}.{name}"] = origin.get(name) or locate(name)
+        else:
+            value = fd.default_factory() if fd.default_factory is not dataclasses.MISSING else fd.default
+            sources.setdefault(f"{label}.{name}", "default")
+        try:
+            values[name] = fd.metadata["parser"](value)
+        except ValueError as exc:
+            raise ConfigError(f"{locate(name)}: {label}.{name}: {exc}") from None
+    return values
+
+
+_ENV_KEY = re.compile(r"^ORCHD_(DATABASE|SCHEDULER|WORKER|LOGGING)_([A-Z0-9_]+)$")
+
+
+def _env_overrides(env: Mapping[str, str]) -> dict[str, dict[str, tuple[Any, str]]]:
+    """ORCHD_<SECTION>_<KEY>=value; the value is read as a TOML literal when it is one (8, true)."""
+    found: dict[str, dict[str, tuple[Any, str]]] = {}
+    for var, text in env.items():
+        match = _ENV_KEY.match(var)
+        if not match:
+            continue
+        section, key = match.group(1).lower(), match.group(2).lower()
+        try:
+            value: Any = tomllib.loads(f"v = {text}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = text
+        found.setdefault(section, {})[key] = (value, f"environment {var}")
+    return found
+
+
+def _build(path: Path | None, documents: list[_Document], env: Mapping[str, str]) -> Config:
+    sources: dict[str, str] = {}
+    merged: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
+    locators: dict[str, Any] = {}
+    pools: list[PoolConfig] = []
+    deployments: list[DeploymentConfig] = []
+    for doc in documents:
+        for top, body in doc.data.items():
+            if top in SECTIONS:
+                if not isinstance(body, dict):
+                    raise ConfigError(f"{doc.where(top, None)}: {top}: expected a [{top}] table")
+                merged[top].update(body)
+                for key in body:
+                    locators[f"{top}.{key}"] = doc
+            elif top in ARRAYS:
+                if not isinstance(body, list) or not all(isinstance(item, dict) for item in body):
+                    raise ConfigError(f"{doc.where(top, None)}: {top}: expected [[{top}]] tables")
+                for index, item in enumerate(body):
+                    if top == "pools":
+                        pools.append(_pool(doc, index, item, sources))
+                    else:
+                        deployments.append(_deployment(doc, index, item, sources))
+            else:
+                known = [*SECTIONS, *ARRAYS]
+                raise ConfigError(f"{doc.where(top, None)}: {top}: {_unknown(top, known)}")
+
+    overrides = _env_overrides(env)
+    sections: dict[str, Any] = {}
+    for name, cls in SECTIONS.items():
+        env_values = overrides.get(name, {})
+        raw = {**merged[name], **{k: v for k, (v, _) in env_values.items()}}
+        origin = {k: src for k, (_, src) in env_values.items()}
+
+        def locate(key: str, name: str = name, origin: Mapping[str, str] = origin) -> str:
+            if key in origin:
+                return origin[key]
+            doc = locators.get(f"{name}.{key}")
+            return doc.where(name, key) if doc else (str(path) if path else "config")
+
+        sections[name] = cls(**_parse_fields(cls, raw, locate, name, sources, origin))
+
+    _check_unique("pools", [p.name for p in pools], path)
+    _check_unique("deployments", [d.name for d in deployments], path)
+    state_dir = _state_dir(env)
+    database = sections["database"]
+    url = _resolve_url(database.url, database.url_file, state_dir, env, sources)
+    sections["database"] = dataclasses.replace(database, url=url)
+    return Config(
+        path=path,
+        state_dir=state_dir,
+        pools=tuple(pools),
+        deployments=tuple(deployments),
+        sources=sources,
+        **sections,
+    )
+
+
+def _check_unique(kind: str, names: list[str], path: Path | None) -> None:
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise ConfigError(f"{path}: {kind}: {name!r} is defined twice")
+        seen.add(name)
+
+
+def _named(doc: _Document, table: str, index: int, item: Mapping[str, Any]) -> str:
+    name = item.get("name")
+    if not isinstance(name, str) or not re.fullmatch(NAME_PATTERN, name):
+        got = "nothing" if name is None else repr(name)
+        raise ConfigError(
+            f"{doc.where(table, 'name', index)}: {table}[{index}].name: "
+            f"expected a name of letters, digits, '.', '_', '-', got {got}"
+        )
+    return name
+
+
+def _pool(doc: _Document, index: int, item: Mapping[str, Any], sources: dict[str, str]) -> PoolConfig:
+    name = _named(doc, "pools", index, item)
+    values = _parse_fields(
+        PoolConfig, item, lambda key: doc.where("pools", key, index), f"pools.{name}", sources, {}
+    )
+    return PoolConfig(**values)
+
+
+def _deployment(
+    doc: _Document, index: int, item: Mapping[str, Any], sources: dict[str, str]
+) -> DeploymentConfig:
+    name = _named(doc, "deployments", index, item)
+    label = f"deployments.{name}"
+
+    def locate(key: str) -> str:
+        return doc.where("deployments", key, index)
+
+    values = _parse_fields(DeploymentConfig, item, locate, label, sources, {})
+    if not values["command"]:
+        raise ConfigError(f'{locate("name")}: {label}.command: required (an argv list such as ["/bin/true"])')
+    if not re.fullmatch(NAME_PATTERN, values["pool"]):
+        raise ConfigError(f"{locate('pool')}: {label}.pool: expected a pool name, got {values['pool']!r}")
+    raw_schedules = item.get("schedules", [])
+    if not isinstance(raw_schedules, list) or not all(isinstance(s, dict) for s in raw_schedules):
+        raise ConfigError(f"{locate('schedules')}: {label}.schedules: expected a list of tables")
+    specs = []
+    for position, raw in enumerate(raw_schedules):
+        try:
+            specs.append(parse_schedule(raw))
+        except ValueError as exc:
+            raise ConfigError(f"{locate('schedules')}: {label}.schedules[{position}].{exc}") from None
+    keys = [s.key for s in specs]
+    if len(set(keys)) != len(keys):
+        raise ConfigError(f"{locate('schedules')}: {label}.schedules: the same schedule is listed twice")
+    values["schedules"] = specs
+    return DeploymentConfig(**values)
+
+
+def _state_dir(env: Mapping[str, str]) -> Path:
+    """/var/lib/orchd when this process may write there (root, or the orchd user), else XDG data."""
+    if env.get("ORCHD_STATE_DIR"):
+        return Path(env["ORCHD_STATE_DIR"])
+    if env.get("STATE_DIRECTORY"):  # systemd StateDirectory=
+        return Path(env["STATE_DIRECTORY"].split(":")[0])
+    if os.access(SYSTEM_STATE_DIR, os.W_OK) or (
+        not SYSTEM_STATE_DIR.exists() and os.access(SYSTEM_STATE_DIR.parent, os.W_OK)
+    ):
+        return SYSTEM_STATE_DIR
+    xdg = env.get("XDG_DATA_HOME") or str(Path(env.get("HOME", "~")).expanduser() / ".local" / "share")
+    return Path(xdg) / "orchd"
+
+
+def _resolve_url(
+    url: str,
+    url_file: str,
+    state_dir: Path,
+    env: Mapping[str, str],
+    sources: dict[str, str],
+) -> str:
+    """The effective database URL: url, else url_file, else a systemd credential, else SQLite."""
+    if url:
+        return url
+    candidates = []
+    if url_file:
+        candidates.append((Path(url_file), sources.get("database.url_file", "database.url_file")))
+    elif env.get("CREDENTIALS_DIRECTORY"):
+        cred = Path(env["CREDENTIALS_DIRECTORY"]) / CREDENTIAL_NAME
+        if cred.exists():
+            candidates.append((cred, f"credential {CREDENTIAL_NAME}"))
+    for file, origin in candidates:
+        try:
+            value = file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"{origin}: database.url_file: cannot read {file}: {exc.strerror}") from None
+        if not value:
+            raise ConfigError(f"{origin}: database.url_file: {file} is empty")
+        sources["database.url"] = f"file {file}"
+        return value
+    sources["database.url"] = "default"
+    return f"sqlite:///{state_dir / 'orchd.db'}"

@@ -1,0 +1,143 @@
+"""The typed configuration: one frozen dataclass per section, every key with a default and a doc."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from orchd.config import fields as f
+from orchd.schedules import ScheduleSpec
+
+NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}"
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    url: str = f.setting(
+        "",
+        f.text,
+        "SQLAlchemy URL: sqlite:///PATH or postgresql+psycopg://USER@HOST/DB. "
+        "Empty: SQLite file orchd.db in /var/lib/orchd when writable, else $XDG_DATA_HOME/orchd.",
+    )
+    url_file: str = f.setting(
+        "", f.text, "Read the URL from this file instead (keeps a password out of orchd.toml)."
+    )
+    migrate_on_start: bool = f.setting(
+        True, f.boolean, "Apply pending schema migrations when a daemon starts."
+    )
+    pool_size: int = f.setting(5, f.integer(1), "Connections kept per process (PostgreSQL).")
+    connect_timeout: float = f.setting("10s", f.duration, "How long one connection attempt may take.")
+    busy_timeout: float = f.setting("5s", f.duration, "SQLite: how long a writer waits for the lock.")
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    loop_interval: float = f.setting("1s", f.duration, "Time between two scheduler ticks.")
+    horizon: float = f.setting("10m", f.duration, "How far ahead runs are materialized.")
+    max_scheduled_runs: int = f.setting(100, f.integer(1), "At most this many future runs per schedule.")
+    catchup: str = f.setting(
+        "latest",
+        f.choice("none", "latest", "all"),
+        "Default for deployments: after downtime run none, the latest, or all missed fire times.",
+    )
+    catchup_limit: int = f.setting(100, f.integer(1), 'Cap on missed runs materialized by catchup = "all".')
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    pools: list[str] = f.setting(["default"], f.string_list, "Pools served when --pool is not given.")
+    concurrency: int = f.setting(4, f.integer(1), "Runs executed at once by one worker.")
+    name: str = f.setting("", f.text, "Worker name; empty: HOSTNAME-PID.")
+    heartbeat: float = f.setting("10s", f.duration, "How often a worker extends its leases.")
+    lease_timeout: float = f.setting(
+        "60s", f.duration, "A run whose lease is not extended for this long is CRASHED and retried."
+    )
+    poll_interval: float = f.setting("5s", f.duration, "Longest sleep between two looks at the queue.")
+    shutdown_grace: float = f.setting(
+        "30s",
+        f.duration,
+        "On SIGTERM, how long running runs may finish before they are killed and re-queued.",
+    )
+    kill_grace: float = f.setting("10s", f.duration, "Between SIGTERM and SIGKILL of a run's process group.")
+    log_max_bytes: int = f.setting(
+        1_000_000, f.integer(1024), "Output kept per run (head and tail); the rest is counted and dropped."
+    )
+    work_dir: str = f.setting("", f.text, "Working directory of runs without working_dir; empty: state dir.")
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    level: str = f.setting("info", f.choice(*LOG_LEVELS), "Least severe level written.")
+    format: str = f.setting(
+        "auto",
+        f.choice("auto", "console", "json", "journald"),
+        "auto: journald under systemd, console on a terminal, else key=value lines.",
+    )
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    name: str = f.setting("", f.text, "Pool name (workers serve pools by name).")
+    concurrency_limit: int | None = f.setting(
+        0, f.optional_integer(1), "Runs of this pool active at once across all workers; 0 = no limit."
+    )
+    paused: bool = f.setting(False, f.boolean, "A paused pool's runs are not claimed.")
+
+
+@dataclass(frozen=True)
+class DeploymentConfig:
+    name: str = f.setting("", f.text, "Unique name; renaming creates a new deployment.")
+    description: str = f.setting("", f.text, "Free text shown by the CLI.")
+    pool: str = f.setting("default", f.text, "Pool whose workers execute the runs.")
+    command: list[str] = f.setting([], f.argv, "argv list executed without a shell.")
+    parameters: dict[str, Any] = f.setting(
+        {}, f.table, "Default parameters, passed as JSON in ORCHD_PARAMETERS."
+    )
+    env: dict[str, str] = f.setting({}, f.string_table, "Extra environment variables for the run.")
+    working_dir: str = f.setting("", f.text, "Working directory of the run; empty: worker.work_dir.")
+    timeout: float | None = f.setting(
+        "", f.optional_duration, "Kill the run (TIMED_OUT) after this long; empty: no limit."
+    )
+    retries: int = f.setting(0, f.integer(0), "Extra attempts after FAILED, TIMED_OUT or CRASHED.")
+    retry_delay: float = f.setting("10s", f.duration, "Delay before the first retry.")
+    retry_backoff: float = f.setting(2.0, f.number(1.0), "Each further retry waits this factor longer.")
+    catchup: str = f.setting(
+        "", f.choice("", "none", "latest", "all"), "Overrides scheduler.catchup for this deployment."
+    )
+    priority: int = f.setting(0, f.integer(-1000), "Higher runs are claimed first within a pool.")
+    tags: list[str] = f.setting([], f.string_list, "Labels for filtering.")
+    schedules: list[ScheduleSpec] = f.setting(
+        [],
+        f.raw,
+        "List of {cron=..., timezone=...} | {interval=...} | {at=...}, each with active, parameters.",
+    )
+
+
+@dataclass(frozen=True)
+class Config:
+    """The effective configuration.  ``sources`` says where each "section.key" came from."""
+
+    path: Path | None
+    state_dir: Path
+    database: DatabaseConfig = field(default_factory=DatabaseConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    worker: WorkerConfig = field(default_factory=WorkerConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    pools: tuple[PoolConfig, ...] = ()
+    deployments: tuple[DeploymentConfig, ...] = ()
+    sources: Mapping[str, str] = field(default_factory=dict)
+
+    def deployment(self, name: str) -> DeploymentConfig | None:
+        return next((d for d in self.deployments if d.name == name), None)
+
+
+SECTIONS: dict[str, type] = {
+    "database": DatabaseConfig,
+    "scheduler": SchedulerConfig,
+    "worker": WorkerConfig,
+    "logging": LoggingConfig,
+}
+ARRAYS: dict[str, type] = {"pools": PoolConfig, "deployments": DeploymentConfig}

@@ -1,0 +1,69 @@
+"""The documented configuration file, rendered from the key declarations themselves so that the
+shipped etc/orchd/orchd.toml (checked by a test) and `orchd config init` can never drift from
+what the loader accepts."""
+
+from __future__ import annotations
+
+import dataclasses
+import textwrap
+
+import tomli_w
+
+from orchd.config.model import SECTIONS
+
+HEADER = """\
+# /etc/orchd/orchd.toml: read by orchd-scheduler, every orchd-worker and the orchd CLI.
+#
+# Every key is shown with its default.  Precedence: command-line flag > environment
+# (ORCHD_<SECTION>_<KEY>, e.g. ORCHD_DATABASE_URL) > this file > default.
+# Deployments may also live in deployments.d/*.toml beside this file.
+# Durations are strings such as "500ms", "30s", "5m", "2h", "7d".
+# Check it with: orchd config validate
+"""
+
+EXAMPLES = """\
+# Pools group workers: `orchd-worker --pool NAME` serves one.  Pools used by deployments are
+# created automatically; declare one to limit or pause it.
+#
+# [[pools]]
+# name = "default"
+# concurrency_limit = 0      # runs of this pool active at once across all workers; 0 = no limit
+# paused = false
+
+# A deployment is a command plus when to run it.  Nothing runs until you add one.
+#
+# [[deployments]]
+# name = "nightly-backup"
+# description = "Dump the database to /srv/backup."
+# pool = "default"
+# command = ["/usr/local/bin/backup", "--full"]   # argv list, run without a shell
+# parameters = { target = "/srv/backup" }          # JSON in $ORCHD_PARAMETERS
+# env = { PGHOST = "db1" }
+# working_dir = "/srv/backup"
+# timeout = "2h"               # then SIGTERM, SIGKILL after worker.kill_grace: TIMED_OUT
+# retries = 2                  # extra attempts after FAILED, TIMED_OUT or CRASHED
+# retry_delay = "1m"
+# retry_backoff = 2.0
+# catchup = "latest"           # after downtime: none | latest | all (default: scheduler.catchup)
+# priority = 0                 # higher is claimed first within the pool
+# tags = ["backup"]
+# schedules = [
+#   { cron = "30 2 * * *", timezone = "Europe/Berlin" },   # crontab(5) semantics
+#   { interval = "15m" },                                  # at :00, :15, :30, :45 (epoch-anchored)
+#   { at = 2026-12-24T18:00:00, timezone = "Europe/Berlin", parameters = { target = "/srv/xmas" } },
+# ]
+"""
+
+
+def render() -> str:
+    parts = [HEADER]
+    for name, cls in SECTIONS.items():
+        parts.append(f"\n[{name}]")
+        for fd in dataclasses.fields(cls):
+            default = fd.default_factory() if fd.default_factory is not dataclasses.MISSING else fd.default
+            for line in textwrap.wrap(fd.metadata["doc"], 96):
+                parts.append(f"# {line}")
+            parts.append(tomli_w.dumps({fd.name: default}).rstrip())
+    parts.append("")
+    parts.append(EXAMPLES)
+    return "\n".join(parts)

@@ -1,0 +1,140 @@
+"""Engines for the two supported databases, set up so the rest of orchd need not care which.
+
+SQLite (one host): WAL, a busy timeout, foreign keys, and every write transaction opened with
+``BEGIN IMMEDIATE`` so the write lock is taken up front instead of failing half-way with
+"database is locked".  Read-only work asks for a deferred BEGIN with ``READ_ONLY``.
+PostgreSQL (many hosts): psycopg 3, pre-pinged pooled connections.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.pool import NullPool
+
+from orchd.config import DatabaseConfig
+from orchd.errors import ConfigError, DatabaseUnavailable
+
+#: Execution option for transactions that only read (SQLite: plain deferred BEGIN).
+READ_ONLY = {"orchd_read_only": True}
+
+
+def parse_url(raw: str) -> URL:
+    try:
+        url = make_url(raw)
+    except ArgumentError:
+        raise ConfigError(f"database.url: not a database URL: {mask(raw)!r}") from None
+    backend = url.get_backend_name()
+    if backend == "postgresql":
+        return url.set(drivername="postgresql+psycopg")
+    if backend == "sqlite":
+        return url
+    raise ConfigError(
+        f"database.url: unsupported database {backend!r} (expected sqlite:///PATH or postgresql://...)"
+    )
+
+
+def mask(raw: str | URL) -> str:
+    """The URL with any password replaced by ***, safe to print and log."""
+    try:
+        url = raw if isinstance(raw, URL) else make_url(raw)
+    except ArgumentError:
+        return "<unparsable URL>"
+    return url.render_as_string(hide_password=True)
+
+
+def describe(url: URL) -> str:
+    """Where the database is, for error messages: host:port/db or the SQLite path."""
+    if url.get_backend_name() == "sqlite":
+        return f"SQLite database {url.database}"
+    return f"PostgreSQL at {url.host or 'localhost'}:{url.port or 5432}/{url.database or ''}"
+
+
+def make_engine(db: DatabaseConfig, *, pooled: bool = True) -> Engine:
+    url = parse_url(db.url)
+    if url.get_backend_name() == "sqlite":
+        return _sqlite_engine(url, db)
+    kwargs: dict[str, Any] = {"pool_pre_ping": True, "pool_size": db.pool_size, "max_overflow": db.pool_size}
+    if not pooled:
+        kwargs = {"poolclass": NullPool}
+    return create_engine(
+        url,
+        connect_args={"connect_timeout": max(1, int(db.connect_timeout)), "application_name": "orchd"},
+        **kwargs,
+    )
+
+
+def _sqlite_engine(url: URL, db: DatabaseConfig) -> Engine:
+    if url.database and url.database != ":memory:":
+        Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(
+        url,
+        connect_args={"timeout": db.busy_timeout, "check_same_thread": False},
+        pool_size=1,
+        max_overflow=0,
+    )
+    busy_ms = int(db.busy_timeout * 1000)
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # SQLAlchemy issues BEGIN itself (below)
+        cursor = dbapi_conn.cursor()
+        for pragma in (
+            "journal_mode=WAL",
+            f"busy_timeout={busy_ms}",
+            "synchronous=NORMAL",
+            "foreign_keys=ON",
+        ):
+            cursor.execute(f"PRAGMA {pragma}")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        read_only = conn.get_execution_options().get("orchd_read_only")
+        conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+
+    return engine
+
+
+def ping(engine: Engine) -> str:
+    """Connect and return the server version; raise DatabaseUnavailable with a clear reason."""
+    try:
+        with engine.connect() as conn:
+            if engine.dialect.name == "sqlite":
+                return "SQLite " + str(conn.exec_driver_sql("select sqlite_version()").scalar())
+            return str(conn.execute(text("show server_version")).scalar()).split()[0]
+    except OperationalError as exc:
+        raise DatabaseUnavailable(f"cannot reach {describe(engine.url)}: {_reason(exc)}") from None
+
+
+def _reason(exc: OperationalError) -> str:
+    lines = [ln.strip() for ln in str(exc.orig).splitlines() if ln.strip()]
+    return lines[-1] if lines else exc.__class__.__name__
+
+
+def wait_for_database(
+    engine: Engine,
+    *,
+    should_stop: Callable[[], bool],
+    on_wait: Callable[[str, float], None],
+    max_delay: float = 30.0,
+) -> bool:
+    """Ping with exponential backoff until the database answers; False if told to stop first."""
+    delay = 0.5
+    while not should_stop():
+        try:
+            ping(engine)
+            return True
+        except DatabaseUnavailable as exc:
+            on_wait(str(exc), delay)
+            deadline = time.monotonic() + delay
+            while time.monotonic() < deadline and not should_stop():
+                time.sleep(min(0.1, delay))
+            delay = min(delay * 2, max_delay)
+    return False

@@ -1,0 +1,195 @@
+"""The data model (SQLAlchemy Core).  Alembic revisions under migrations/ create it; a test keeps
+the two identical.
+
+``runs`` is the work queue.  ``scheduled_for`` is the nominal fire time and never changes (it is
+part of the idempotency key); ``due_at`` is when the run may next be claimed and moves forward on
+a retry.  The unique key uses the deployment id, which is stable because deployments are matched
+by name and never deleted, and the schedule *key* (a hash of its definition), never a schedule
+row id.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    text,
+)
+
+from orchd.db.types import BigID, UTCDateTime
+
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+metadata = MetaData(naming_convention=NAMING)
+ACTIVE_STATES_SQL = "state IN ('PENDING', 'RUNNING', 'CANCELLING')"
+
+deployments = Table(
+    "deployments",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(128), nullable=False, unique=True),
+    Column("pool", String(128), nullable=False),
+    Column("spec", JSON, nullable=False),
+    Column("priority", Integer, nullable=False, server_default="0"),
+    Column("paused", Boolean, nullable=False, server_default=text("false")),
+    Column("archived_at", UTCDateTime),
+    Column("config_hash", String(64), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+
+schedules = Table(
+    "schedules",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("deployment_id", Integer, ForeignKey("deployments.id", ondelete="CASCADE"), nullable=False),
+    Column("key", String(64), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("expr", Text, nullable=False),
+    Column("timezone", String(64), nullable=False),
+    Column("anchor", UTCDateTime),
+    Column("parameters", JSON, nullable=False),
+    Column("active", Boolean, nullable=False),
+    Column("archived_at", UTCDateTime),
+    # Materialization cursor: the earliest fire time not yet turned into a run.
+    Column("next_fire_at", UTCDateTime),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    UniqueConstraint("deployment_id", "key"),
+    Index(
+        "ix_schedules_due",
+        "next_fire_at",
+        sqlite_where=text("active AND archived_at IS NULL"),
+        postgresql_where=text("active AND archived_at IS NULL"),
+    ),
+)
+
+pools = Table(
+    "pools",
+    metadata,
+    Column("name", String(128), primary_key=True),
+    Column("concurrency_limit", Integer),
+    Column("paused", Boolean, nullable=False, server_default=text("false")),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+
+runs = Table(
+    "runs",
+    metadata,
+    Column("id", BigID, primary_key=True),
+    Column("deployment_id", Integer, ForeignKey("deployments.id", ondelete="CASCADE"), nullable=False),
+    Column("schedule_id", Integer, ForeignKey("schedules.id", ondelete="SET NULL")),
+    Column("schedule_key", String(64)),
+    Column("pool", String(128), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("priority", Integer, nullable=False, server_default="0"),
+    Column("scheduled_for", UTCDateTime, nullable=False),
+    Column("due_at", UTCDateTime, nullable=False),
+    Column("attempt", Integer, nullable=False, server_default="1"),
+    Column("max_attempts", Integer, nullable=False, server_default="1"),
+    Column("parameters", JSON, nullable=False),
+    Column("worker", String(255)),
+    Column("pid", Integer),
+    Column("lease_expires_at", UTCDateTime),
+    Column("claimed_at", UTCDateTime),
+    Column("started_at", UTCDateTime),
+    Column("finished_at", UTCDateTime),
+    Column("exit_code", Integer),
+    Column("error", Text),
+    Column("result", JSON),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    UniqueConstraint("deployment_id", "schedule_key", "scheduled_for", name="uq_runs_schedule_time"),
+    Index(
+        "ix_runs_active_lease",
+        "lease_expires_at",
+        sqlite_where=text(ACTIVE_STATES_SQL),
+        postgresql_where=text(ACTIVE_STATES_SQL),
+    ),
+    Index(
+        "ix_runs_active_worker",
+        "worker",
+        sqlite_where=text(ACTIVE_STATES_SQL),
+        postgresql_where=text(ACTIVE_STATES_SQL),
+    ),
+    Index("ix_runs_deployment_scheduled", "deployment_id", "scheduled_for"),
+    Index("ix_runs_finished_at", "finished_at"),
+)
+
+# The claim index: due runs of a pool, highest priority first, oldest first; only SCHEDULED rows,
+# so it stays small however long the history grows.
+Index(
+    "ix_runs_due",
+    runs.c.pool,
+    runs.c.priority.desc(),
+    runs.c.due_at,
+    sqlite_where=text("state = 'SCHEDULED'"),
+    postgresql_where=text("state = 'SCHEDULED'"),
+)
+
+run_states = Table(
+    "run_states",
+    metadata,
+    Column("id", BigID, primary_key=True),
+    Column("run_id", BigID, ForeignKey("runs.id", ondelete="CASCADE"), nullable=False),
+    Column("from_state", String(16)),
+    Column("to_state", String(16), nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("at", UTCDateTime, nullable=False),
+    Column("actor", String(255)),
+    Column("reason", Text),
+    Index("ix_run_states_run", "run_id", "id"),
+)
+
+run_logs = Table(
+    "run_logs",
+    metadata,
+    Column("id", BigID, primary_key=True),
+    Column("run_id", BigID, ForeignKey("runs.id", ondelete="CASCADE"), nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("at", UTCDateTime, nullable=False),
+    Column("stream", String(8), nullable=False),
+    Column("line", Text, nullable=False),
+    Index("ix_run_logs_run", "run_id", "id"),
+)
+
+workers = Table(
+    "workers",
+    metadata,
+    Column("name", String(255), primary_key=True),
+    Column("host", String(255), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("pools", JSON, nullable=False),
+    Column("concurrency", Integer, nullable=False),
+    Column("running", Integer, nullable=False, server_default="0"),
+    Column("version", String(32), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("started_at", UTCDateTime, nullable=False),
+    Column("last_heartbeat", UTCDateTime, nullable=False),
+)
+
+schedulers = Table(
+    "schedulers",
+    metadata,
+    Column("name", String(255), primary_key=True),
+    Column("host", String(255), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("role", String(16), nullable=False),
+    Column("version", String(32), nullable=False),
+    Column("started_at", UTCDateTime, nullable=False),
+    Column("last_tick_at", UTCDateTime),
+)

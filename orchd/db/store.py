@@ -1,0 +1,675 @@
+"""The data-access layer: every query orchd runs, in one place, one SQL for both databases.
+
+Daemon loops and the CLI call these methods and hold no SQL of their own; state changes go
+through ``orchd.states`` so the guarded-UPDATE rule holds everywhere.  Each method is one short
+transaction (SQLite: one BEGIN IMMEDIATE; PostgreSQL: short enough not to hold back vacuum).
+
+Contracts
+---------
+claim
+    In one transaction pick up to ``limit`` due SCHEDULED runs of the given pools (not paused),
+    highest priority first then oldest ``due_at``, ``FOR UPDATE SKIP LOCKED`` on PostgreSQL (the
+    BEGIN IMMEDIATE write lock on SQLite), and move them to PENDING with the worker's name and a
+    lease.  A run is therefore handed to exactly one worker.
+heartbeat
+    One UPDATE extends the lease of every run the worker holds; the worker learns which of its
+    runs it still holds and which were asked to cancel.  A run it thinks it holds but which is
+    not returned was taken away (reaped) and must be stopped.
+reap
+    Runs whose lease expired (their worker died or lost the database for longer than the lease)
+    become CRASHED and are retried if attempts remain.  The lease is set at claim time, so a run
+    that never got a heartbeat is judged by its claim time and cannot escape.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, Engine, Row, and_, bindparam, delete, func, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from orchd import __version__
+from orchd.config import Config, DeploymentConfig
+from orchd.db.engine import READ_ONLY
+from orchd.db.schema import deployments, pools, run_logs, run_states, runs, schedulers, schedules, workers
+from orchd.retries import retry_delay
+from orchd.schedules import ScheduleSpec
+from orchd.states import ACTIVE, RETRYABLE, RunState, record_created, transition
+
+S = RunState
+_RUN_COLUMNS = (
+    runs.c.id,
+    deployments.c.name.label("deployment"),
+    runs.c.schedule_id,
+    runs.c.pool,
+    runs.c.state,
+    runs.c.attempt,
+    runs.c.max_attempts,
+    runs.c.priority,
+    runs.c.scheduled_for,
+    runs.c.due_at,
+    runs.c.started_at,
+    runs.c.finished_at,
+    runs.c.exit_code,
+    runs.c.worker,
+    runs.c.pid,
+    runs.c.parameters,
+    runs.c.error,
+    runs.c.result,
+)
+
+
+@dataclass(frozen=True)
+class ClaimedRun:
+    """What a worker needs to execute one claimed run."""
+
+    id: int
+    deployment: str
+    attempt: int
+    max_attempts: int
+    scheduled_for: datetime
+    parameters: Mapping[str, Any]
+    spec: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class DueSchedule:
+    id: int
+    deployment_id: int
+    deployment: str
+    spec: ScheduleSpec
+    next_fire_at: datetime
+    pool: str
+    priority: int
+    max_attempts: int
+    catchup: str
+    parameters: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Materialization:
+    """Runs to insert for one schedule and where its cursor moves next (None: exhausted)."""
+
+    schedule: DueSchedule
+    fire_times: Sequence[datetime]
+    next_fire_at: datetime | None
+
+
+@dataclass
+class SyncReport:
+    created: int = 0
+    updated: int = 0
+    archived: int = 0
+    schedules_added: int = 0
+    schedules_removed: int = 0
+
+
+def deployment_spec(dep: DeploymentConfig, default_catchup: str) -> dict[str, Any]:
+    """The JSON stored for a deployment: what workers need to run it and the scheduler to plan it."""
+    return {
+        "description": dep.description,
+        "command": dep.command,
+        "parameters": dep.parameters,
+        "env": dep.env,
+        "working_dir": dep.working_dir,
+        "timeout": dep.timeout,
+        "retries": dep.retries,
+        "retry_delay": dep.retry_delay,
+        "retry_backoff": dep.retry_backoff,
+        "catchup": dep.catchup or default_catchup,
+        "tags": dep.tags,
+    }
+
+
+def _hash(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
+
+
+class Store:
+    def __init__(self, engine: Engine, actor: str) -> None:
+        self.engine = engine
+        self.actor = actor
+        self._dialect = sqlite if engine.dialect.name == "sqlite" else postgresql
+
+    def _insert(self, table: Any) -> Any:
+        """A dialect INSERT, so ON CONFLICT works the same on both databases."""
+        return self._dialect.insert(table)
+
+    def read(self) -> Any:
+        """A read-only transaction (SQLite: deferred BEGIN, so readers never block writers)."""
+        return self.engine.connect().execution_options(**READ_ONLY)
+
+    # ------------------------------------------------------------------ deployments
+
+    def sync(self, config: Config, now: datetime) -> SyncReport:
+        """Make the database match the config: create/update deployments and schedules, archive what
+        left the config.  Unchanged config changes nothing (no write, no new run)."""
+        report = SyncReport()
+        with self.engine.begin() as conn:
+            self._sync_pools(conn, config, now)
+            existing = {row.name: row for row in conn.execute(select(deployments))}
+            wanted = {dep.name for dep in config.deployments}
+            for dep in config.deployments:
+                spec = deployment_spec(dep, config.scheduler.catchup)
+                digest = _hash([spec, dep.pool, dep.priority])
+                row = existing.get(dep.name)
+                values = {"pool": dep.pool, "spec": spec, "priority": dep.priority, "config_hash": digest}
+                if row is None:
+                    dep_id = conn.execute(
+                        deployments.insert()
+                        .values(name=dep.name, created_at=now, updated_at=now, **values)
+                        .returning(deployments.c.id)
+                    ).scalar_one()
+                    report.created += 1
+                else:
+                    dep_id = row.id
+                    if row.config_hash != digest or row.archived_at is not None:
+                        conn.execute(
+                            update(deployments)
+                            .where(deployments.c.id == dep_id)
+                            .values(archived_at=None, updated_at=now, **values)
+                        )
+                        report.updated += 1
+                self._sync_schedules(conn, dep_id, dep.schedules, now, report)
+            for name, row in existing.items():
+                if name not in wanted and row.archived_at is None:
+                    conn.execute(
+                        update(deployments)
+                        .where(deployments.c.id == row.id)
+                        .values(archived_at=now, updated_at=now)
+                    )
+                    self._sync_schedules(conn, row.id, [], now, report)
+                    report.archived += 1
+        return report
+
+    def _sync_pools(self, conn: Connection, config: Config, now: datetime) -> None:
+        declared = {p.name: p for p in config.pools}
+        for pool in declared.values():
+            stmt = self._insert(pools).values(
+                name=pool.name,
+                concurrency_limit=pool.concurrency_limit,
+                paused=pool.paused,
+                created_at=now,
+                updated_at=now,
+            )
+            conn.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=[pools.c.name],
+                    set_={
+                        "concurrency_limit": pool.concurrency_limit,
+                        "paused": pool.paused,
+                        "updated_at": now,
+                    },
+                )
+            )
+        implicit = {d.pool for d in config.deployments} | set(config.worker.pools)
+        for name in sorted(implicit - declared.keys()):
+            conn.execute(
+                self._insert(pools).values(name=name, created_at=now, updated_at=now).on_conflict_do_nothing()
+            )
+
+    def _sync_schedules(
+        self, conn: Connection, dep_id: int, specs: Sequence[ScheduleSpec], now: datetime, report: SyncReport
+    ) -> None:
+        rows = {r.key: r for r in conn.execute(select(schedules).where(schedules.c.deployment_id == dep_id))}
+        for spec in specs:
+            row = rows.get(spec.key)
+            if row is None:
+                conn.execute(
+                    schedules.insert().values(
+                        deployment_id=dep_id,
+                        key=spec.key,
+                        kind=spec.kind,
+                        expr=spec.expr,
+                        timezone=spec.timezone,
+                        anchor=spec.anchor,
+                        parameters=dict(spec.parameters),
+                        active=spec.active,
+                        next_fire_at=spec.next_at_or_after(now),
+                        created_at=now,
+                        updated_at=now,
+                    )
+                )
+                report.schedules_added += 1
+            elif row.active != spec.active or row.archived_at is not None:
+                revived = spec.active and (not row.active or row.archived_at is not None)
+                values: dict[str, Any] = {"active": spec.active, "archived_at": None, "updated_at": now}
+                if revived:  # no catch-up for the time it was switched off
+                    values["next_fire_at"] = spec.next_at_or_after(now)
+                conn.execute(update(schedules).where(schedules.c.id == row.id).values(**values))
+                if not spec.active:
+                    self._drop_unstarted(conn, [row.id], now, "schedule deactivated")
+        keys = {s.key for s in specs}
+        gone = [r.id for key, r in rows.items() if key not in keys and r.archived_at is None]
+        if gone:
+            conn.execute(
+                update(schedules).where(schedules.c.id.in_(gone)).values(archived_at=now, updated_at=now)
+            )
+            self._drop_unstarted(conn, gone, now, "schedule removed from config")
+            report.schedules_removed += len(gone)
+
+    def _drop_unstarted(
+        self, conn: Connection, schedule_ids: Sequence[int], now: datetime, reason: str
+    ) -> None:
+        """Future runs of a schedule that no longer applies are deleted (they never existed for anyone);
+        runs already due but not claimed are CANCELLED so the record shows why they did not run."""
+        of_schedules = and_(runs.c.schedule_id.in_(schedule_ids), runs.c.state == S.SCHEDULED.value)
+        conn.execute(delete(runs).where(of_schedules, runs.c.scheduled_for > now))
+        due = conn.execute(select(runs.c.id).where(of_schedules)).scalars().all()
+        transition(
+            conn,
+            due,
+            S.SCHEDULED,
+            S.CANCELLED,
+            now=now,
+            actor=self.actor,
+            reason=reason,
+            values={"finished_at": now},
+        )
+
+    # ------------------------------------------------------------------ scheduler
+
+    def due_schedules(
+        self, until: datetime, limit: int, after: tuple[datetime, int] | None = None
+    ) -> list[DueSchedule]:
+        """Active schedules whose cursor lies before ``until``: the only ones a tick touches.
+        ``after`` continues a previous page (keyset on cursor, id)."""
+        stmt = (
+            select(
+                schedules,
+                deployments.c.name.label("deployment"),
+                deployments.c.pool,
+                deployments.c.priority,
+                deployments.c.spec.label("dep_spec"),
+            )
+            .join(deployments, deployments.c.id == schedules.c.deployment_id)
+            .where(
+                schedules.c.active,
+                schedules.c.archived_at.is_(None),
+                schedules.c.next_fire_at <= until,
+                deployments.c.archived_at.is_(None),
+                deployments.c.paused.is_(False),
+            )
+            .order_by(schedules.c.next_fire_at, schedules.c.id)
+            .limit(limit)
+        )
+        if after is not None:
+            at, sid = after
+            stmt = stmt.where(
+                or_(schedules.c.next_fire_at > at, and_(schedules.c.next_fire_at == at, schedules.c.id > sid))
+            )
+        with self.read() as conn:
+            rows = conn.execute(stmt).all()
+        due = []
+        for r in rows:
+            spec = ScheduleSpec(r.kind, r.expr, r.timezone, r.anchor, r.active, r.parameters)
+            dep_spec = r.dep_spec
+            due.append(
+                DueSchedule(
+                    id=r.id,
+                    deployment_id=r.deployment_id,
+                    deployment=r.deployment,
+                    spec=spec,
+                    next_fire_at=r.next_fire_at,
+                    pool=r.pool,
+                    priority=r.priority,
+                    max_attempts=1 + int(dep_spec.get("retries", 0)),
+                    catchup=dep_spec.get("catchup", "latest"),
+                    parameters={**dep_spec.get("parameters", {}), **r.parameters},
+                )
+            )
+        return due
+
+    def materialize(self, plans: Sequence[Materialization], now: datetime) -> int:
+        """Insert the planned runs (duplicates ignored by the unique key) and advance the cursors."""
+        rows = [
+            {
+                "deployment_id": p.schedule.deployment_id,
+                "schedule_id": p.schedule.id,
+                "schedule_key": p.schedule.spec.key,
+                "pool": p.schedule.pool,
+                "state": S.SCHEDULED.value,
+                "priority": p.schedule.priority,
+                "scheduled_for": t,
+                "due_at": t,
+                "attempt": 1,
+                "max_attempts": p.schedule.max_attempts,
+                "parameters": dict(p.schedule.parameters),
+                "created_at": now,
+                "updated_at": now,
+            }
+            for p in plans
+            for t in p.fire_times
+        ]
+        with self.engine.begin() as conn:
+            inserted: list[tuple[int, int]] = []
+            if rows:
+                stmt = self._insert(runs).on_conflict_do_nothing().returning(runs.c.id, runs.c.attempt)
+                inserted = [(r.id, r.attempt) for r in conn.execute(stmt, rows)]
+                record_created(conn, inserted, now=now, actor=self.actor, reason="scheduled")
+            if plans:
+                conn.execute(
+                    update(schedules)
+                    .where(schedules.c.id == bindparam("sid"))
+                    .values(next_fire_at=bindparam("cursor"), updated_at=now),
+                    [{"sid": p.schedule.id, "cursor": p.next_fire_at} for p in plans],
+                )
+        return len(inserted)
+
+    def reap(self, now: datetime, limit: int = 500) -> list[int]:
+        """Expired leases -> CRASHED (then retried when attempts remain).  Returns the crashed ids."""
+        crashed: list[int] = []
+        with self.engine.begin() as conn:
+            expired = conn.execute(
+                select(runs.c.id, runs.c.state, runs.c.worker)
+                .where(runs.c.state.in_([s.value for s in ACTIVE]), runs.c.lease_expires_at < now)
+                .limit(limit)
+            ).all()
+            for state in ACTIVE:
+                ids = [r.id for r in expired if r.state == state.value]
+                crashed += transition(
+                    conn,
+                    ids,
+                    state,
+                    S.CRASHED,
+                    now=now,
+                    actor=self.actor,
+                    reason="lease expired: its worker stopped heartbeating",
+                    values={
+                        "finished_at": now,
+                        "error": "worker lost (lease expired)",
+                        "lease_expires_at": None,
+                    },
+                )
+            self._retry(conn, crashed, S.CRASHED, now)
+        return crashed
+
+    def _retry(self, conn: Connection, run_ids: Sequence[int], state: RunState, now: datetime) -> list[int]:
+        """Send runs that ended in ``state`` back to SCHEDULED (attempt + 1) when attempts remain."""
+        if not run_ids or state not in RETRYABLE:
+            return []
+        rows = conn.execute(
+            select(runs.c.id, runs.c.attempt, runs.c.max_attempts, deployments.c.spec)
+            .join(deployments, deployments.c.id == runs.c.deployment_id)
+            .where(runs.c.id.in_(list(run_ids)), runs.c.attempt < runs.c.max_attempts)
+        ).all()
+        retried = []
+        for r in rows:
+            delay = retry_delay(
+                float(r.spec.get("retry_delay", 10)), float(r.spec.get("retry_backoff", 2)), r.attempt
+            )
+            retried += transition(
+                conn,
+                [r.id],
+                state,
+                S.SCHEDULED,
+                now=now,
+                actor=self.actor,
+                reason=f"retry {r.attempt + 1}/{r.max_attempts} in {delay:.1f}s",
+                values={
+                    "attempt": runs.c.attempt + 1,
+                    "due_at": now + timedelta(seconds=delay),
+                    "worker": None,
+                    "pid": None,
+                    "claimed_at": None,
+                    "started_at": None,
+                    "finished_at": None,
+                    "lease_expires_at": None,
+                    "exit_code": None,
+                },
+            )
+        return retried
+
+    def scheduler_seen(
+        self, name: str, host: str, pid: int, role: str, now: datetime, started_at: datetime
+    ) -> None:
+        with self.engine.begin() as conn:
+            stmt = self._insert(schedulers).values(
+                name=name,
+                host=host,
+                pid=pid,
+                role=role,
+                version=__version__,
+                started_at=started_at,
+                last_tick_at=now,
+            )
+            conn.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=[schedulers.c.name], set_={"role": role, "last_tick_at": now}
+                )
+            )
+
+    # ------------------------------------------------------------------ worker
+
+    def register_worker(
+        self, name: str, host: str, pid: int, pool_names: Sequence[str], concurrency: int, now: datetime
+    ) -> None:
+        values = {
+            "host": host,
+            "pid": pid,
+            "pools": list(pool_names),
+            "concurrency": concurrency,
+            "running": 0,
+            "version": __version__,
+            "status": "online",
+            "started_at": now,
+            "last_heartbeat": now,
+        }
+        with self.engine.begin() as conn:
+            conn.execute(
+                self._insert(pools)
+                .values([{"name": p, "created_at": now, "updated_at": now} for p in pool_names])
+                .on_conflict_do_nothing()
+            )
+            stmt = self._insert(workers).values(name=name, **values)
+            conn.execute(stmt.on_conflict_do_update(index_elements=[workers.c.name], set_=values))
+
+    def worker_stopped(self, name: str, now: datetime) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(workers)
+                .where(workers.c.name == name)
+                .values(status="stopped", running=0, last_heartbeat=now)
+            )
+
+    def heartbeat(
+        self, worker: str, now: datetime, lease_until: datetime, running: int
+    ) -> dict[int, RunState]:
+        """Extend every lease ``worker`` holds in one statement; return the runs it still holds."""
+        with self.engine.begin() as conn:
+            held = conn.execute(
+                update(runs)
+                .where(runs.c.worker == worker, runs.c.state.in_([s.value for s in ACTIVE]))
+                .values(lease_expires_at=lease_until)
+                .returning(runs.c.id, runs.c.state)
+            ).all()
+            conn.execute(
+                update(workers)
+                .where(workers.c.name == worker)
+                .values(last_heartbeat=now, running=running, status="online")
+            )
+        return {r.id: RunState(r.state) for r in held}
+
+    def claim(
+        self, worker: str, pool_names: Sequence[str], limit: int, now: datetime, lease_until: datetime
+    ) -> list[ClaimedRun]:
+        if limit <= 0:
+            return []
+        paused = select(pools.c.name).where(pools.c.paused)
+        pick = (
+            select(runs.c.id)
+            .where(
+                runs.c.state == S.SCHEDULED.value,
+                runs.c.pool.in_(list(pool_names)),
+                runs.c.due_at <= now,
+                runs.c.pool.not_in(paused),
+            )
+            .order_by(runs.c.priority.desc(), runs.c.due_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True, of=runs)
+        )
+        with self.engine.begin() as conn:
+            ids = conn.execute(pick).scalars().all()
+            moved = transition(
+                conn,
+                ids,
+                S.SCHEDULED,
+                S.PENDING,
+                now=now,
+                actor=worker,
+                reason="claimed",
+                values={"worker": worker, "claimed_at": now, "lease_expires_at": lease_until},
+            )
+            if not moved:
+                return []
+            rows = conn.execute(
+                select(
+                    runs.c.id,
+                    deployments.c.name,
+                    runs.c.attempt,
+                    runs.c.max_attempts,
+                    runs.c.scheduled_for,
+                    runs.c.parameters,
+                    deployments.c.spec,
+                )
+                .join(deployments, deployments.c.id == runs.c.deployment_id)
+                .where(runs.c.id.in_(moved))
+                .order_by(runs.c.priority.desc(), runs.c.due_at)
+            ).all()
+        return [
+            ClaimedRun(r.id, r.name, r.attempt, r.max_attempts, r.scheduled_for, r.parameters, r.spec)
+            for r in rows
+        ]
+
+    def start(self, run_id: int, worker: str, pid: int, now: datetime) -> bool:
+        with self.engine.begin() as conn:
+            return bool(
+                transition(
+                    conn,
+                    [run_id],
+                    S.PENDING,
+                    S.RUNNING,
+                    now=now,
+                    actor=worker,
+                    values={"started_at": now, "pid": pid},
+                )
+            )
+
+    def finish(
+        self,
+        run_id: int,
+        worker: str,
+        outcome: RunState,
+        now: datetime,
+        *,
+        exit_code: int | None = None,
+        error: str | None = None,
+        source: RunState = S.RUNNING,
+    ) -> RunState | None:
+        """Record a run's outcome; returns the state it ends in (SCHEDULED when it will be retried),
+        or None when the run was no longer ours (reaped or cancelled meanwhile)."""
+        with self.engine.begin() as conn:
+            moved = transition(
+                conn,
+                [run_id],
+                source,
+                outcome,
+                now=now,
+                actor=worker,
+                reason=error,
+                values={"finished_at": now, "exit_code": exit_code, "error": error, "lease_expires_at": None},
+            )
+            if not moved:
+                return None
+            return S.SCHEDULED if self._retry(conn, moved, outcome, now) else outcome
+
+    def release(self, run_ids: Sequence[int], worker: str, now: datetime, reason: str) -> list[int]:
+        """Hand runs back to the queue without charging an attempt (a stopping worker)."""
+        back = {
+            "worker": None,
+            "pid": None,
+            "claimed_at": None,
+            "started_at": None,
+            "lease_expires_at": None,
+            "due_at": now,
+        }
+        with self.engine.begin() as conn:
+            return [
+                rid
+                for state in (S.PENDING, S.RUNNING)
+                for rid in transition(
+                    conn, run_ids, state, S.SCHEDULED, now=now, actor=worker, reason=reason, values=back
+                )
+            ]
+
+    def append_logs(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        if rows:
+            with self.engine.begin() as conn:
+                conn.execute(run_logs.insert(), list(rows))
+
+    def next_due_at(self, pool_names: Sequence[str]) -> datetime | None:
+        with self.read() as conn:
+            value: datetime | None = conn.execute(
+                select(func.min(runs.c.due_at)).where(
+                    runs.c.state == S.SCHEDULED.value, runs.c.pool.in_(list(pool_names))
+                )
+            ).scalar()
+        return value
+
+    # ------------------------------------------------------------------ reading
+
+    def list_runs(
+        self,
+        *,
+        deployment: str | None = None,
+        states: Iterable[str] = (),
+        pool: str | None = None,
+        since: datetime | None = None,
+        limit: int = 50,
+    ) -> list[Row[Any]]:
+        stmt = select(*_RUN_COLUMNS).join(deployments, deployments.c.id == runs.c.deployment_id)
+        if deployment:
+            stmt = stmt.where(deployments.c.name == deployment)
+        if states := list(states):
+            stmt = stmt.where(runs.c.state.in_(states))
+        if pool:
+            stmt = stmt.where(runs.c.pool == pool)
+        if since:
+            stmt = stmt.where(runs.c.scheduled_for >= since)
+        stmt = stmt.order_by(runs.c.scheduled_for.desc(), runs.c.id.desc()).limit(limit)
+        with self.read() as conn:
+            return list(conn.execute(stmt).all())
+
+    def get_run(self, run_id: int) -> Row[Any] | None:
+        stmt = (
+            select(*_RUN_COLUMNS)
+            .join(deployments, deployments.c.id == runs.c.deployment_id)
+            .where(runs.c.id == run_id)
+        )
+        with self.read() as conn:
+            row: Row[Any] | None = conn.execute(stmt).first()
+        return row
+
+    def run_history(self, run_id: int) -> list[Row[Any]]:
+        with self.read() as conn:
+            return list(
+                conn.execute(
+                    select(run_states).where(run_states.c.run_id == run_id).order_by(run_states.c.id)
+                ).all()
+            )
+
+    def run_logs(self, run_id: int, after_id: int = 0, limit: int = 10_000) -> list[Row[Any]]:
+        with self.read() as conn:
+            return list(
+                conn.execute(
+                    select(run_logs)
+                    .where(run_logs.c.run_id == run_id, run_logs.c.id > after_id)
+                    .order_by(run_logs.c.id)
+                    .limit(limit)
+                ).all()
+            )

@@ -1,0 +1,22 @@
+"""Errors meant for a person: one line, and the exit status a script or systemd can act on."""
+
+from __future__ import annotations
+
+EX_USAGE = 2
+EX_CONFIG = 78  # sysexits.h EX_CONFIG; the units set RestartPreventExitStatus=78
+
+
+class OrchdError(Exception):
+    """A user-facing failure: printed as one line without a traceback."""
+
+    exit_code = 1
+
+
+class ConfigError(OrchdError):
+    """Bad configuration: refused before anything starts, so systemd must not restart-loop on it."""
+
+    exit_code = EX_CONFIG
+
+
+class DatabaseUnavailable(OrchdError):
+    """The database could not be reached; the message names host and port, never a password."""

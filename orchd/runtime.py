@@ -1,0 +1,54 @@
+"""Start-up shared by the daemons and ``orchd up``: signals, waiting for the database, migrating."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Callable
+from types import FrameType
+
+from orchd.config import Config
+from orchd.db import migrate
+from orchd.db.engine import make_engine, mask, wait_for_database
+from orchd.db.store import Store
+from orchd.logging import get_logger
+
+log = get_logger("orchd")
+
+
+class Signals:
+    """SIGTERM/SIGINT set ``stop``; SIGHUP sets ``reload``.  Handlers only set flags: the loops act."""
+
+    def __init__(self) -> None:
+        self.stop = threading.Event()
+        self.reload = threading.Event()
+
+    def install(self) -> Signals:
+        signal.signal(signal.SIGTERM, self._on_stop)
+        signal.signal(signal.SIGINT, self._on_stop)
+        signal.signal(signal.SIGHUP, self._on_reload)
+        return self
+
+    def _on_stop(self, signum: int, _frame: FrameType | None) -> None:
+        self.stop.set()
+
+    def _on_reload(self, signum: int, _frame: FrameType | None) -> None:
+        self.reload.set()
+
+
+def open_store(config: Config, actor: str, should_stop: Callable[[], bool]) -> Store | None:
+    """Wait for the database (with backoff), migrate or check the schema, and return a Store;
+    None if told to stop while waiting."""
+    engine = make_engine(config.database)
+
+    def waiting(reason: str, retry_in: float) -> None:
+        log.warning("waiting for database", error=reason, retry_in=retry_in)
+
+    if not wait_for_database(engine, should_stop=should_stop, on_wait=waiting):
+        return None
+    if config.database.migrate_on_start:
+        migrate.upgrade(engine)
+    else:
+        migrate.ensure_current(engine)
+    log.info("database ready", url=mask(engine.url))
+    return Store(engine, actor)

@@ -1,0 +1,48 @@
+"""What one tick materializes for one schedule: a pure function of the schedule, its cursor and now.
+
+Rules (see README, "Schedules"):
+* fire times from the cursor up to ``horizon_end`` become runs, but never more than
+  ``max_future`` runs lie in the future per schedule (those already materialized count);
+* fire times older than ``now - tolerance`` were missed (scheduler down, deployment paused):
+  ``catchup = none`` skips them, ``latest`` keeps the most recent, ``all`` keeps the most recent
+  ``catchup_limit``.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from datetime import datetime, timedelta
+
+from orchd.db.store import DueSchedule, Materialization
+
+_TICK = timedelta(microseconds=1)
+
+
+def plan(
+    schedule: DueSchedule,
+    now: datetime,
+    horizon_end: datetime,
+    *,
+    max_future: int,
+    catchup_limit: int,
+    tolerance: timedelta,
+) -> Materialization:
+    spec = schedule.spec
+    floor = now - tolerance
+    cursor: datetime | None = schedule.next_fire_at
+    times: list[datetime] = []
+    if schedule.next_fire_at < floor:
+        if schedule.catchup != "none":
+            missed: deque[datetime] = deque(maxlen=1 if schedule.catchup == "latest" else catchup_limit)
+            while cursor is not None and cursor < floor:
+                missed.append(cursor)
+                cursor = spec.next_after(cursor)
+            times.extend(missed)
+        cursor = spec.next_at_or_after(floor)
+    if cursor is None:
+        return Materialization(schedule, times, None)
+    already = len(spec.fire_times(now + _TICK, cursor - _TICK, max_future)) if cursor > now else 0
+    upcoming = spec.fire_times(cursor, horizon_end, max_future - already) if already < max_future else []
+    times.extend(upcoming)
+    next_fire = spec.next_after(upcoming[-1]) if upcoming else cursor
+    return Materialization(schedule, times, next_fire)

@@ -1,0 +1,249 @@
+"""Fire-time computation: pure functions of a schedule definition and a time window.
+
+Nothing here reads the clock or the database, so every rule can be tested (and property-tested)
+on its own.  APScheduler 3 triggers do the calendar arithmetic; this module only adds what
+orchd's semantics need on top of them:
+
+* ``cron`` means Vixie cron as in crontab(5): numeric day-of-week 0 and 7 are Sunday (APScheduler
+  counts from Monday), and when both day-of-month and day-of-week are restricted a time fires when
+  *either* matches (APScheduler requires both), so such a schedule is the union of two triggers.
+  An optional sixth field in front is seconds.
+* DST: a wall-clock time inside a spring-forward gap fires once, shifted forward by the gap
+  (02:30 -> 03:30).  In a fall-back repeat, a schedule with a fixed hour fires once (the first
+  occurrence, as cron does); one whose hour field is ``*`` fires every real hour.
+* ``interval`` schedules are anchored at the Unix epoch unless ``anchor`` is given, so two
+  schedulers (or one restarted) always compute the same fire times: "15m" fires at :00, :15, ...
+* All times handed in and out are timezone-aware UTC; triggers are always given aware UTC ``now``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from functools import cached_property
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from apscheduler.triggers.base import BaseTrigger
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.date import DateTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+
+from orchd.durations import parse_duration
+
+Kind = Literal["cron", "interval", "at"]
+KINDS: tuple[Kind, ...] = ("cron", "interval", "at")
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_TICK = timedelta(microseconds=1)
+_DOW_NAMES = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
+
+
+@dataclass(frozen=True)
+class ScheduleSpec:
+    """One entry of a deployment's ``schedules`` list, validated."""
+
+    kind: Kind
+    expr: str
+    timezone: str = "UTC"
+    anchor: datetime | None = None
+    active: bool = True
+    parameters: Mapping[str, Any] = field(default_factory=dict)
+
+    @cached_property
+    def key(self) -> str:
+        """A stable identity of the definition (never a row id), part of each run's unique key.
+
+        ``active`` is left out on purpose: pausing and resuming a schedule must not re-fire it.
+        """
+        body = json.dumps(
+            {
+                "kind": self.kind,
+                "expr": " ".join(self.expr.split()) if self.kind == "cron" else self.expr,
+                "tz": self.timezone,
+                "anchor": self.anchor.isoformat() if self.anchor else None,
+                "params": self.parameters,
+            },
+            sort_keys=True,
+            default=str,
+        )
+        return f"{self.kind}-{hashlib.sha256(body.encode()).hexdigest()[:16]}"
+
+    @cached_property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+    @cached_property
+    def triggers(self) -> tuple[BaseTrigger, ...]:
+        return _build_triggers(self)
+
+    @cached_property
+    def _drops_repeated_hour(self) -> bool:
+        return self.kind == "cron" and _cron_fields(self.expr)["hour"] != "*"
+
+    def describe(self) -> str:
+        tz = f" ({self.timezone})" if self.kind == "cron" and self.timezone != "UTC" else ""
+        return f"{self.kind} {self.expr}{tz}"
+
+    def next_after(self, after: datetime) -> datetime | None:
+        """The first fire time strictly after ``after`` (aware), or None when the schedule is over."""
+        return self.next_at_or_after(after.astimezone(UTC) + _TICK)
+
+    def next_at_or_after(self, start: datetime) -> datetime | None:
+        start = start.astimezone(UTC)
+        while True:
+            candidates = [t.get_next_fire_time(None, start) for t in self.triggers]
+            found: list[datetime] = [c.astimezone(UTC) for c in candidates if c is not None and c >= start]
+            if not found:
+                return None
+            best = min(found)
+            if self._drops_repeated_hour and best.astimezone(self.zone).fold == 1:
+                start = best + _TICK
+                continue
+            return best
+
+    def fire_times(self, start: datetime, end: datetime, limit: int) -> list[datetime]:
+        """Fire times in ``[start, end]`` (UTC, ascending), at most ``limit`` of them."""
+        return list(_take(self._iter_from(start), end, limit))
+
+    def _iter_from(self, start: datetime) -> Iterator[datetime]:
+        nxt = self.next_at_or_after(start)
+        while nxt is not None:
+            yield nxt
+            nxt = self.next_after(nxt)
+
+
+def _take(times: Iterator[datetime], end: datetime, limit: int) -> Iterator[datetime]:
+    for count, t in enumerate(times):
+        if count >= limit or t > end:
+            return
+        yield t
+
+
+def parse_schedule(raw: Mapping[str, Any]) -> ScheduleSpec:
+    """Validate one ``schedules`` entry; raise ValueError("key: problem") on bad input."""
+    kinds = [k for k in KINDS if k in raw]
+    if len(kinds) != 1:
+        if "rrule" in raw:
+            raise ValueError("rrule: rrule schedules are not supported yet; use cron, interval or at")
+        raise ValueError("expected exactly one of 'cron', 'interval' or 'at' in each schedule")
+    kind = kinds[0]
+    expr = raw[kind]
+    allowed = {kind, "timezone", "anchor", "active", "parameters"}
+    for key in raw:
+        if key not in allowed:
+            raise ValueError(f"{key}: unknown schedule key (expected one of {', '.join(sorted(allowed))})")
+    timezone = raw.get("timezone", "UTC")
+    if not isinstance(timezone, str):
+        raise ValueError(f"timezone: expected an IANA time zone name, got {timezone!r}")
+    try:
+        ZoneInfo(timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(
+            f'timezone: unknown time zone {timezone!r} (expected an IANA name like "Europe/Berlin")'
+        ) from None
+    active = raw.get("active", True)
+    if not isinstance(active, bool):
+        raise ValueError(f"active: expected true or false, got {active!r}")
+    parameters = raw.get("parameters", {})
+    if not isinstance(parameters, dict):
+        raise ValueError(f"parameters: expected a table, got {parameters!r}")
+    anchor = _parse_time(raw["anchor"], timezone, "anchor") if "anchor" in raw else None
+    if kind == "at":
+        expr = _parse_time(expr, timezone, "at").isoformat()
+    elif not isinstance(expr, str):
+        raise ValueError(f"{kind}: expected a string, got {expr!r}")
+    spec = ScheduleSpec(kind, expr, timezone, anchor, active, dict(parameters))
+    try:
+        _ = spec.triggers
+    except ValueError as exc:
+        raise ValueError(f"{kind}: {exc}") from None
+    return spec
+
+
+def _parse_time(value: object, timezone: str, key: str) -> datetime:
+    """A TOML datetime or ISO string; a naive one is taken in the schedule's time zone."""
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            raise ValueError(
+                f"{key}: expected an ISO 8601 date-time like 2026-12-01T09:00:00, got {value!r}"
+            ) from None
+    if not isinstance(value, datetime):
+        raise ValueError(f"{key}: expected a date-time, got {value!r}")
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=ZoneInfo(timezone))
+    return value.astimezone(UTC)
+
+
+def _build_triggers(spec: ScheduleSpec) -> tuple[BaseTrigger, ...]:
+    if spec.kind == "interval":
+        seconds = parse_duration(spec.expr)
+        if seconds < 1:
+            raise ValueError(f"expected an interval of at least 1s, got {spec.expr!r}")
+        return (IntervalTrigger(seconds=seconds, start_date=spec.anchor or EPOCH, timezone=UTC),)
+    if spec.kind == "at":
+        return (DateTrigger(run_date=datetime.fromisoformat(spec.expr), timezone=UTC),)
+    fields = _cron_fields(spec.expr)
+    fields["day_of_week"] = _vixie_dow(fields["day_of_week"])
+    dom_star = fields["day"].startswith("*")
+    dow_star = fields["day_of_week"] == "*"
+    if dom_star or dow_star:
+        return (CronTrigger(timezone=spec.zone, **fields),)
+    # Vixie cron: both restricted means "either matches": the union of two triggers.
+    return (
+        CronTrigger(timezone=spec.zone, **{**fields, "day_of_week": "*"}),
+        CronTrigger(timezone=spec.zone, **{**fields, "day": "*"}),
+    )
+
+
+def _cron_fields(expr: str) -> dict[str, str]:
+    parts = expr.split()
+    if len(parts) == 5:
+        parts = ["0", *parts]
+    if len(parts) != 6:
+        raise ValueError(
+            f"expected 5 fields (minute hour day month weekday) or 6 (second first), "
+            f"got {len(parts)} in {expr!r}"
+        )
+    names = ("second", "minute", "hour", "day", "month", "day_of_week")
+    return dict(zip(names, parts, strict=True))
+
+
+def _vixie_dow(field_text: str) -> str:
+    """Translate a crontab(5) day-of-week field (0/7 = Sunday) to APScheduler's names."""
+    if field_text == "*":
+        return "*"
+    days: set[int] = set()
+    for item in field_text.lower().split(","):
+        base, _, step_text = item.partition("/")
+        step = int(step_text) if step_text.isdigit() and int(step_text) > 0 else None
+        if step_text and step is None:
+            raise ValueError(f"bad step in day-of-week {item!r}")
+        if base == "*":
+            lo, hi = 0, 6
+        elif "-" in base:
+            a, b = base.split("-", 1)
+            lo, hi = _dow_value(a), _dow_value(b)
+            if hi == 0 and b.strip() == "7":
+                hi = 7
+        else:
+            lo = hi = _dow_value(base)
+            if step:
+                hi = 6
+        if lo > hi:
+            raise ValueError(f"day-of-week range {item!r} runs backwards")
+        days.update(d % 7 for d in range(lo, hi + 1, step or 1))
+    return ",".join(_DOW_NAMES[d] for d in sorted(days))
+
+
+def _dow_value(text: str) -> int:
+    text = text.strip()
+    if text in _DOW_NAMES:
+        return _DOW_NAMES.index(text)
+    if text.isdigit() and 0 <= int(text) <= 7:
+        return int(text) % 7 if int(text) != 7 else 0
+    raise ValueError(f"bad day-of-week {text!r} (expected 0-7 or sun-sat)")

@@ -1,0 +1,143 @@
+"""Child processes of runs: spawning, output pumping, signalling.  The only module that forks.
+
+Each run gets its own process group (so a timeout or cancel reaches everything it started) and
+PR_SET_PDEATHSIG=SIGKILL (so it dies with a SIGKILLed worker instead of running on while the
+reaper hands the same run to another worker).  A pump thread per run reads stdout/stderr,
+applies the output cap and posts events to the worker's queue; the worker's main thread is the
+only one that touches the database.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import queue
+import selectors
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from orchd.worker.output import Line, OutputCapture
+
+_PR_SET_PDEATHSIG = 1
+_libc = ctypes.CDLL(None, use_errno=True)
+#: Variables of the worker's own environment a run must not inherit.
+_PRIVATE_PREFIXES = (
+    "ORCHD_",
+    "NOTIFY_SOCKET",
+    "WATCHDOG_",
+    "LISTEN_",
+    "CREDENTIALS_DIRECTORY",
+    "JOURNAL_STREAM",
+)
+_FLUSH_EVERY = 0.1
+_EOF_GRACE = 2.0
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+@dataclass(frozen=True)
+class OutputEvent:
+    run_id: int
+    lines: list[Line]
+
+
+@dataclass(frozen=True)
+class ExitEvent:
+    run_id: int
+    returncode: int
+
+
+def run_environment(extra: Mapping[str, str]) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(_PRIVATE_PREFIXES)}
+    env.update(extra)
+    return env
+
+
+class RunProcess:
+    """A started run: its process group and the thread pumping its output into ``events``."""
+
+    def __init__(
+        self,
+        run_id: int,
+        argv: Sequence[str],
+        env: Mapping[str, str],
+        cwd: str,
+        events: queue.Queue[OutputEvent | ExitEvent],
+        max_output: int,
+    ) -> None:
+        self.run_id = run_id
+        self.events = events
+        self.capture = OutputCapture(max_output)
+        self.proc = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=cwd,
+            env=dict(env),
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+            close_fds=True,
+        )
+        self.pid = self.proc.pid
+        self._pump = threading.Thread(target=self._pump_output, name=f"run-{run_id}", daemon=True)
+        self._pump.start()
+
+    def signal_group(self, sig: int) -> None:
+        """Signal every process of the run (its group); a group already gone is fine."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, sig)
+
+    def _exited(self) -> bool:
+        """Has the child exited?  Checked without reaping it, so its pid (and group id) cannot be
+        reused before the rest of the group is killed."""
+        try:
+            info = os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return True
+        return info is not None
+
+    def _pump_output(self) -> None:
+        assert self.proc.stdout is not None and self.proc.stderr is not None
+        sel = selectors.DefaultSelector()
+        sel.register(self.proc.stdout, selectors.EVENT_READ, "stdout")
+        sel.register(self.proc.stderr, selectors.EVENT_READ, "stderr")
+        pending: list[Line] = []
+        last_flush = time.monotonic()
+        eof_deadline: float | None = None
+        while sel.get_map():
+            for key, _ in sel.select(timeout=_FLUSH_EVERY):
+                chunk = os.read(key.fd, 65536)
+                if chunk:
+                    pending += self.capture.feed(key.data, chunk)
+                else:
+                    sel.unregister(key.fileobj)
+            if eof_deadline is None and self._exited():
+                # The run is over: whatever it left behind in its group goes too.
+                self.signal_group(signal.SIGKILL)
+                eof_deadline = time.monotonic() + _EOF_GRACE
+            now = time.monotonic()
+            if pending and now - last_flush >= _FLUSH_EVERY:
+                self.events.put(OutputEvent(self.run_id, pending))
+                pending, last_flush = [], now
+            if eof_deadline is not None and now > eof_deadline:
+                break  # a process that escaped the group still holds the pipe
+        sel.close()
+        for stream in (self.proc.stdout, self.proc.stderr):
+            stream.close()
+        if eof_deadline is None:  # it closed its output but runs on: wait, unreaped, then clean up
+            with contextlib.suppress(ChildProcessError):
+                os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOWAIT)
+            self.signal_group(signal.SIGKILL)
+        returncode = self.proc.wait()
+        pending += self.capture.close()
+        if pending:
+            self.events.put(OutputEvent(self.run_id, pending))
+        self.events.put(ExitEvent(self.run_id, returncode))

@@ -1,0 +1,94 @@
+"""Fixtures: real SQLite files and a real PostgreSQL (see tests/pg.py), a fresh database per test."""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from orchd.config import Config, load_config
+from orchd.db import migrate
+from orchd.db.engine import make_engine
+from orchd.db.store import Store
+from tests.pg import PgServer, postgres_server
+
+BACKENDS = ["sqlite", "postgresql"]
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    try:
+        with postgres_server() as server:
+            yield server
+    except RuntimeError as exc:  # no way to get a server: say what to install, do not skip
+        pytest.fail(str(exc), pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def pg_template(pg_server: PgServer) -> Iterator[str]:
+    """A migrated database that fresh test databases are copied from (fast: no migration per test)."""
+    name = pg_server.create_database()
+    engine = make_engine(
+        load_config("/dev/null", env={"ORCHD_DATABASE_URL": pg_server.url_for(name)}).database
+    )
+    migrate.upgrade(engine)
+    engine.dispose()
+    yield name
+    pg_server.drop_database(name)
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def empty_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[str]:
+    """URL of a new, empty database (no schema) on the backend under test."""
+    if backend == "sqlite":
+        yield f"sqlite:///{tmp_path / 'orchd.db'}"
+        return
+    server: PgServer = request.getfixturevalue("pg_server")
+    name = server.create_database()
+    yield server.url_for(name)
+    server.drop_database(name)
+
+
+@pytest.fixture
+def db_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[str]:
+    """URL of a new database with the current schema on the backend under test."""
+    if backend == "sqlite":
+        url = f"sqlite:///{tmp_path / 'orchd.db'}"
+        engine = make_engine(load_config("/dev/null", env={"ORCHD_DATABASE_URL": url}).database)
+        migrate.upgrade(engine)
+        engine.dispose()
+        yield url
+        return
+    server: PgServer = request.getfixturevalue("pg_server")
+    name = server.create_database(template=request.getfixturevalue("pg_template"))
+    yield server.url_for(name)
+    server.drop_database(name)
+
+
+MakeConfig = Callable[..., Config]
+
+
+@pytest.fixture
+def make_config(tmp_path: Path, db_url: str) -> MakeConfig:
+    """Write ``body`` (TOML) to a config file pointing at the test database and load it."""
+
+    def make(body: str = "", **env: str) -> Config:
+        path = tmp_path / "orchd.toml"
+        path.write_text(f'[database]\nurl = "{db_url}"\n' + textwrap.dedent(body))
+        return load_config(path, env={"ORCHD_STATE_DIR": str(tmp_path / "state"), **env})
+
+    return make
+
+
+@pytest.fixture
+def store(db_url: str) -> Iterator[Store]:
+    engine = make_engine(load_config("/dev/null", env={"ORCHD_DATABASE_URL": db_url}).database)
+    yield Store(engine, "test")
+    engine.dispose()
