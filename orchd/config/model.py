@@ -73,8 +73,8 @@ class LoggingConfig:
     level: str = f.setting("info", f.choice(*LOG_LEVELS), "Least severe level written.")
     format: str = f.setting(
         "auto",
-        f.choice("auto", "console", "json", "journald"),
-        "auto: journald under systemd, console on a terminal, else key=value lines.",
+        f.choice("auto", "console", "logfmt", "json", "journald"),
+        "auto: journald under systemd, console on a terminal, else logfmt (timestamped key=value lines).",
     )
 
 

@@ -8,6 +8,7 @@ PostgreSQL (many hosts): psycopg 3, pre-pinged pooled connections.
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -85,13 +86,9 @@ def _sqlite_engine(url: URL, db: DatabaseConfig) -> Engine:
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         dbapi_conn.isolation_level = None  # SQLAlchemy issues BEGIN itself (below)
         cursor = dbapi_conn.cursor()
-        for pragma in (
-            "journal_mode=WAL",
-            f"busy_timeout={busy_ms}",
-            "synchronous=NORMAL",
-            "foreign_keys=ON",
-        ):
+        for pragma in (f"busy_timeout={busy_ms}", "synchronous=NORMAL", "foreign_keys=ON"):
             cursor.execute(f"PRAGMA {pragma}")
+        _set_wal(cursor, db.busy_timeout)
         cursor.close()
 
     @event.listens_for(engine, "begin")
@@ -100,6 +97,20 @@ def _sqlite_engine(url: URL, db: DatabaseConfig) -> Engine:
         conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
     return engine
+
+
+def _set_wal(cursor: sqlite3.Cursor, patience: float) -> None:
+    """Switch to WAL.  SQLite answers "database is locked" at once, without the busy handler, when
+    several processes open a new file together and race to switch it, so retry until ``patience``."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
 
 
 def ping(engine: Engine) -> str:

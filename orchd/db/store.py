@@ -37,6 +37,7 @@ from orchd import __version__
 from orchd.config import Config, DeploymentConfig
 from orchd.db.engine import READ_ONLY
 from orchd.db.schema import deployments, pools, run_logs, run_states, runs, schedulers, schedules, workers
+from orchd.errors import OrchdError
 from orchd.retries import retry_delay
 from orchd.schedules import ScheduleSpec
 from orchd.states import ACTIVE, RETRYABLE, RunState, record_created, transition
@@ -360,6 +361,45 @@ class Store:
                     [{"sid": p.schedule.id, "cursor": p.next_fire_at} for p in plans],
                 )
         return len(inserted)
+
+    def create_run(
+        self,
+        deployment: str,
+        now: datetime,
+        *,
+        at: datetime | None = None,
+        parameters: Mapping[str, Any] | None = None,
+        reason: str = "created by hand",
+    ) -> int:
+        """An ad-hoc run (no schedule, so no idempotency key), due at ``at`` or now."""
+        with self.engine.begin() as conn:
+            dep = conn.execute(
+                select(deployments).where(
+                    deployments.c.name == deployment, deployments.c.archived_at.is_(None)
+                )
+            ).first()
+            if dep is None:
+                raise OrchdError(f"deployment {deployment!r} not found (see `orchd deployment ls`)")
+            when = at or now
+            run_id: int = conn.execute(
+                runs.insert()
+                .values(
+                    deployment_id=dep.id,
+                    pool=dep.pool,
+                    state=S.SCHEDULED.value,
+                    priority=dep.priority,
+                    scheduled_for=when,
+                    due_at=when,
+                    attempt=1,
+                    max_attempts=1 + int(dep.spec.get("retries", 0)),
+                    parameters={**dep.spec.get("parameters", {}), **(parameters or {})},
+                    created_at=now,
+                    updated_at=now,
+                )
+                .returning(runs.c.id)
+            ).scalar_one()
+            record_created(conn, [(run_id, 1)], now=now, actor=self.actor, reason=reason)
+        return run_id
 
     def reap(self, now: datetime, limit: int = 500) -> list[int]:
         """Expired leases -> CRASHED (then retried when attempts remain).  Returns the crashed ids."""

@@ -1,0 +1,165 @@
+"""The daemons as real processes: the quick start, scheduler + two workers on one database,
+graceful stop, a SIGKILLed worker leaving no child behind, and bad config refused with 78."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import textwrap
+from collections import Counter
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
+
+from orchd.config import load_config
+from orchd.db.engine import make_engine
+from orchd.db.schema import runs
+from orchd.db.store import Store
+from tests.helpers import claims_per_run, daemons, pid_alive, run_cli, wait_for
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow
+
+
+def _store(url: str) -> Store:
+    return Store(make_engine(load_config("/dev/null", env={"ORCHD_DATABASE_URL": url}).database), "test")
+
+
+def _config(tmp_path: Path, url: str, body: str) -> Path:
+    path = tmp_path / "orchd.toml"
+    path.write_text(f'[database]\nurl = "{url}"\n' + textwrap.dedent(body))
+    return path
+
+
+def _completed(store: Store) -> list[int]:
+    try:
+        return [r.id for r in store.list_runs(states=["COMPLETED"], limit=1000)]
+    except OperationalError:  # the daemon has not created the schema yet
+        return []
+
+
+def test_quick_start_orchd_up(tmp_path: Path) -> None:
+    """What `make run` does, in a temp dir: runs complete, Ctrl-C stops it with status 0."""
+    shutil.copy(ROOT / "etc/orchd/quickstart.toml", tmp_path / "quickstart.toml")
+    with daemons(tmp_path) as group:
+        up = group.start("orchd", "up", "--config", "quickstart.toml", cwd=tmp_path)
+        wait_for(lambda: (tmp_path / ".state/orchd.db").exists(), what="the SQLite file")
+        store = _store(f"sqlite:///{tmp_path / '.state/orchd.db'}")
+        wait_for(lambda: _completed(store), timeout=30, what="a COMPLETED run")
+        assert group.stop(up, signal.SIGINT) == 0
+        assert "hello from run" in group.output()
+        listing = run_cli(
+            ["run", "ls", "--config", str(tmp_path / "quickstart.toml"), "--json"], cwd=tmp_path
+        )
+        assert listing.returncode == 0, listing.stderr
+        assert '"state": "COMPLETED"' in listing.stdout
+
+
+def test_scheduler_and_two_workers_run_each_due_run_once(tmp_path: Path, db_url: str) -> None:
+    config = _config(
+        tmp_path,
+        db_url,
+        """
+    [scheduler]
+    loop_interval = "200ms"
+    horizon = "30s"
+    [worker]
+    heartbeat = "1s"
+    poll_interval = "500ms"
+    [[deployments]]
+    name = "fast"
+    command = ["true"]
+    schedules = [{ interval = "1s" }]
+    [[deployments]]
+    name = "also"
+    command = ["sh", "-c", "echo $ORCHD_RUN_ID"]
+    schedules = [{ cron = "* * * * * *" }]
+    """,
+    )
+    store = _store(db_url)
+    with daemons(tmp_path) as group:
+        sched = group.start("orchd-scheduler", "--config", str(config))
+        workers = [
+            group.start("orchd-worker", "--config", str(config), "--pool", "default", "--name", f"w{i}")
+            for i in range(2)
+        ]
+        wait_for(lambda: len(_completed(store)) >= 12, timeout=60, what="12 completed runs")
+        for proc in workers:
+            assert group.stop(proc) == 0
+        assert group.stop(sched) == 0
+    with store.read() as conn:
+        rows = conn.execute(select(runs.c.deployment_id, runs.c.schedule_key, runs.c.scheduled_for)).all()
+    assert [k for k, n in Counter(rows).items() if n > 1] == []
+    claims = claims_per_run(store)
+    assert claims and set(claims.values()) == {1}
+    done = {r.id: r for r in store.list_runs(limit=1000) if r.state != "SCHEDULED"}
+    assert {r.state for r in done.values()} == {"COMPLETED"}
+    assert {r.worker for r in done.values()} <= {"w0", "w1"}
+
+
+def test_sigterm_lets_a_running_run_finish(tmp_path: Path, db_url: str) -> None:
+    config = _config(
+        tmp_path,
+        db_url,
+        """
+    [worker]
+    shutdown_grace = "20s"
+    [[deployments]]
+    name = "slow"
+    command = ["sh", "-c", "sleep 1; echo done"]
+    """,
+    )
+    store = _store(db_url)
+    store.sync(load_config(config), datetime.now(UTC))
+    run_id = store.create_run("slow", datetime.now(UTC))
+    with daemons(tmp_path) as group:
+        worker = group.start("orchd-worker", "--config", str(config))
+        wait_for(lambda: store.get_run(run_id).state == "RUNNING", what="the run to start")  # type: ignore[union-attr]
+        assert group.stop(worker) == 0
+    row = store.get_run(run_id)
+    assert row is not None and row.state == "COMPLETED"
+
+
+def test_sigkilled_worker_leaves_no_child_running(tmp_path: Path, db_url: str) -> None:
+    config = _config(tmp_path, db_url, '[[deployments]]\nname = "long"\ncommand = ["sleep", "60"]\n')
+    store = _store(db_url)
+    store.sync(load_config(config), datetime.now(UTC))
+    run_id = store.create_run("long", datetime.now(UTC))
+    with daemons(tmp_path) as group:
+        worker = group.start("orchd-worker", "--config", str(config))
+        row = wait_for(lambda: (r := store.get_run(run_id)) and r.state == "RUNNING" and r, what="RUNNING")
+        assert pid_alive(row.pid)
+        worker.kill()
+        worker.wait(timeout=10)
+        wait_for(lambda: not pid_alive(row.pid), timeout=10, what="the orphaned child to die")
+
+
+def test_bad_config_exits_78_with_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "orchd.toml"
+    path.write_text("[worker]\nconcurency = 4\n")
+    for command in ("orchd-scheduler", "orchd-worker"):
+        result = run_cli(["--config", str(path)], command=command)
+        assert result.returncode == 78
+        assert result.stderr.strip() == (
+            f"orchd: error: {path}:2: worker.concurency: unknown key (did you mean 'concurrency'?)"
+        )
+
+
+def test_scheduler_once(tmp_path: Path, db_url: str) -> None:
+    config = _config(
+        tmp_path,
+        db_url,
+        """
+    [[deployments]]
+    name = "x"
+    command = ["true"]
+    schedules = [{ interval = "1m" }]
+    """,
+    )
+    result = run_cli(["--config", str(config), "--once"], command="orchd-scheduler")
+    assert result.returncode == 0, result.stderr
+    assert "runs created" in result.stdout
+    assert len(_store(db_url).list_runs()) == 10

@@ -1,0 +1,237 @@
+"""Materialization on both databases: idempotent ticks, config re-applied, concurrent schedulers,
+catch-up after downtime, archived deployments and edited schedules, and the reaper."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import select
+
+from orchd.config import load_config
+from orchd.db.engine import make_engine
+from orchd.db.schema import deployments, runs
+from orchd.db.store import Store
+from orchd.scheduler.daemon import Scheduler
+from orchd.states import RunState
+from tests.conftest import MakeConfig
+from tests.helpers import history, state_of
+
+T0 = datetime(2026, 11, 22, 12, 0, 0, tzinfo=UTC)
+EVERY_MINUTE = """
+[scheduler]
+horizon = "10m"
+catchup = "{catchup}"
+
+[[deployments]]
+name = "tick"
+command = ["true"]
+schedules = [{{ interval = "1m" }}]
+"""
+
+
+class Clock:
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def _times(store: Store, state: str | None = None) -> list[datetime]:
+    stmt = select(runs.c.scheduled_for).order_by(runs.c.scheduled_for)
+    if state:
+        stmt = stmt.where(runs.c.state == state)
+    with store.read() as conn:
+        return list(conn.execute(stmt).scalars())
+
+
+def _scheduler(
+    make_config: MakeConfig, store: Store, clock: Clock, body: str = EVERY_MINUTE, catchup: str = "latest"
+) -> Scheduler:
+    scheduler = Scheduler(make_config(body.format(catchup=catchup)), store, clock=clock)
+    scheduler.sync()
+    return scheduler
+
+
+def test_tick_materializes_up_to_the_horizon_once(store: Store, make_config: MakeConfig) -> None:
+    clock = Clock(T0 + timedelta(seconds=5))
+    scheduler = _scheduler(make_config, store, clock)
+    first = scheduler.tick()
+    assert first.created == 10
+    assert _times(store) == [T0 + timedelta(minutes=m) for m in range(1, 11)]
+    assert scheduler.tick().created == 0  # the same tick again creates nothing
+    clock.now += timedelta(minutes=1)
+    assert scheduler.tick().created == 1
+    assert len(_times(store)) == len(set(_times(store))) == 11
+
+
+def test_reapplying_unchanged_config_a_hundred_times_creates_nothing(
+    store: Store, make_config: MakeConfig
+) -> None:
+    clock = Clock(T0)
+    scheduler = _scheduler(make_config, store, clock)
+    scheduler.tick()
+    before = _times(store)
+    with store.read() as conn:
+        stamp = conn.execute(select(deployments.c.updated_at)).scalar_one()
+    for _ in range(100):
+        report = store.sync(scheduler.config, clock())
+        assert (report.created, report.updated, report.schedules_added, report.schedules_removed) == (
+            0,
+            0,
+            0,
+            0,
+        )
+        scheduler.tick()
+    assert _times(store) == before
+    with store.read() as conn:
+        assert conn.execute(select(deployments.c.updated_at)).scalar_one() == stamp
+
+
+def test_two_schedulers_at_once_never_duplicate(store: Store, make_config: MakeConfig, db_url: str) -> None:
+    body = """
+    [scheduler]
+    horizon = "1h"
+    max_scheduled_runs = 1000
+    [[deployments]]
+    name = "a"
+    command = ["true"]
+    schedules = [{ interval = "10s" }, { cron = "* * * * *", timezone = "Europe/Berlin" }]
+    [[deployments]]
+    name = "b"
+    command = ["true"]
+    schedules = [{ cron = "*/5 * * * * *" }]
+    """
+    config = make_config(body)
+    engines = [
+        make_engine(load_config("/dev/null", env={"ORCHD_DATABASE_URL": db_url}).database) for _ in range(2)
+    ]
+    schedulers = [Scheduler(config, Store(e, f"s{i}"), clock=Clock(T0)) for i, e in enumerate(engines)]
+    start = threading.Barrier(2)
+    errors: list[BaseException] = []
+
+    def work(s: Scheduler) -> None:
+        try:
+            start.wait(timeout=10)
+            for minute in range(5):
+                s.clock.now = T0 + timedelta(minutes=minute)  # type: ignore[attr-defined]
+                s.sync()
+                s.tick()
+        except BaseException as exc:  # asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(s,)) for s in schedulers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert errors == []
+    with store.read() as conn:
+        keys = conn.execute(select(runs.c.deployment_id, runs.c.schedule_key, runs.c.scheduled_for)).all()
+    assert len(keys) > 700
+    assert [k for k, n in Counter(keys).items() if n > 1] == []
+    for e in engines:
+        e.dispose()
+
+
+def test_catchup_latest_after_downtime(store: Store, make_config: MakeConfig) -> None:
+    clock = Clock(T0)
+    scheduler = _scheduler(make_config, store, clock, catchup="latest")
+    scheduler.tick()
+    clock.now = T0 + timedelta(hours=2)  # down for two hours: 110 fire times missed
+    scheduler.tick()
+    missed = [t for t in _times(store) if T0 + timedelta(minutes=10) < t < clock.now - timedelta(seconds=5)]
+    assert missed == [T0 + timedelta(minutes=119)]
+
+
+def test_catchup_none_after_downtime(store: Store, make_config: MakeConfig) -> None:
+    clock = Clock(T0)
+    scheduler = _scheduler(make_config, store, clock, catchup="none")
+    scheduler.tick()
+    clock.now = T0 + timedelta(hours=2, seconds=30)
+    scheduler.tick()
+    assert [t for t in _times(store) if T0 + timedelta(minutes=10) < t < clock.now] == []
+    assert min(t for t in _times(store) if t > clock.now) == T0 + timedelta(hours=2, minutes=1)
+
+
+def test_catchup_all_is_bounded(store: Store, make_config: MakeConfig) -> None:
+    clock = Clock(T0)
+    body = EVERY_MINUTE.replace('catchup = "{catchup}"', 'catchup = "all"\ncatchup_limit = 30')
+    scheduler = _scheduler(make_config, store, clock, body=body)
+    scheduler.tick()
+    clock.now = T0 + timedelta(hours=2)
+    scheduler.tick()
+    missed = [t for t in _times(store) if T0 + timedelta(minutes=10) < t < clock.now - timedelta(seconds=5)]
+    assert missed == [T0 + timedelta(minutes=m) for m in range(90, 120)]
+
+
+def test_removed_deployment_is_archived_and_its_future_runs_dropped(
+    store: Store, make_config: MakeConfig
+) -> None:
+    clock = Clock(T0)
+    scheduler = _scheduler(make_config, store, clock)
+    scheduler.tick()
+    due = store.create_run("tick", T0)  # due now, never claimed
+    clock.now = T0 + timedelta(seconds=1)
+    scheduler.reload(make_config(""))
+    with store.read() as conn:
+        archived = conn.execute(select(deployments.c.archived_at)).scalar_one()
+    assert archived is not None
+    assert state_of(store, due) == "SCHEDULED"  # ad-hoc runs are not the schedule's
+    assert _times(store, "SCHEDULED") == [T0]
+    scheduler.reload(make_config(EVERY_MINUTE.format(catchup="latest")))
+    with store.read() as conn:
+        assert conn.execute(select(deployments.c.archived_at)).scalar_one() is None
+    assert scheduler.tick().created == 10
+
+
+def test_edited_schedule_replaces_its_future_runs(store: Store, make_config: MakeConfig) -> None:
+    clock = Clock(T0)
+    scheduler = _scheduler(make_config, store, clock)
+    scheduler.tick()
+    scheduler.reload(make_config(EVERY_MINUTE.format(catchup="latest").replace('"1m"', '"2m"')))
+    scheduler.tick()
+    assert _times(store, "SCHEDULED") == [T0 + timedelta(minutes=m) for m in range(0, 11, 2)]
+    assert _times(store, "CANCELLED") == [T0]  # due, unclaimed, of the old definition
+
+
+def test_cron_in_a_timezone_across_dst(store: Store, make_config: MakeConfig) -> None:
+    body = """
+    [scheduler]
+    horizon = "3d"
+    [[deployments]]
+    name = "daily"
+    command = ["true"]
+    schedules = [{ cron = "30 1 * * *", timezone = "America/New_York" }]
+    """
+    clock = Clock(datetime(2026, 10, 31, 0, 0, tzinfo=UTC))  # fall back on Nov 1st, 02:00 EDT
+    scheduler = Scheduler(make_config(body), store, clock=clock)
+    scheduler.sync()
+    scheduler.tick()
+    assert _times(store) == [
+        datetime(2026, 10, 31, 5, 30, tzinfo=UTC),  # 01:30 EDT
+        datetime(2026, 11, 1, 5, 30, tzinfo=UTC),  # 01:30 EDT, once: not again at 01:30 EST
+        datetime(2026, 11, 2, 6, 30, tzinfo=UTC),  # 01:30 EST
+    ]
+
+
+def test_reaper_crashes_expired_leases_and_retries(store: Store, make_config: MakeConfig) -> None:
+    config = make_config(
+        '[[deployments]]\nname = "job"\ncommand = ["true"]\nretries = 1\nretry_delay = "0s"\n'
+    )
+    store.sync(config, T0)
+    run_id = store.create_run("job", T0)
+    assert store.claim("w1", ["default"], 1, T0, T0 + timedelta(seconds=30))
+    assert (
+        store.reap(T0 + timedelta(seconds=29)) == []
+    )  # a claimed run that never started: judged by its lease
+    assert store.reap(T0 + timedelta(seconds=31)) == [run_id]
+    assert state_of(store, run_id) == RunState.SCHEDULED
+    assert history(store, run_id)[-2:] == [("PENDING", "CRASHED"), ("CRASHED", "SCHEDULED")]
+    later = T0 + timedelta(minutes=1)
+    assert store.claim("w2", ["default"], 1, later, later + timedelta(seconds=30))[0].attempt == 2
+    assert store.start(run_id, "w2", 123, later)
+    assert store.reap(later + timedelta(seconds=31)) == [run_id]
+    assert state_of(store, run_id) == RunState.CRASHED  # no attempts left

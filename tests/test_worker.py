@@ -1,0 +1,195 @@
+"""The worker in-process on both databases: outcomes, captured output, retries, timeouts, the
+output cap, the run environment, and claims under contention (each run executed once)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from orchd.config import Config, load_config
+from orchd.db.engine import make_engine
+from orchd.db.store import Store
+from orchd.worker.daemon import Worker
+from tests.conftest import MakeConfig
+from tests.helpers import claims_per_run, history, states_count
+
+NOW = datetime.now(UTC)
+
+
+def _deploy(make_config: MakeConfig, store: Store, body: str) -> Config:
+    config = make_config(body)
+    store.sync(config, datetime.now(UTC))
+    return config
+
+
+def _burst(config: Config, store: Store, concurrency: int = 4, name: str = "w") -> None:
+    Worker(config, store, ["default"], concurrency, name=name, burst=True).run(threading.Event())
+
+
+def test_success_failure_and_captured_output(store: Store, make_config: MakeConfig) -> None:
+    config = _deploy(
+        make_config,
+        store,
+        """
+    [[deployments]]
+    name = "ok"
+    command = ["sh", "-c", "echo hello; echo to-stderr >&2"]
+    [[deployments]]
+    name = "bad"
+    command = ["sh", "-c", "echo partial; exit 3"]
+    """,
+    )
+    ok, bad = store.create_run("ok", NOW), store.create_run("bad", NOW)
+    _burst(config, store)
+    ok_row, bad_row = store.get_run(ok), store.get_run(bad)
+    assert ok_row is not None and bad_row is not None
+    assert (ok_row.state, ok_row.exit_code) == ("COMPLETED", 0)
+    assert (bad_row.state, bad_row.exit_code, bad_row.error) == ("FAILED", 3, "exit code 3")
+    assert {(r.stream, r.line) for r in store.run_logs(ok)} == {("stdout", "hello"), ("stderr", "to-stderr")}
+    assert [r.line for r in store.run_logs(bad)] == ["partial"]
+    assert history(store, ok) == [
+        (None, "SCHEDULED"),
+        ("SCHEDULED", "PENDING"),
+        ("PENDING", "RUNNING"),
+        ("RUNNING", "COMPLETED"),
+    ]
+
+
+def test_a_command_that_cannot_start_fails_with_a_reason(store: Store, make_config: MakeConfig) -> None:
+    config = _deploy(make_config, store, '[[deployments]]\nname = "x"\ncommand = ["/nonexistent/cmd"]\n')
+    run_id = store.create_run("x", NOW)
+    _burst(config, store)
+    row = store.get_run(run_id)
+    assert row is not None and row.state == "FAILED"
+    assert "cannot start '/nonexistent/cmd'" in row.error
+
+
+def test_retries_are_recorded_attempt_by_attempt(store: Store, make_config: MakeConfig) -> None:
+    config = _deploy(
+        make_config,
+        store,
+        """
+    [[deployments]]
+    name = "flaky"
+    command = ["sh", "-c", "exit 1"]
+    retries = 2
+    retry_delay = "0s"
+    """,
+    )
+    run_id = store.create_run("flaky", NOW)
+    _burst(config, store)
+    row = store.get_run(run_id)
+    assert row is not None and (row.state, row.attempt, row.max_attempts) == ("FAILED", 3, 3)
+    steps = history(store, run_id)
+    assert steps.count(("RUNNING", "FAILED")) == 3
+    assert steps.count(("FAILED", "SCHEDULED")) == 2
+    assert [h.attempt for h in store.run_history(run_id) if h.to_state == "RUNNING"] == [1, 2, 3]
+
+
+def test_timeout_kills_a_child_that_ignores_sigterm(store: Store, make_config: MakeConfig) -> None:
+    config = _deploy(
+        make_config,
+        store,
+        """
+    [worker]
+    kill_grace = "500ms"
+    [[deployments]]
+    name = "stuck"
+    command = ["sh", "-c", "trap '' TERM; echo started; sleep 30 & wait; sleep 30"]
+    timeout = "1s"
+    """,
+    )
+    run_id = store.create_run("stuck", NOW)
+    _burst(config, store)
+    row = store.get_run(run_id)
+    assert row is not None and row.state == "TIMED_OUT"
+    assert row.error.startswith("timed out after")
+    assert [r.line for r in store.run_logs(run_id)] == ["started"]
+
+
+def test_output_is_capped_keeping_head_and_tail(store: Store, make_config: MakeConfig) -> None:
+    script = (
+        "i=0; while [ $i -lt 20000 ]; do echo line-$i-xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx; i=$((i+1)); done"
+    )
+    config = _deploy(
+        make_config,
+        store,
+        f"""
+    [worker]
+    log_max_bytes = 20000
+    [[deployments]]
+    name = "chatty"
+    command = ["sh", "-c", "{script}"]
+    """,
+    )
+    run_id = store.create_run("chatty", NOW)
+    _burst(config, store)
+    lines = [r.line for r in store.run_logs(run_id)]
+    assert lines[0].startswith("line-0-")
+    assert lines[-1].startswith("line-19999-")
+    assert sum(len(line) + 1 for line in lines) < 21000
+    marker = [line for line in lines if line.startswith("[orchd:")]
+    assert len(marker) == 1 and "dropped" in marker[0]
+
+
+def test_run_environment(
+    store: Store, make_config: MakeConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ORCHD_DATABASE_URL", "postgresql://user:secret@db/orchd")  # must not leak into runs
+    config = _deploy(
+        make_config,
+        store,
+        f"""
+    [[deployments]]
+    name = "env"
+    command = ["sh", "-c", "env | grep -E '^(ORCHD_|GREETING=)' | sort; pwd"]
+    parameters = {{ size = 3 }}
+    env = {{ GREETING = "hi" }}
+    working_dir = "{tmp_path / "wd"}"
+    """,
+    )
+    run_id = store.create_run("env", NOW, parameters={"color": "red"})
+    _burst(config, store)
+    out = dict(r.line.split("=", 1) for r in store.run_logs(run_id) if "=" in r.line)
+    assert out["ORCHD_RUN_ID"] == str(run_id)
+    assert out["ORCHD_DEPLOYMENT"] == "env"
+    assert out["ORCHD_ATTEMPT"] == "1"
+    assert datetime.fromisoformat(out["ORCHD_SCHEDULED_FOR"]).tzinfo is not None
+    assert json.loads(out["ORCHD_PARAMETERS"]) == {"size": 3, "color": "red"}
+    assert out["GREETING"] == "hi"
+    assert "ORCHD_DATABASE_URL" not in out
+    assert store.run_logs(run_id)[-1].line == str(tmp_path / "wd")
+
+
+def test_claims_under_contention_execute_each_run_once(
+    store: Store, make_config: MakeConfig, db_url: str
+) -> None:
+    config = _deploy(make_config, store, '[[deployments]]\nname = "t"\ncommand = ["true"]\n')
+    ids = [store.create_run("t", NOW) for _ in range(120)]
+    engines = [
+        make_engine(load_config("/dev/null", env={"ORCHD_DATABASE_URL": db_url}).database) for _ in range(4)
+    ]
+    errors: list[BaseException] = []
+
+    def work(i: int) -> None:
+        try:
+            _burst(config, Store(engines[i], f"w{i}"), concurrency=4, name=f"w{i}")
+        except BaseException as exc:  # asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert errors == []
+    assert states_count(store) == {"COMPLETED": 120}
+    assert claims_per_run(store) == dict.fromkeys(ids, 1)
+    workers = {store.get_run(i).worker for i in ids}  # type: ignore[union-attr]
+    assert len(workers) > 1
+    for e in engines:
+        e.dispose()
