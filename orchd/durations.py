@@ -6,6 +6,7 @@ and a value like "90" (bare seconds) must mean the same everywhere.
 
 from __future__ import annotations
 
+import math
 import re
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
@@ -20,7 +21,7 @@ def parse_duration(value: object) -> float:
     if isinstance(value, bool):
         raise ValueError(f'expected a duration like "30s", "5m", "2h", got {value!r}')
     if isinstance(value, int | float):
-        if value < 0:
+        if value < 0 or not math.isfinite(value):  # TOML has nan and inf
             raise ValueError(f"expected a non-negative duration, got {value!r}")
         return float(value)
     if not isinstance(value, str):

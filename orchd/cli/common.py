@@ -26,7 +26,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 config_option = click.option(
     "--config",
     "config_path",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=click.Path(path_type=Path),
     default=None,
     help="Config file (default: $ORCHD_CONFIG or /etc/orchd/orchd.toml).",
 )

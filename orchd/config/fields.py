@@ -7,6 +7,7 @@ and the documentation (``orchd config init``, README) from drifting apart.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -57,7 +58,7 @@ def optional_integer(minimum: int = 0) -> Parser:
     inner = integer(minimum)
 
     def parse(value: Any) -> int | None:
-        return None if value is None or value == 0 else inner(value)
+        return None if value is None or (value == 0 and not isinstance(value, bool)) else inner(value)
 
     return parse
 
@@ -66,7 +67,7 @@ def number(minimum: float = 0.0) -> Parser:
     def parse(value: Any) -> float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ValueError(f"expected a number >= {minimum}, got {_kind(value)}")
-        if value < minimum:
+        if value < minimum or not math.isfinite(value):  # TOML has nan and inf
             raise ValueError(f"expected a number >= {minimum}, got {value}")
         return float(value)
 
@@ -79,7 +80,7 @@ def duration(value: Any) -> float:
 
 def optional_duration(value: Any) -> float | None:
     """A duration, or "" / 0 for "none"."""
-    if value in ("", 0, None):
+    if value is None or value == "" or (value == 0 and not isinstance(value, bool)):
         return None
     return parse_duration(value)
 

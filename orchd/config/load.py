@@ -7,6 +7,7 @@ the key, and what was expected, so a person can fix it without reading a traceba
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import os
@@ -16,6 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from orchd.config import fields
 from orchd.config.model import ARRAYS, NAME_PATTERN, SECTIONS, Config, DeploymentConfig, PoolConfig
 from orchd.errors import ConfigError
 from orchd.schedules import parse_schedule
@@ -57,7 +59,7 @@ class _Document:
     @classmethod
     def read(cls, path: Path) -> _Document:
         try:
-            text = path.read_text(encoding="utf-8")
+            text = path.read_bytes().decode("utf-8")
         except FileNotFoundError:
             raise ConfigError(f"{path}: config file not found") from None
         except PermissionError:
@@ -65,11 +67,13 @@ class _Document:
         except IsADirectoryError:
             raise ConfigError(f"{path}: is a directory, expected a TOML file") from None
         except UnicodeDecodeError as exc:
-            raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+            line = exc.object[: exc.start].count(b"\n") + 1
+            raise ConfigError(f"{path}:{line}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
         try:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+            at = re.search(r"\(at line (\d+), column \d+\)", str(exc))
+            raise ConfigError(f"{path}{':' + at.group(1) if at else ''}: invalid TOML: {exc}") from None
         return cls(path, text, data)
 
     def where(self, table: str, key: str | None, index: int = 0) -> str:
@@ -90,7 +94,7 @@ class _Document:
             inline = re.compile(rf"[{{,]\s*[\"']?{re.escape(key)}[\"']?\s*=")
             for number in range(start + 1, len(self.lines)):
                 line = self.lines[number]
-                if number > start + 1 and header.match(line) is None and re.match(r"^\s*\[", line):
+                if re.match(r"^\s*\[", line):  # the next table, or the next [[table]]
                     break
                 if pattern.match(line) or inline.search(line):
                     return f"{self.path}:{number + 1}"
@@ -132,20 +136,27 @@ def _parse_fields(
 
 
 _ENV_KEY = re.compile(r"^ORCHD_(DATABASE|SCHEDULER|WORKER|LOGGING)_([A-Z0-9_]+)$")
+_TEXT_KEYS = {
+    (section, fd.name)
+    for section, cls in SECTIONS.items()
+    for fd in dataclasses.fields(cls)
+    if fd.metadata["parser"] is fields.text
+}
 
 
 def _env_overrides(env: Mapping[str, str]) -> dict[str, dict[str, tuple[Any, str]]]:
-    """ORCHD_<SECTION>_<KEY>=value; the value is read as a TOML literal when it is one (8, true)."""
+    """ORCHD_<SECTION>_<KEY>=value; the value is read as a TOML literal when it is one (8, true),
+    except for string keys (ORCHD_WORKER_NAME=42 is the name "42")."""
     found: dict[str, dict[str, tuple[Any, str]]] = {}
     for var, text in env.items():
         match = _ENV_KEY.match(var)
         if not match:
             continue
         section, key = match.group(1).lower(), match.group(2).lower()
-        try:
-            value: Any = tomllib.loads(f"v = {text}")["v"]
-        except tomllib.TOMLDecodeError:
-            value = text
+        value: Any = text
+        if (section, key) not in _TEXT_KEYS:
+            with contextlib.suppress(tomllib.TOMLDecodeError):
+                value = tomllib.loads(f"v = {text}")["v"]
         found.setdefault(section, {})[key] = (value, f"environment {var}")
     return found
 
@@ -156,6 +167,7 @@ def _build(path: Path | None, documents: list[_Document], env: Mapping[str, str]
     locators: dict[str, Any] = {}
     pools: list[PoolConfig] = []
     deployments: list[DeploymentConfig] = []
+    first_defined: dict[tuple[str, str], str] = {}  # (pools|deployments, name) -> file:line
     for doc in documents:
         for top, body in doc.data.items():
             if top in SECTIONS:
@@ -172,6 +184,12 @@ def _build(path: Path | None, documents: list[_Document], env: Mapping[str, str]
                         pools.append(_pool(doc, index, item, sources))
                     else:
                         deployments.append(_deployment(doc, index, item, sources))
+                    where, name = doc.where(top, "name", index), item["name"]
+                    if (top, name) in first_defined:
+                        raise ConfigError(
+                            f"{where}: {top}: {name!r} is defined twice (first at {first_defined[top, name]})"
+                        )
+                    first_defined[top, name] = where
             else:
                 known = [*SECTIONS, *ARRAYS]
                 raise ConfigError(f"{doc.where(top, None)}: {top}: {_unknown(top, known)}")
@@ -191,8 +209,6 @@ def _build(path: Path | None, documents: list[_Document], env: Mapping[str, str]
 
         sections[name] = cls(**_parse_fields(cls, raw, locate, name, sources, origin))
 
-    _check_unique("pools", [p.name for p in pools], path)
-    _check_unique("deployments", [d.name for d in deployments], path)
     state_dir = _state_dir(env)
     database = sections["database"]
     url = _resolve_url(database.url, database.url_file, state_dir, env, sources)
@@ -205,14 +221,6 @@ def _build(path: Path | None, documents: list[_Document], env: Mapping[str, str]
         sources=sources,
         **sections,
     )
-
-
-def _check_unique(kind: str, names: list[str], path: Path | None) -> None:
-    seen: set[str] = set()
-    for name in names:
-        if name in seen:
-            raise ConfigError(f"{path}: {kind}: {name!r} is defined twice")
-        seen.add(name)
 
 
 def _named(doc: _Document, table: str, index: int, item: Mapping[str, Any]) -> str:
@@ -243,9 +251,9 @@ def _deployment(
     def locate(key: str) -> str:
         return doc.where("deployments", key, index)
 
-    values = _parse_fields(DeploymentConfig, item, locate, label, sources, {})
-    if not values["command"]:
+    if "command" not in item:
         raise ConfigError(f'{locate("name")}: {label}.command: required (an argv list such as ["/bin/true"])')
+    values = _parse_fields(DeploymentConfig, item, locate, label, sources, {})
     if not re.fullmatch(NAME_PATTERN, values["pool"]):
         raise ConfigError(f"{locate('pool')}: {label}.pool: expected a pool name, got {values['pool']!r}")
     raw_schedules = item.get("schedules", [])
@@ -255,8 +263,9 @@ def _deployment(
     for position, raw in enumerate(raw_schedules):
         try:
             specs.append(parse_schedule(raw))
-        except ValueError as exc:
-            raise ConfigError(f"{locate('schedules')}: {label}.schedules[{position}].{exc}") from None
+        except ValueError as exc:  # "key: problem", or a problem of the whole entry
+            sep = "." if re.match(r"\w+: ", str(exc)) else ": "
+            raise ConfigError(f"{locate('schedules')}: {label}.schedules[{position}]{sep}{exc}") from None
     keys = [s.key for s in specs]
     if len(set(keys)) != len(keys):
         raise ConfigError(f"{locate('schedules')}: {label}.schedules: the same schedule is listed twice")

@@ -1,0 +1,45 @@
+"""The README documents every config key and every command (so docs cannot fall behind)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from orchd.cli import main
+from orchd.config.model import ARRAYS, SECTIONS
+
+README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+KEYS = [f"{s}.{f.name}" for s, cls in SECTIONS.items() for f in dataclasses.fields(cls)] + [
+    f"{a}[].{f.name}" for a, cls in ARRAYS.items() for f in dataclasses.fields(cls)
+]
+
+
+def _commands(group: click.Group, prefix: str) -> list[str]:
+    found = []
+    for name, command in group.commands.items():
+        if isinstance(command, click.Group):
+            found += _commands(command, f"{prefix} {name}")
+        else:
+            found.append(f"{prefix} {name}")
+    return found
+
+
+@pytest.mark.parametrize("key", KEYS)
+def test_every_config_key_is_in_the_readme(key: str) -> None:
+    assert f"`{key}`" in README
+
+
+@pytest.mark.parametrize("command", _commands(main, "orchd"))
+def test_every_command_is_in_the_readme(command: str) -> None:
+    assert f"`{command}" in README
+
+
+@pytest.mark.parametrize("command", _commands(main, "orchd"))
+def test_every_command_has_help(command: str) -> None:
+    result = CliRunner().invoke(main, [*command.split()[1:], "--help"])
+    assert result.exit_code == 0
+    assert "Usage:" in result.output
