@@ -12,6 +12,7 @@ from orchd.db import migrate
 from orchd.db.engine import make_engine, mask, wait_for_database
 from orchd.db.store import Store
 from orchd.logging import get_logger
+from orchd.notify import Notifier
 
 log = get_logger("orchd")
 
@@ -36,13 +37,18 @@ class Signals:
         self.reload.set()
 
 
-def open_store(config: Config, actor: str, should_stop: Callable[[], bool]) -> Store | None:
+def open_store(
+    config: Config, actor: str, should_stop: Callable[[], bool], notifier: Notifier | None = None
+) -> Store | None:
     """Wait for the database (with backoff), migrate or check the schema, and return a Store;
     None if told to stop while waiting."""
     engine = make_engine(config.database)
+    notify = notifier or Notifier()
 
     def waiting(reason: str, retry_in: float) -> None:
         log.warning("waiting for database", error=reason, retry_in=retry_in)
+        notify.status(f"waiting for database: {reason}")
+        notify.watchdog()
 
     if not wait_for_database(engine, should_stop=should_stop, on_wait=waiting):
         return None

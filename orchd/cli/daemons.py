@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -12,6 +13,7 @@ from orchd.cli.common import config_option, friendly, load
 from orchd.config import Config
 from orchd.errors import ConfigError
 from orchd.logging import configure, get_logger
+from orchd.notify import Notifier
 from orchd.runtime import Signals, open_store
 from orchd.scheduler.daemon import Scheduler
 from orchd.worker.daemon import Worker
@@ -25,7 +27,7 @@ def _configured(config_path: Path | None) -> Config:
     return config
 
 
-def _reloader(signals: Signals, config_path: Path | None) -> object:
+def _reloader(signals: Signals, config_path: Path | None) -> Callable[[], Config | None]:
     """Returns the new config after SIGHUP, or None; a broken new config is logged and ignored."""
 
     def reload() -> Config | None:
@@ -52,7 +54,8 @@ def scheduler_main(config_path: Path | None, once: bool) -> None:
     """Materialize scheduled runs of deployments into the queue and reap dead workers' runs."""
     config = _configured(config_path)
     signals = Signals().install()
-    store = open_store(config, "scheduler", signals.stop.is_set)
+    notifier = Notifier()
+    store = open_store(config, "scheduler", signals.stop.is_set, notifier)
     if store is None:
         return
     scheduler = Scheduler(config, store)
@@ -64,7 +67,7 @@ def scheduler_main(config_path: Path | None, once: bool) -> None:
         )
         return
     log.info("scheduler started", version=__version__)
-    scheduler.run(signals.stop, _reloader(signals, config_path))  # type: ignore[arg-type]
+    scheduler.run(signals.stop, _reloader(signals, config_path), notifier)
     log.info("scheduler stopped")
 
 
@@ -84,7 +87,8 @@ def worker_main(
     """Claim due runs of the given pools and execute them as child processes."""
     config = _configured(config_path)
     signals = Signals().install()
-    store = open_store(config, "worker", signals.stop.is_set)
+    notifier = Notifier()
+    store = open_store(config, "worker", signals.stop.is_set, notifier)
     if store is None:
         return
     worker = Worker(
@@ -95,7 +99,7 @@ def worker_main(
         name or "",
         burst,
     )
-    worker.run(signals.stop)
+    worker.run(signals.stop, notifier)
 
 
 @click.command("up")

@@ -20,6 +20,7 @@ from sqlalchemy.exc import OperationalError
 from orchd.config import Config
 from orchd.db.store import Store
 from orchd.logging import get_logger
+from orchd.notify import Notifier
 from orchd.scheduler.plan import plan
 
 log = get_logger("orchd.scheduler")
@@ -97,18 +98,39 @@ class Scheduler:
             )
         return report
 
-    def run(self, stop: threading.Event, reload: Callable[[], Config | None] | None = None) -> None:
+    def run(
+        self,
+        stop: threading.Event,
+        reload: Callable[[], Config | None] | None = None,
+        notifier: Notifier | None = None,
+    ) -> None:
         """Tick every ``loop_interval`` until ``stop`` is set.  A database outage is logged and
         waited out with backoff; it never ends the loop."""
+        notify = notifier or Notifier()
         self.sync()
+        notify.ready(self._status())
         backoff = 0.0
         while not stop.is_set():
-            if reload is not None and (new := reload()) is not None:
-                self.reload(new)
+            notify.watchdog()
             try:
+                if reload is not None and (new := reload()) is not None:
+                    notify.reloading()
+                    self.reload(new)
+                    notify.ready(self._status())
                 self.tick()
                 backoff = 0.0
+                notify.status(self._status())
             except OperationalError as exc:
                 backoff = min(30.0, max(1.0, backoff * 2))
-                log.warning("database unavailable, retrying", error=str(exc.orig).strip(), retry_in=backoff)
+                reason = str(exc.orig).strip().splitlines()[-1] if str(exc.orig).strip() else "unreachable"
+                log.warning("database unavailable, retrying", error=reason, retry_in=backoff)
+                notify.status(f"database unavailable: {reason}; retrying in {backoff:.0f}s")
             stop.wait(backoff or self.config.scheduler.loop_interval)
+        notify.stopping()
+
+    def _status(self) -> str:
+        schedules = sum(1 for d in self.config.deployments for s in d.schedules if s.active)
+        return (
+            f"leader, {len(self.config.deployments)} deployments, {schedules} schedules, "
+            f"tick every {self.config.scheduler.loop_interval:g}s"
+        )

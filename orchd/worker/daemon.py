@@ -26,6 +26,7 @@ from sqlalchemy.exc import OperationalError
 from orchd.config import Config
 from orchd.db.store import ClaimedRun, Store
 from orchd.logging import get_logger
+from orchd.notify import Notifier
 from orchd.states import RunState
 from orchd.worker.process import ExitEvent, OutputEvent, RunProcess, run_environment
 
@@ -74,20 +75,25 @@ class Worker:
 
     # ------------------------------------------------------------------ loop
 
-    def run(self, stop: threading.Event) -> None:
+    def run(self, stop: threading.Event, notifier: Notifier | None = None) -> None:
         """Work until ``stop`` is set (then drain) or, with ``burst``, until nothing is due."""
         cfg = self.config.worker
+        notify = notifier or Notifier()
         self.store.register_worker(
             self.name, self.host, os.getpid(), self.pools, self.concurrency, self.clock()
         )
         log.info("worker started", worker=self.name, pools=",".join(self.pools), concurrency=self.concurrency)
+        notify.ready(self._status())
         next_heartbeat = time.monotonic() + cfg.heartbeat
         next_claim = 0.0
         drain_until: float | None = None
         while True:
             now = time.monotonic()
+            notify.watchdog()
+            notify.status(self._status())
             if stop.is_set() and drain_until is None:
                 drain_until = now + cfg.shutdown_grace
+                notify.stopping(f"stopping: waiting for {len(self.active)} runs")
                 log.info(
                     "stopping: no new claims, waiting for running runs",
                     running=len(self.active),
@@ -119,6 +125,9 @@ class Worker:
         self._flush_logs()
         self.store.worker_stopped(self.name, self.clock())
         log.info("worker stopped", worker=self.name)
+
+    def _status(self) -> str:
+        return f"running {len(self.active)}/{self.concurrency} runs, pools {','.join(self.pools)}"
 
     def _idle_wait(self) -> float:
         """Seconds until the earliest known due run of our pools, capped by the poll interval."""
