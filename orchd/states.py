@@ -11,6 +11,7 @@ returned list.  A transition the machine does not allow is refused before any SQ
     PENDING -> FAILED                        (the command could not be started at all)
     PENDING | RUNNING -> SCHEDULED           (handed back by a stopping worker, attempt not charged)
     FAILED | TIMED_OUT | CRASHED -> SCHEDULED (retry: attempt + 1, due after a backoff)
+    COMPLETED | CANCELLED | MISSED -> SCHEDULED (only by `orchd run retry`)
 """
 
 from __future__ import annotations
@@ -47,9 +48,10 @@ TRANSITIONS: Mapping[RunState, frozenset[RunState]] = {
     S.FAILED: frozenset({S.SCHEDULED}),
     S.TIMED_OUT: frozenset({S.SCHEDULED}),
     S.CRASHED: frozenset({S.SCHEDULED}),
-    S.COMPLETED: frozenset(),
-    S.CANCELLED: frozenset(),
-    S.MISSED: frozenset(),
+    # A finished run goes back to SCHEDULED only when a person asks (`orchd run retry`).
+    S.COMPLETED: frozenset({S.SCHEDULED}),
+    S.CANCELLED: frozenset({S.SCHEDULED}),
+    S.MISSED: frozenset({S.SCHEDULED}),
 }
 #: States in which a worker holds the run under a lease.
 ACTIVE: frozenset[RunState] = frozenset({S.PENDING, S.RUNNING, S.CANCELLING})

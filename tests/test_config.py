@@ -613,7 +613,9 @@ def test_shipped_examples_validate_when_uncommented(tmp_path: Path, env: dict[st
     assert "\n[[pools]]\n" in text and "\n[[deployments]]\n" in text
     config = load_config(write(tmp_path / "orchd.toml", text), env=env)
     assert [(p.name, p.concurrency_limit, p.paused) for p in config.pools] == [("default", None, False)]
-    [backup] = config.deployments
+    backup, report = config.deployments
+    assert (report.name, report.entrypoint, report.parameters) == ("refresh-report", "reports.jobs:refresh", {"days": 7})
+    assert (backup.max_active_runs, backup.overlap) == (1, "skip")
     assert backup.name == "nightly-backup"
     assert backup.command == ["/usr/local/bin/backup", "--full"]
     assert backup.timeout == 7200.0

@@ -23,6 +23,7 @@ from orchd.errors import ConfigError
 from orchd.schedules import parse_schedule
 
 DEFAULT_PATH = Path("/etc/orchd/orchd.toml")
+ENTRYPOINT_PATTERN = r"[A-Za-z_][\w.]*:[A-Za-z_]\w*"
 SYSTEM_STATE_DIR = Path("/var/lib/orchd")
 CREDENTIAL_NAME = "database-url"
 
@@ -251,9 +252,25 @@ def _deployment(
     def locate(key: str) -> str:
         return doc.where("deployments", key, index)
 
-    if "command" not in item:
-        raise ConfigError(f'{locate("name")}: {label}.command: required (an argv list such as ["/bin/true"])')
+    if "command" not in item and "entrypoint" not in item:
+        raise ConfigError(
+            f'{locate("name")}: {label}.command: required (an argv list such as ["/bin/true"]), '
+            'or entrypoint = "package.module:function"'
+        )
+    if "command" in item and "entrypoint" in item:
+        raise ConfigError(
+            f"{locate('entrypoint')}: {label}.entrypoint: give either command or entrypoint, not both"
+        )
     values = _parse_fields(DeploymentConfig, item, locate, label, sources, {})
+    if "command" in item and not values["command"]:
+        raise ConfigError(f"{locate('command')}: {label}.command: expected a non-empty argv list")
+    if values["entrypoint"] and not re.fullmatch(ENTRYPOINT_PATTERN, values["entrypoint"]):
+        raise ConfigError(
+            f'{locate("entrypoint")}: {label}.entrypoint: expected "package.module:function", '
+            f"got {values['entrypoint']!r}"
+        )
+    if values["python"] and not values["entrypoint"]:
+        raise ConfigError(f"{locate('python')}: {label}.python: only used with entrypoint")
     if not re.fullmatch(NAME_PATTERN, values["pool"]):
         raise ConfigError(f"{locate('pool')}: {label}.pool: expected a pool name, got {values['pool']!r}")
     raw_schedules = item.get("schedules", [])

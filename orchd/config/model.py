@@ -44,6 +44,20 @@ class SchedulerConfig:
         "Default for deployments: after downtime run none, the latest, or all missed fire times.",
     )
     catchup_limit: int = f.setting(100, f.integer(1), 'Cap on missed runs materialized by catchup = "all".')
+    misfire_grace: float | None = f.setting(
+        "1h",
+        f.optional_duration,
+        "A run still waiting this long after its due time becomes MISSED; empty: never.",
+    )
+    retention: float | None = f.setting(
+        "30d",
+        f.optional_duration,
+        "Finished runs (with history and output) older than this are deleted; empty: never.",
+    )
+    worker_timeout: float = f.setting("2m", f.duration, "A worker silent this long is shown offline.")
+    backfill_limit: int = f.setting(
+        1000, f.integer(1), "`orchd backfill` refuses more runs than this without --yes."
+    )
 
 
 @dataclass(frozen=True)
@@ -55,7 +69,11 @@ class WorkerConfig:
     lease_timeout: float = f.setting(
         "60s", f.duration, "A run whose lease is not extended for this long is CRASHED and retried."
     )
-    poll_interval: float = f.setting("5s", f.duration, "Longest sleep between two looks at the queue.")
+    poll_interval: float = f.setting(
+        "30s",
+        f.duration,
+        "Safety-net poll: workers are woken by NOTIFY (PostgreSQL) or file changes (SQLite).",
+    )
     shutdown_grace: float = f.setting(
         "30s",
         f.duration,
@@ -92,7 +110,12 @@ class DeploymentConfig:
     name: str = f.setting("", f.text, "Unique name; renaming creates a new deployment.")
     description: str = f.setting("", f.text, "Free text shown by the CLI.")
     pool: str = f.setting("default", f.text, "Pool whose workers execute the runs.")
-    command: list[str] = f.setting([], f.argv, "argv list executed without a shell.")
+    command: list[str] = f.setting([], f.argv, "argv list executed without a shell (see shell).")
+    shell: bool = f.setting(False, f.boolean, "Run command joined by spaces through /bin/sh -c.")
+    entrypoint: str = f.setting(
+        "", f.text, 'Instead of command: "package.module:function", called with the parameters.'
+    )
+    python: str = f.setting("", f.text, "Interpreter for entrypoint; empty: the worker's own.")
     parameters: dict[str, Any] = f.setting(
         {}, f.table, "Default parameters, passed as JSON in ORCHD_PARAMETERS."
     )
@@ -108,6 +131,16 @@ class DeploymentConfig:
         "", f.choice("", "none", "latest", "all"), "Overrides scheduler.catchup for this deployment."
     )
     priority: int = f.setting(0, f.integer(-1000), "Higher runs are claimed first within a pool.")
+    max_active_runs: int | None = f.setting(
+        0,
+        f.optional_integer(1),
+        "Runs of this deployment active at once; 0 = no limit (1 when overlap is set).",
+    )
+    overlap: str = f.setting(
+        "allow",
+        f.choice("allow", "skip", "queue", "cancel_previous"),
+        "When a run is due while max_active_runs are active: queue it, skip it (MISSED), cancel the others.",
+    )
     tags: list[str] = f.setting([], f.string_list, "Labels for filtering.")
     schedules: list[ScheduleSpec] = f.setting(
         [],

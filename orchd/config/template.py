@@ -46,12 +46,21 @@ EXAMPLES = """\
 # retry_backoff = 2.0
 # catchup = "latest"           # after downtime: none | latest | all (default: scheduler.catchup)
 # priority = 0                 # higher is claimed first within the pool
+# max_active_runs = 1          # runs of this deployment active at once (0 = no limit)
+# overlap = "skip"             # due while max_active_runs are active: allow | skip | queue | cancel_previous
 # tags = ["backup"]
 # schedules = [
 #   { cron = "30 2 * * *", timezone = "Europe/Berlin" },   # crontab(5) semantics
 #   { interval = "15m" },                                  # at :00, :15, :30, :45 (epoch-anchored)
 #   { at = 2026-12-24T18:00:00, timezone = "Europe/Berlin", parameters = { target = "/srv/xmas" } },
 # ]
+#
+# [[deployments]]
+# name = "refresh-report"
+# entrypoint = "reports.jobs:refresh"          # called as refresh(**parameters); its return value is stored
+# python = "/opt/reports/venv/bin/python"      # the deployment's own interpreter (default: the worker's)
+# parameters = { days = 7 }
+# schedules = [{ cron = "0 6 * * mon-fri", timezone = "Europe/Berlin" }]
 """
 
 

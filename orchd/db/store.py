@@ -25,12 +25,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Row, and_, bindparam, delete, func, or_, select, update
+from sqlalchemy import Connection, Engine, Row, and_, bindparam, case, delete, func, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from orchd import __version__
@@ -40,9 +41,11 @@ from orchd.db.schema import deployments, pools, run_logs, run_states, runs, sche
 from orchd.errors import OrchdError
 from orchd.retries import retry_delay
 from orchd.schedules import ScheduleSpec
-from orchd.states import ACTIVE, RETRYABLE, RunState, record_created, transition
+from orchd.states import ACTIVE, FINISHED, RETRYABLE, TRANSITIONS, RunState, record_created, transition
 
 S = RunState
+#: The NOTIFY channel; the payload is the pool name.
+CHANNEL = "orchd"
 _RUN_COLUMNS = (
     runs.c.id,
     deployments.c.name.label("deployment"),
@@ -63,6 +66,16 @@ _RUN_COLUMNS = (
     runs.c.error,
     runs.c.result,
 )
+
+
+#: Columns cleared when a run goes back to SCHEDULED (retry, hand-back, manual retry).
+_BACK_TO_QUEUE: dict[str, Any] = {
+    "worker": None,
+    "pid": None,
+    "claimed_at": None,
+    "started_at": None,
+    "lease_expires_at": None,
+}
 
 
 @dataclass(frozen=True)
@@ -124,7 +137,21 @@ def deployment_spec(dep: DeploymentConfig, default_catchup: str) -> dict[str, An
         "retry_backoff": dep.retry_backoff,
         "catchup": dep.catchup or default_catchup,
         "tags": dep.tags,
+        "shell": dep.shell,
+        "entrypoint": dep.entrypoint,
+        "python": dep.python,
+        "max_active_runs": dep.max_active_runs,
+        "overlap": dep.overlap,
     }
+
+
+def active_cap(spec: Mapping[str, Any]) -> int | None:
+    """How many runs of a deployment may be active at once: max_active_runs, or 1 when an overlap
+    policy is set without one; None for no limit."""
+    cap = spec.get("max_active_runs")
+    if cap:
+        return int(cap)
+    return 1 if spec.get("overlap", "allow") != "allow" else None
 
 
 def _hash(value: Any) -> str:
@@ -136,6 +163,7 @@ class Store:
         self.engine = engine
         self.actor = actor
         self._dialect = sqlite if engine.dialect.name == "sqlite" else postgresql
+        self._data_version = -1
 
     def _insert(self, table: Any) -> Any:
         """A dialect INSERT, so ON CONFLICT works the same on both databases."""
@@ -353,6 +381,8 @@ class Store:
                 stmt = self._insert(runs).on_conflict_do_nothing().returning(runs.c.id, runs.c.attempt)
                 inserted = [(r.id, r.attempt) for r in conn.execute(stmt, rows)]
                 record_created(conn, inserted, now=now, actor=self.actor, reason="scheduled")
+                if inserted:
+                    self._notify(conn, (p.schedule.pool for p in plans if p.fire_times))
             if plans:
                 conn.execute(
                     update(schedules)
@@ -399,6 +429,7 @@ class Store:
                 .returning(runs.c.id)
             ).scalar_one()
             record_created(conn, [(run_id, 1)], now=now, actor=self.actor, reason=reason)
+            self._notify(conn, [dep.pool])
         return run_id
 
     def reap(self, now: datetime, limit: int = 500) -> list[int]:
@@ -429,6 +460,124 @@ class Store:
             self._retry(conn, crashed, S.CRASHED, now)
         return crashed
 
+    def mark_missed(self, now: datetime, grace: float, limit: int = 500) -> list[int]:
+        """Runs still waiting ``grace`` after their due time are MISSED: after an outage of the
+        workers, a backlog of stale runs is recorded instead of executed all at once."""
+        cutoff = now - timedelta(seconds=grace)
+        with self.engine.begin() as conn:
+            stale = (
+                conn.execute(
+                    select(runs.c.id)
+                    .where(runs.c.state == S.SCHEDULED.value, runs.c.due_at < cutoff)
+                    .limit(limit)
+                )
+                .scalars()
+                .all()
+            )
+            return transition(
+                conn,
+                stale,
+                S.SCHEDULED,
+                S.MISSED,
+                now=now,
+                actor=self.actor,
+                values={"finished_at": now},
+                reason=f"not started within misfire_grace ({grace:g}s) of its due time",
+            )
+
+    def prune(self, now: datetime, retention: float, batch: int = 1000) -> int:
+        """Delete finished runs older than ``retention`` (their history and output go with them, by
+        foreign key), one small batch per call so no lock is held for long."""
+        cutoff = now - timedelta(seconds=retention)
+        finished = [s.value for s in FINISHED]
+        with self.engine.begin() as conn:
+            old = (
+                conn.execute(
+                    select(runs.c.id)
+                    .where(runs.c.finished_at < cutoff, runs.c.state.in_(finished))
+                    .limit(batch)
+                )
+                .scalars()
+                .all()
+            )
+            if old:
+                conn.execute(delete(runs).where(runs.c.id.in_(old)))
+            conn.execute(
+                delete(workers).where(workers.c.status != "online", workers.c.last_heartbeat < cutoff)
+            )
+            conn.execute(delete(schedulers).where(schedulers.c.last_tick_at < cutoff))
+        return len(old)
+
+    def mark_offline(self, now: datetime, timeout: float) -> int:
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                update(workers)
+                .where(
+                    workers.c.status == "online", workers.c.last_heartbeat < now - timedelta(seconds=timeout)
+                )
+                .values(status="offline")
+            )
+        return int(result.rowcount)
+
+    def cancel_run(self, run_id: int, now: datetime) -> RunState:
+        """A waiting run is CANCELLED at once; a running one goes CANCELLING and its worker kills it."""
+        reason = f"cancelled by {self.actor}"
+        with self.engine.begin() as conn:
+            state = conn.execute(select(runs.c.state).where(runs.c.id == run_id)).scalar()
+            if state is None:
+                raise OrchdError(f"run {run_id} not found")
+            current = RunState(state)
+            target = S.CANCELLING if current == S.RUNNING else S.CANCELLED
+            if target not in TRANSITIONS[current]:
+                raise OrchdError(f"run {run_id} is {current}: nothing to cancel")
+            values = {"finished_at": now} if target == S.CANCELLED else {}
+            if not transition(
+                conn, [run_id], current, target, now=now, actor=self.actor, reason=reason, values=values
+            ):
+                raise OrchdError(f"run {run_id} changed state meanwhile; try again")
+        return target
+
+    def retry_run(self, run_id: int, now: datetime) -> int:
+        """Re-queue a finished run as its next attempt, due now; returns that attempt number."""
+        with self.engine.begin() as conn:
+            row = conn.execute(select(runs.c.state, runs.c.attempt).where(runs.c.id == run_id)).first()
+            if row is None:
+                raise OrchdError(f"run {run_id} not found")
+            current = RunState(row.state)
+            if current not in FINISHED:
+                raise OrchdError(f"run {run_id} is {current}: only a finished run can be retried")
+            transition(
+                conn,
+                [run_id],
+                current,
+                S.SCHEDULED,
+                now=now,
+                actor=self.actor,
+                reason=f"retried by {self.actor}",
+                values={
+                    **_BACK_TO_QUEUE,
+                    "due_at": now,
+                    "attempt": row.attempt + 1,
+                    "max_attempts": case(
+                        (runs.c.max_attempts > row.attempt, runs.c.max_attempts), else_=row.attempt + 1
+                    ),
+                    "finished_at": None,
+                    "exit_code": None,
+                    "error": None,
+                    "result": None,
+                },
+            )
+        return int(row.attempt) + 1
+
+    def cancel_requested(self, worker: str) -> list[int]:
+        """Runs of ``worker`` a user asked to cancel (CANCELLING)."""
+        with self.read() as conn:
+            return list(
+                conn.execute(
+                    select(runs.c.id).where(runs.c.worker == worker, runs.c.state == S.CANCELLING.value)
+                ).scalars()
+            )
+
     def _retry(self, conn: Connection, run_ids: Sequence[int], state: RunState, now: datetime) -> list[int]:
         """Send runs that ended in ``state`` back to SCHEDULED (attempt + 1) when attempts remain."""
         if not run_ids or state not in RETRYABLE:
@@ -452,14 +601,10 @@ class Store:
                 actor=self.actor,
                 reason=f"retry {r.attempt + 1}/{r.max_attempts} in {delay:.1f}s",
                 values={
+                    **_BACK_TO_QUEUE,
                     "attempt": runs.c.attempt + 1,
                     "due_at": now + timedelta(seconds=delay),
-                    "worker": None,
-                    "pid": None,
-                    "claimed_at": None,
-                    "started_at": None,
                     "finished_at": None,
-                    "lease_expires_at": None,
                     "exit_code": None,
                 },
             )
@@ -538,26 +683,74 @@ class Store:
     def claim(
         self, worker: str, pool_names: Sequence[str], limit: int, now: datetime, lease_until: datetime
     ) -> list[ClaimedRun]:
+        """See the module docstring.  Limits hold across workers and hosts: the rows of limited pools
+        and deployments are locked (PostgreSQL) for the few milliseconds of the claim, so two
+        claimers cannot both see the last free slot."""
         if limit <= 0:
             return []
-        paused = select(pools.c.name).where(pools.c.paused)
-        pick = (
-            select(runs.c.id)
-            .where(
-                runs.c.state == S.SCHEDULED.value,
-                runs.c.pool.in_(list(pool_names)),
-                runs.c.due_at <= now,
-                runs.c.pool.not_in(paused),
-            )
-            .order_by(runs.c.priority.desc(), runs.c.due_at)
-            .limit(limit)
-            .with_for_update(skip_locked=True, of=runs)
-        )
         with self.engine.begin() as conn:
-            ids = conn.execute(pick).scalars().all()
+            pool_rows = conn.execute(
+                select(pools.c.name, pools.c.concurrency_limit, pools.c.paused)
+                .where(pools.c.name.in_(list(pool_names)))
+                .order_by(pools.c.name)
+                .with_for_update()
+            ).all()
+            open_pools = [p for p in pool_names if not any(r.name == p and r.paused for r in pool_rows)]
+            pool_caps = {
+                r.name: r.concurrency_limit for r in pool_rows if r.concurrency_limit and not r.paused
+            }
+            candidates = conn.execute(
+                select(runs.c.id, runs.c.deployment_id, runs.c.pool, deployments.c.spec)
+                .join(deployments, deployments.c.id == runs.c.deployment_id)
+                .where(runs.c.state == S.SCHEDULED.value, runs.c.pool.in_(open_pools), runs.c.due_at <= now)
+                .order_by(runs.c.priority.desc(), runs.c.due_at)
+                .limit(max(limit * 4, 50))
+                .with_for_update(skip_locked=True, of=runs)
+            ).all()
+            if not candidates:
+                return []
+            dep_caps = {c.deployment_id: cap for c in candidates if (cap := active_cap(c.spec))}
+            if dep_caps:
+                conn.execute(
+                    select(deployments.c.id)
+                    .where(deployments.c.id.in_(list(dep_caps)))
+                    .order_by(deployments.c.id)
+                    .with_for_update()
+                ).all()
+            pool_active = self._active_counts(conn, runs.c.pool, list(pool_caps))
+            dep_active = self._active_counts(conn, runs.c.deployment_id, list(dep_caps))
+            take: list[int] = []
+            skip: list[int] = []
+            supersede: set[int] = set()
+            for c in candidates:
+                if len(take) >= limit:
+                    break
+                if c.pool in pool_caps and pool_active[c.pool] >= pool_caps[c.pool]:
+                    continue
+                if c.deployment_id in dep_caps and dep_active[c.deployment_id] >= dep_caps[c.deployment_id]:
+                    overlap = c.spec.get("overlap", "allow")
+                    if overlap == "skip":
+                        skip.append(c.id)
+                    elif overlap == "cancel_previous":
+                        supersede.add(c.deployment_id)
+                    continue
+                take.append(c.id)
+                pool_active[c.pool] += 1
+                dep_active[c.deployment_id] += 1
+            transition(
+                conn,
+                skip,
+                S.SCHEDULED,
+                S.MISSED,
+                now=now,
+                actor=worker,
+                values={"finished_at": now},
+                reason="skipped: the deployment's max_active_runs are still active (overlap = skip)",
+            )
+            self._supersede(conn, supersede, worker, now)
             moved = transition(
                 conn,
-                ids,
+                take,
                 S.SCHEDULED,
                 S.PENDING,
                 now=now,
@@ -586,6 +779,44 @@ class Store:
             for r in rows
         ]
 
+    @staticmethod
+    def _active_counts(conn: Connection, column: Any, keys: Sequence[Any]) -> Counter[Any]:
+        counts: Counter[Any] = Counter()
+        if keys:
+            counts.update(
+                dict(
+                    conn.execute(
+                        select(column, func.count())
+                        .where(column.in_(list(keys)), runs.c.state.in_([s.value for s in ACTIVE]))
+                        .group_by(column)
+                    ).all()
+                )
+            )
+        return counts
+
+    def _supersede(self, conn: Connection, deployment_ids: Iterable[int], actor: str, now: datetime) -> None:
+        """overlap = cancel_previous: the active runs of these deployments are cancelled so the due one
+        can start (it waits in the queue until they are gone)."""
+        ids = list(deployment_ids)
+        if not ids:
+            return
+        reason = "superseded by a newer run (overlap = cancel_previous)"
+        active = conn.execute(
+            select(runs.c.id, runs.c.state).where(
+                runs.c.deployment_id.in_(ids), runs.c.state.in_([S.PENDING.value, S.RUNNING.value])
+            )
+        ).all()
+        for state, target in ((S.RUNNING, S.CANCELLING), (S.PENDING, S.CANCELLED)):
+            transition(
+                conn,
+                [r.id for r in active if r.state == state],
+                state,
+                target,
+                now=now,
+                actor=actor,
+                reason=reason,
+            )
+
     def start(self, run_id: int, worker: str, pid: int, now: datetime) -> bool:
         with self.engine.begin() as conn:
             return bool(
@@ -609,6 +840,7 @@ class Store:
         *,
         exit_code: int | None = None,
         error: str | None = None,
+        result: object = None,
         source: RunState = S.RUNNING,
     ) -> RunState | None:
         """Record a run's outcome; returns the state it ends in (SCHEDULED when it will be retried),
@@ -622,7 +854,13 @@ class Store:
                 now=now,
                 actor=worker,
                 reason=error,
-                values={"finished_at": now, "exit_code": exit_code, "error": error, "lease_expires_at": None},
+                values={
+                    "finished_at": now,
+                    "exit_code": exit_code,
+                    "error": error,
+                    "result": result,
+                    "lease_expires_at": None,
+                },
             )
             if not moved:
                 return None
@@ -630,14 +868,7 @@ class Store:
 
     def release(self, run_ids: Sequence[int], worker: str, now: datetime, reason: str) -> list[int]:
         """Hand runs back to the queue without charging an attempt (a stopping worker)."""
-        back = {
-            "worker": None,
-            "pid": None,
-            "claimed_at": None,
-            "started_at": None,
-            "lease_expires_at": None,
-            "due_at": now,
-        }
+        back = {**_BACK_TO_QUEUE, "due_at": now}
         with self.engine.begin() as conn:
             return [
                 rid
@@ -651,6 +882,23 @@ class Store:
         if rows:
             with self.engine.begin() as conn:
                 conn.execute(run_logs.insert(), list(rows))
+
+    def changed(self) -> bool:
+        """SQLite: has another connection (the scheduler, the CLI, another worker) committed since we
+        last asked?  PRAGMA data_version answers from shared memory, so polling it costs no I/O.
+        PostgreSQL workers are woken by NOTIFY instead: always False."""
+        if self.engine.dialect.name != "sqlite":
+            return False
+        with self.engine.connect() as conn:
+            version = int(conn.exec_driver_sql("PRAGMA data_version").scalar_one())
+        changed, self._data_version = version != self._data_version, version
+        return changed
+
+    def _notify(self, conn: Connection, pool_names: Iterable[str]) -> None:
+        """PostgreSQL: wake the workers of these pools (delivered when the transaction commits)."""
+        if self.engine.dialect.name == "postgresql":
+            for pool in sorted(set(pool_names)):
+                conn.execute(text("SELECT pg_notify(:channel, :pool)"), {"channel": CHANNEL, "pool": pool})
 
     def next_due_at(self, pool_names: Sequence[str]) -> datetime | None:
         with self.read() as conn:

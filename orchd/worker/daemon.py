@@ -1,14 +1,14 @@
 """The worker daemon: claims due runs of its pools and executes them as child processes.
 
-The main thread owns every database call (one connection per process on SQLite) and reads like
-the list of its steps; pump threads only read child output and post events.  It sleeps until the
-earliest known due time of its pools, a child event, or the next heartbeat, and polls the queue
-only as a safety net.
+The main thread owns every database call (one connection per process on SQLite) and its loop
+reads like the list of its duties; pump threads only read child output and the LISTEN thread
+only posts wake-ups.  It sleeps until the earliest known due time of its pools, a child event, a
+wake-up (NOTIFY on PostgreSQL, a changed database file on SQLite) or the next heartbeat; the
+poll interval is only the safety net.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import queue
 import signal
@@ -28,12 +28,17 @@ from orchd.db.store import ClaimedRun, Store
 from orchd.logging import get_logger
 from orchd.notify import Notifier
 from orchd.states import RunState
-from orchd.worker.process import ExitEvent, OutputEvent, RunProcess, run_environment
+from orchd.worker.command import invocation, read_result
+from orchd.worker.process import ExitEvent, OutputEvent, RunProcess
+from orchd.worker.wakeup import Listener, WakeEvent
 
 log = get_logger("orchd.worker")
 S = RunState
-_MAX_WAIT = 0.25  # how quickly a stop request (signal) is noticed
+_MAX_WAIT = 0.25  # how quickly a stop request (signal) or a changed SQLite file is noticed
+_CANCEL_CHECK = 1.0  # how often a worker with running runs looks for cancellations
+_CANCEL_GRACE = 1.0  # SIGTERM, then SIGKILL this much later, so a cancel lands within two seconds
 _LOG_BATCH = 500
+LOST, RELEASED = "lost", "released"
 
 
 def utcnow() -> datetime:
@@ -46,11 +51,24 @@ class ActiveRun:
     process: RunProcess
     started: float
     deadline: float | None
+    result_file: Path | None = None
     kill_at: float | None = None
-    #: Why orchd ended it early: TIMED_OUT, or "lost"/"released" (not ours to record).
+    #: Why orchd ended it early: TIMED_OUT or CANCELLED (recorded as such), LOST (someone else's
+    #: now, nothing to record) or RELEASED (handed back to the queue at shutdown).
     ending: RunState | str | None = None
     reason: str | None = None
     returncode: int | None = None
+
+    @property
+    def bound(self) -> Any:
+        return log.bind(run_id=self.run.id, deployment=self.run.deployment, attempt=self.run.attempt)
+
+    def end(self, why: RunState | str, reason: str, grace: float, now: float) -> None:
+        """Stop the run's process group: SIGTERM now, SIGKILL after ``grace``."""
+        if self.ending is None:
+            self.ending, self.reason = why, reason
+            self.process.signal_group(signal.SIGTERM)
+            self.kill_at = now + grace
 
 
 @dataclass
@@ -62,9 +80,10 @@ class Worker:
     name: str = ""
     burst: bool = False
     clock: Callable[[], datetime] = utcnow
-    events: queue.Queue[OutputEvent | ExitEvent] = field(default_factory=queue.Queue)
+    events: queue.Queue[Any] = field(default_factory=queue.Queue)
     active: dict[int, ActiveRun] = field(default_factory=dict)
     _logs: list[dict[str, Any]] = field(default_factory=list)
+    _next_claim: float = 0.0
 
     def __post_init__(self) -> None:
         self.host = socket.gethostname()
@@ -82,10 +101,14 @@ class Worker:
         self.store.register_worker(
             self.name, self.host, os.getpid(), self.pools, self.concurrency, self.clock()
         )
+        listener = None
+        if self.store.engine.dialect.name == "postgresql" and not self.burst:
+            listener = Listener(self.store.engine.url, self.pools, self.events)
+            listener.start()
         log.info("worker started", worker=self.name, pools=",".join(self.pools), concurrency=self.concurrency)
         notify.ready(self._status())
         next_heartbeat = time.monotonic() + cfg.heartbeat
-        next_claim = 0.0
+        next_cancel_check = 0.0
         drain_until: float | None = None
         while True:
             now = time.monotonic()
@@ -94,34 +117,36 @@ class Worker:
             if stop.is_set() and drain_until is None:
                 drain_until = now + cfg.shutdown_grace
                 notify.stopping(f"stopping: waiting for {len(self.active)} runs")
-                log.info(
-                    "stopping: no new claims, waiting for running runs",
-                    running=len(self.active),
-                    grace=cfg.shutdown_grace,
-                )
+                log.info("stopping: no new claims", running=len(self.active), grace=cfg.shutdown_grace)
+            claimed = 0
             try:
                 self._handle_events(timeout=0)
                 self._flush_logs()
                 if self._finish_exited():
-                    next_claim = 0.0  # a slot freed: more may be due right now
+                    self._next_claim = 0.0  # a slot freed: more may be due right now
                 self._enforce_deadlines(now, drain_until)
                 if now >= next_heartbeat:
-                    self._heartbeat()
+                    self._heartbeat(now)
                     next_heartbeat = now + cfg.heartbeat
-                claimed = 0
-                if drain_until is None and now >= next_claim and len(self.active) < self.concurrency:
+                if self.active and now >= next_cancel_check:
+                    self._check_cancellations(now)
+                    next_cancel_check = now + _CANCEL_CHECK
+                if self.store.changed():
+                    self._next_claim = 0.0
+                if drain_until is None and now >= self._next_claim and len(self.active) < self.concurrency:
                     claimed = self._claim()
-                    next_claim = now + self._idle_wait() if not claimed else now
+                    self._next_claim = now if claimed else now + self._idle_wait()
             except OperationalError as exc:
                 log.warning("database unavailable; runs keep running", error=str(exc.orig).strip())
-                next_claim = now + min(5.0, cfg.poll_interval)
-                claimed = 0
-            if not self.active and (
-                drain_until is not None or (self.burst and not claimed and now >= next_claim)
-            ):
+                self._next_claim = now + min(5.0, cfg.poll_interval)
+            if not self.active and (drain_until is not None or (self.burst and not claimed)):
                 break
-            wait = min(next_heartbeat, next_claim if len(self.active) < self.concurrency else next_heartbeat)
-            self._handle_events(timeout=max(0.0, min(wait - time.monotonic(), _MAX_WAIT)))
+            wake_at = min(
+                next_heartbeat, self._next_claim if len(self.active) < self.concurrency else next_heartbeat
+            )
+            self._handle_events(timeout=max(0.0, min(wake_at - time.monotonic(), _MAX_WAIT)))
+        if listener is not None:
+            listener.stop()
         self._flush_logs()
         self.store.worker_stopped(self.name, self.clock())
         log.info("worker stopped", worker=self.name)
@@ -130,14 +155,16 @@ class Worker:
         return f"running {len(self.active)}/{self.concurrency} runs, pools {','.join(self.pools)}"
 
     def _idle_wait(self) -> float:
-        """Seconds until the earliest known due run of our pools, capped by the poll interval."""
+        """Seconds until the earliest known due run of our pools, capped by the poll interval.
+        A due run we could not take (a limit is full) is retried at the poll interval."""
         poll = self.config.worker.poll_interval
         if self.burst:
             return 0.0
         due = self.store.next_due_at(self.pools)
         if due is None:
             return poll
-        return max(0.0, min(poll, (due - self.clock()).total_seconds()))
+        wait = (due - self.clock()).total_seconds()
+        return poll if wait <= 0 else min(poll, wait)
 
     # ------------------------------------------------------------------ steps
 
@@ -151,40 +178,29 @@ class Worker:
         return len(runs)
 
     def _start(self, run: ClaimedRun) -> None:
-        spec = run.spec
-        env = run_environment(
-            {
-                **spec.get("env", {}),
-                "ORCHD_RUN_ID": str(run.id),
-                "ORCHD_DEPLOYMENT": run.deployment,
-                "ORCHD_ATTEMPT": str(run.attempt),
-                "ORCHD_SCHEDULED_FOR": run.scheduled_for.isoformat(),
-                "ORCHD_PARAMETERS": json.dumps(run.parameters, sort_keys=True),
-            }
-        )
-        cwd = spec.get("working_dir") or str(self.work_dir)
+        how = invocation(run, self.work_dir)
         bound = log.bind(run_id=run.id, deployment=run.deployment, attempt=run.attempt)
         try:
-            Path(cwd).mkdir(parents=True, exist_ok=True)
+            how.cwd.mkdir(parents=True, exist_ok=True)
             process = RunProcess(
-                run.id, spec["command"], env, cwd, self.events, self.config.worker.log_max_bytes
+                run.id, how.argv, how.env, str(how.cwd), self.events, self.config.worker.log_max_bytes
             )
         except OSError as exc:
-            error = f"cannot start {spec['command'][0]!r}: {exc.strerror or exc}"
+            error = f"cannot start {how.argv[0]!r}: {exc.strerror or exc}"
             bound.error("run failed to start", error=error)
             self.store.finish(run.id, self.name, S.FAILED, self.clock(), error=error, source=S.PENDING)
             return
-        if not self.store.start(run.id, self.name, process.pid, self.clock()):
-            process.signal_group(signal.SIGKILL)  # cancelled or reaped between claim and start
-            self.active[run.id] = ActiveRun(run, process, time.monotonic(), None, ending="lost")
-            return
-        timeout = spec.get("timeout")
         started = time.monotonic()
-        self.active[run.id] = ActiveRun(run, process, started, started + timeout if timeout else None)
-        bound.info("run started", pid=process.pid, command=" ".join(spec["command"]))
+        timeout = run.spec.get("timeout")
+        active = ActiveRun(run, process, started, started + timeout if timeout else None, how.result_file)
+        self.active[run.id] = active
+        if not self.store.start(run.id, self.name, process.pid, self.clock()):
+            active.end(LOST, "cancelled or reaped before it started", 0.0, started)
+            return
+        bound.info("run started", pid=process.pid, command=" ".join(how.argv))
 
     def _handle_events(self, timeout: float) -> None:
-        """Take child events: output lines (to be stored and echoed) and exits."""
+        """Take what the pump and listen threads posted: output, exits, wake-ups."""
         deadline = time.monotonic() + timeout
         while True:
             remaining = deadline - time.monotonic()
@@ -194,7 +210,10 @@ class Worker:
                 return
             if isinstance(event, OutputEvent):
                 self._take_output(event)
-            elif (active := self.active.get(event.run_id)) is not None:
+            elif isinstance(event, WakeEvent):
+                self._next_claim = 0.0
+                return
+            elif isinstance(event, ExitEvent) and (active := self.active.get(event.run_id)) is not None:
                 active.returncode = event.returncode
                 return  # let the loop record it promptly
             if len(self._logs) >= _LOG_BATCH:
@@ -228,16 +247,22 @@ class Worker:
         return len(ended)
 
     def _record_end(self, active: ActiveRun) -> None:
-        run, rc = active.run, active.returncode
-        bound = log.bind(run_id=run.id, deployment=run.deployment, attempt=run.attempt)
+        """Write the outcome; a database error leaves the run in ``active`` to be retried."""
+        run, rc, bound = active.run, active.returncode, active.bound
         now = self.clock()
-        duration = round(time.monotonic() - active.started, 3)
-        if active.ending == "lost":
-            bound.warning("run stopped: its lease was taken over", exit_code=rc)
+        result = read_result(active.result_file) if active.result_file else None
+        if active.ending == LOST:
+            bound.warning("run stopped: it is no longer ours", reason=active.reason, exit_code=rc)
             return
-        if active.ending == "released":
+        if active.ending == RELEASED:
             self.store.release([run.id], self.name, now, "worker shutting down: handed back")
             bound.warning("run handed back to the queue", exit_code=rc)
+            return
+        if active.ending == S.CANCELLED:
+            self.store.finish(
+                run.id, self.name, S.CANCELLED, now, exit_code=rc, error=active.reason, source=S.CANCELLING
+            )
+            bound.info("run cancelled", exit_code=rc)
             return
         if active.ending == S.TIMED_OUT:
             outcome, error = S.TIMED_OUT, active.reason
@@ -247,41 +272,44 @@ class Worker:
             outcome, error = S.FAILED, f"killed by signal {signal.Signals(-rc).name}"
         else:
             outcome, error = S.FAILED, f"exit code {rc}"
-        final = self.store.finish(run.id, self.name, outcome, now, exit_code=rc, error=error)
+        final = self.store.finish(run.id, self.name, outcome, now, exit_code=rc, error=error, result=result)
         level = bound.info if outcome == S.COMPLETED else bound.warning
+        duration = round(time.monotonic() - active.started, 3)
         level(
             f"run {outcome.value.lower()}",
             exit_code=rc,
             duration=duration,
             error=error,
-            retry=final == S.SCHEDULED or None,
+            retry=(final == S.SCHEDULED) or None,
         )
 
     def _enforce_deadlines(self, now: float, drain_until: float | None) -> None:
-        """Timeouts (SIGTERM, then SIGKILL after kill_grace) and the end of the shutdown grace."""
+        """Timeouts, the end of the shutdown grace, and SIGKILL for whatever outlived its SIGTERM."""
         kill_grace = self.config.worker.kill_grace
         for active in self.active.values():
             if active.returncode is not None:
                 continue
-            if active.kill_at is not None:
-                if now >= active.kill_at:
-                    active.process.signal_group(signal.SIGKILL)
-                continue
-            if active.deadline is not None and now >= active.deadline:
-                active.ending = S.TIMED_OUT
-                active.reason = f"timed out after {round(now - active.started, 1)}s"
-            elif drain_until is not None and now >= drain_until:
-                active.ending = "released"
-            else:
-                continue
-            active.process.signal_group(signal.SIGTERM)
-            active.kill_at = now + kill_grace
-
-    def _heartbeat(self) -> None:
-        now = self.clock()
-        held = self.store.heartbeat(self.name, now, now + self.lease, len(self.active))
-        for run_id, active in self.active.items():
-            if run_id not in held and active.returncode is None and active.ending != "lost":
-                log.warning("lease lost: stopping the run", run_id=run_id)
-                active.ending = "lost"
+            if active.kill_at is not None and now >= active.kill_at:
                 active.process.signal_group(signal.SIGKILL)
+            elif active.deadline is not None and now >= active.deadline:
+                active.end(S.TIMED_OUT, f"timed out after {round(now - active.started, 1)}s", kill_grace, now)
+            elif drain_until is not None and now >= drain_until:
+                active.end(RELEASED, "shutdown grace over", kill_grace, now)
+
+    def _heartbeat(self, now: float) -> None:
+        """Extend our leases; a run we hold that the database no longer gives us was reaped: stop it."""
+        clock = self.clock()
+        held = self.store.heartbeat(self.name, clock, clock + self.lease, len(self.active))
+        for run_id, active in self.active.items():
+            if active.returncode is None and run_id not in held:
+                active.bound.warning("lease lost: stopping the run")
+                active.end(LOST, "lease lost", 0.0, now)
+        self._cancel([run_id for run_id, state in held.items() if state == S.CANCELLING], now)
+
+    def _check_cancellations(self, now: float) -> None:
+        self._cancel(self.store.cancel_requested(self.name), now)
+
+    def _cancel(self, run_ids: Sequence[int], now: float) -> None:
+        for run_id in run_ids:
+            if (active := self.active.get(run_id)) is not None and active.returncode is None:
+                active.end(S.CANCELLED, "cancelled on request", _CANCEL_GRACE, now)

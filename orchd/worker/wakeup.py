@@ -1,0 +1,59 @@
+"""PostgreSQL LISTEN/NOTIFY wake-ups: a due run starts within milliseconds instead of a poll later.
+
+LISTEN needs a session of its own (it does not work through a transaction-mode pooler), so this
+thread keeps one dedicated connection, reconnecting with backoff.  A notification is only a hint:
+the worker's claim query stays the truth, and its slow poll stays as the backstop.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Collection
+from dataclasses import dataclass
+
+import psycopg
+from sqlalchemy.engine import URL
+
+from orchd.db.store import CHANNEL
+from orchd.logging import get_logger
+
+log = get_logger("orchd.worker")
+
+
+@dataclass(frozen=True)
+class WakeEvent:
+    pool: str
+
+
+class Listener:
+    def __init__(self, url: URL, pools: Collection[str], events: queue.Queue[object]) -> None:
+        self._conninfo = url.set(drivername="postgresql").render_as_string(hide_password=False)
+        self._pools = set(pools)
+        self._events = events
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._listen, name="listen", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _listen(self) -> None:
+        delay = 0.5
+        while not self._stop.is_set():
+            try:
+                with psycopg.connect(self._conninfo, autocommit=True, connect_timeout=10) as conn:
+                    conn.execute(f"LISTEN {CHANNEL}")
+                    delay = 0.5
+                    self._events.put(WakeEvent(""))  # (re)connected: look once, we may have missed one
+                    while not self._stop.is_set():
+                        for note in conn.notifies(timeout=1.0):
+                            if note.payload in self._pools:
+                                self._events.put(WakeEvent(note.payload))
+            except psycopg.Error as exc:
+                log.debug("listen connection lost", error=str(exc).strip())
+                self._stop.wait(delay)
+                delay = min(delay * 2, 30.0)
