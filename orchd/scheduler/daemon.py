@@ -1,9 +1,11 @@
-"""The scheduler daemon: keeps deployments in sync with config, materializes runs, reaps dead leases.
+"""The scheduler daemon: keeps deployments in sync with config, materializes runs, does the upkeep.
 
-The loop reads like its duties: each tick materializes the schedules whose cursor is inside the
-horizon (the only ones it touches, found through an index), then reaps expired leases.  Ticks
-are idempotent, so two schedulers at once, or one killed mid-tick and restarted, never create a
-run twice: the unique key on (deployment, schedule key, scheduled_for) absorbs the repeat.
+The loop reads like its duties.  As leader, each tick materializes the schedules whose cursor is
+inside the horizon (the only ones it touches, found through an index), reaps expired leases,
+marks stale runs MISSED and silent workers offline, and prunes history past retention in small
+batches.  As a standby it only tries to become leader.  Ticks are idempotent, so two schedulers
+at once, or one killed mid-tick and restarted, never create a run twice: the unique key on
+(deployment, schedule key, scheduled_for) absorbs the repeat.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -21,10 +24,13 @@ from orchd.config import Config
 from orchd.db.store import Store
 from orchd.logging import get_logger
 from orchd.notify import Notifier
+from orchd.scheduler.leader import Leadership, leadership_for
 from orchd.scheduler.plan import plan
 
 log = get_logger("orchd.scheduler")
 BATCH = 1000
+_PRUNE_EVERY = 60.0
+_SEEN_EVERY = 10.0
 
 
 def utcnow() -> datetime:
@@ -36,6 +42,8 @@ class TickReport:
     schedules: int = 0
     created: int = 0
     crashed: int = 0
+    missed: int = 0
+    pruned: int = 0
 
 
 class Scheduler:
@@ -46,6 +54,8 @@ class Scheduler:
         self.host = socket.gethostname()
         self.name = f"{self.host}-{os.getpid()}"
         self.started_at = clock()
+        self._next_prune = 0.0
+        self._next_seen = 0.0
 
     def sync(self) -> None:
         report = self.store.sync(self.config, self.clock())
@@ -91,44 +101,86 @@ class Scheduler:
                 break
             after = (due[-1].next_fire_at, due[-1].id)
         report.crashed = len(self.store.reap(now))
-        self.store.scheduler_seen(self.name, self.host, os.getpid(), "leader", now, self.started_at)
-        if report.created or report.crashed:
+        if cfg.misfire_grace:
+            report.missed = len(self.store.mark_missed(now, cfg.misfire_grace))
+        self.store.mark_offline(now, cfg.worker_timeout)
+        if cfg.retention and time.monotonic() >= self._next_prune:
+            report.pruned = self.store.prune(now, cfg.retention)
+            self._next_prune = time.monotonic() + (0 if report.pruned else _PRUNE_EVERY)
+        self._seen("leader", now)
+        if report.created or report.crashed or report.missed or report.pruned:
             log.info(
-                "tick", runs_created=report.created, runs_crashed=report.crashed, schedules=report.schedules
+                "tick",
+                runs_created=report.created,
+                runs_crashed=report.crashed,
+                runs_missed=report.missed,
+                runs_pruned=report.pruned,
+                schedules=report.schedules,
             )
         return report
+
+    def _seen(self, role: str, now: datetime, force: bool = False) -> None:
+        """Record this scheduler in the database (for `orchd status`), every few seconds only."""
+        if force or time.monotonic() >= self._next_seen:
+            self.store.scheduler_seen(self.name, self.host, os.getpid(), role, now, self.started_at)
+            self._next_seen = time.monotonic() + _SEEN_EVERY
 
     def run(
         self,
         stop: threading.Event,
         reload: Callable[[], Config | None] | None = None,
         notifier: Notifier | None = None,
+        leadership: Leadership | None = None,
     ) -> None:
-        """Tick every ``loop_interval`` until ``stop`` is set.  A database outage is logged and
-        waited out with backoff; it never ends the loop."""
+        """Tick every ``loop_interval`` while leader, until ``stop`` is set.  A database outage is
+        logged and waited out with backoff; it never ends the loop."""
         notify = notifier or Notifier()
-        self.sync()
-        notify.ready(self._status())
+        lock = leadership or leadership_for(self.store.engine)
+        leader = False
+        notify.ready(self._status(leader))
         backoff = 0.0
-        while not stop.is_set():
-            notify.watchdog()
-            try:
-                if reload is not None and (new := reload()) is not None:
-                    notify.reloading()
-                    self.reload(new)
-                    notify.ready(self._status())
-                self.tick()
-                backoff = 0.0
-                notify.status(self._status())
-            except OperationalError as exc:
-                backoff = min(30.0, max(1.0, backoff * 2))
-                reason = str(exc.orig).strip().splitlines()[-1] if str(exc.orig).strip() else "unreachable"
-                log.warning("database unavailable, retrying", error=reason, retry_in=backoff)
-                notify.status(f"database unavailable: {reason}; retrying in {backoff:.0f}s")
-            stop.wait(backoff or self.config.scheduler.loop_interval)
-        notify.stopping()
+        try:
+            while not stop.is_set():
+                notify.watchdog()
+                try:
+                    if reload is not None and (new := reload()) is not None:
+                        notify.reloading()
+                        self.config = new
+                        if leader:
+                            self.sync()
+                        notify.ready(self._status(leader))
+                    leader = self._lead(lock, leader)
+                    if leader:
+                        self.tick()
+                    else:
+                        self._seen("standby", self.clock())
+                    backoff = 0.0
+                    notify.status(self._status(leader))
+                except OperationalError as exc:
+                    backoff = min(30.0, max(1.0, backoff * 2))
+                    lines = str(exc.orig).strip().splitlines()
+                    reason = lines[-1] if lines else "unreachable"
+                    log.warning("database unavailable, retrying", error=reason, retry_in=backoff)
+                    notify.status(f"database unavailable: {reason}; retrying in {backoff:.0f}s")
+                stop.wait(backoff or self.config.scheduler.loop_interval)
+        finally:
+            lock.release()
+            notify.stopping()
 
-    def _status(self) -> str:
+    def _lead(self, lock: Leadership, leader: bool) -> bool:
+        if leader and not lock.held():
+            log.warning("leadership lost: standing by")
+            return False
+        if not leader and lock.acquire():
+            log.info("became leader", scheduler=self.name)
+            self.sync()
+            self._seen("leader", self.clock(), force=True)
+            return True
+        return leader
+
+    def _status(self, leader: bool) -> str:
+        if not leader:
+            return "standby: another scheduler is leader"
         schedules = sum(1 for d in self.config.deployments for s in d.schedules if s.active)
         return (
             f"leader, {len(self.config.deployments)} deployments, {schedules} schedules, "

@@ -1,8 +1,10 @@
-"""Capture of a run's output with bounded memory and storage: the head is kept as it arrives, then
-only a rolling tail, and what fell in between is counted and reported in one marker line.
+"""Capture of a run's output with bounded memory and storage: the head is kept line by line as it
+arrives, then only a rolling tail, and what fell in between is counted and reported in one line.
 
-A run printing 100 MB therefore costs at most ``max_bytes`` (plus one tail of the same size
-in memory) and a few thousand rows, and a person still sees how it started and how it ended.
+A run printing 100 MB therefore costs at most ``max_bytes`` of memory and storage and a few
+thousand rows, and a person still sees how it started and how it ended.  Past the head, output
+is handled as raw blocks (bytes.count and slicing, no per-line Python work), so even gigabytes
+cost little more than reading them.
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ class Line:
     at: datetime
     stream: str
     text: str
-    size: int = 0
 
 
 @dataclass
@@ -29,19 +30,25 @@ class OutputCapture:
     tail_bytes: int = 0
     dropped_lines: int = 0
     dropped_bytes: int = 0
-    tail: deque[Line] = field(default_factory=deque)
+    #: (arrival time, stream, block of complete lines ending in a newline)
+    tail: deque[tuple[datetime, str, bytes]] = field(default_factory=deque)
     _partial: dict[str, bytes] = field(default_factory=dict)
 
     @property
     def head_budget(self) -> int:
         return self.max_bytes // 2
 
+    @property
+    def tail_budget(self) -> int:
+        return self.max_bytes - self.head_budget
+
     def feed(self, stream: str, chunk: bytes) -> list[Line]:
         """Accept raw bytes of one stream; return the complete lines to store now (the head)."""
         data = self._partial.pop(stream, b"") + chunk
-        *complete, rest = data.split(b"\n")
+        cut = data.rfind(b"\n") + 1
+        complete, rest = data[:cut], data[cut:]
         while len(rest) > MAX_LINE:  # a line without newline cannot grow without bound
-            complete.append(rest[:MAX_LINE])
+            complete += rest[:MAX_LINE] + b"\n"
             rest = rest[MAX_LINE:]
         if rest:
             self._partial[stream] = rest
@@ -51,7 +58,7 @@ class OutputCapture:
         """End of output: unterminated last lines, the dropped-output marker, then the tail."""
         kept = []
         for stream, rest in sorted(self._partial.items()):
-            kept += self._accept(stream, [rest])
+            kept += self._accept(stream, rest + b"\n")
         self._partial.clear()
         if self.dropped_lines:
             kept.append(
@@ -62,25 +69,44 @@ class OutputCapture:
                     f"between head and tail; cap {self.max_bytes} bytes per run]",
                 )
             )
-        kept.extend(self.tail)
+        for at, stream, block in self.tail:
+            kept += [_decode(at, stream, raw) for raw in block[:-1].split(b"\n")]
         self.tail.clear()
         return kept
 
-    def _accept(self, stream: str, raw_lines: list[bytes]) -> list[Line]:
+    def _accept(self, stream: str, block: bytes) -> list[Line]:
+        if not block:
+            return []
         now = datetime.now(UTC)
         kept = []
-        for raw in raw_lines:
-            size = len(raw) + 1
-            line = Line(now, stream, raw.decode("utf-8", errors="replace").rstrip("\r"), size)
-            if self.head_used + size <= self.head_budget and not self.tail:
-                self.head_used += size
-                kept.append(line)
-                continue
-            self.tail.append(line)
-            self.tail_bytes += size
-            while self.tail_bytes > self.max_bytes - self.head_budget and len(self.tail) > 1:
-                old = self.tail.popleft()
-                self.tail_bytes -= old.size
-                self.dropped_lines += 1
-                self.dropped_bytes += old.size
+        pos = 0
+        while not self.tail and pos < len(block):
+            end = block.index(b"\n", pos) + 1
+            if self.head_used + end - pos > self.head_budget:
+                break
+            kept.append(_decode(now, stream, block[pos : end - 1]))
+            self.head_used += end - pos
+            pos = end
+        if pos < len(block):
+            self.tail.append((now, stream, block[pos:]))
+            self.tail_bytes += len(block) - pos
+            self._trim()
         return kept
+
+    def _trim(self) -> None:
+        """Drop whole lines from the front of the tail until it fits its budget."""
+        while self.tail_bytes > self.tail_budget:
+            at, stream, block = self.tail[0]
+            excess = self.tail_bytes - self.tail_budget
+            cut = len(block) if len(block) <= excess else block.index(b"\n", excess - 1) + 1
+            if cut == len(block):
+                self.tail.popleft()
+            else:
+                self.tail[0] = (at, stream, block[cut:])
+            self.tail_bytes -= cut
+            self.dropped_lines += block.count(b"\n", 0, cut)
+            self.dropped_bytes += cut
+
+
+def _decode(at: datetime, stream: str, raw: bytes) -> Line:
+    return Line(at, stream, raw.decode("utf-8", errors="replace").rstrip("\r"))
