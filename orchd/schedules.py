@@ -22,7 +22,7 @@ import hashlib
 import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from functools import cached_property
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -38,6 +38,7 @@ Kind = Literal["cron", "interval", "at"]
 KINDS: tuple[Kind, ...] = ("cron", "interval", "at")
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _TICK = timedelta(microseconds=1)
+_DAY = timedelta(days=1)
 _DOW_NAMES = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
 
 
@@ -77,7 +78,7 @@ class ScheduleSpec:
 
     @cached_property
     def triggers(self) -> tuple[BaseTrigger, ...]:
-        return _build_triggers(self)
+        return _build_triggers(self, self.zone)
 
     @cached_property
     def _drops_repeated_hour(self) -> bool:
@@ -93,16 +94,55 @@ class ScheduleSpec:
 
     def next_at_or_after(self, start: datetime) -> datetime | None:
         start = start.astimezone(UTC)
+        if self.kind == "interval":
+            # exact arithmetic: APScheduler's float timestamps can miss the fire time ``start`` is on
+            origin, step = self.anchor or EPOCH, timedelta(seconds=parse_duration(self.expr))
+            return origin if start <= origin else origin - ((origin - start) // step) * step
+        if self.kind == "at":
+            return _first(self.triggers, start)
         while True:
-            candidates = [t.get_next_fire_time(None, start) for t in self.triggers]
-            found: list[datetime] = [c.astimezone(UTC) for c in candidates if c is not None and c >= start]
-            if not found:
-                return None
-            best = min(found)
-            if self._drops_repeated_hour and best.astimezone(self.zone).fold == 1:
+            best = self._next_cron(start)
+            if best is not None and self._drops_repeated_hour and best.astimezone(self.zone).fold == 1:
                 start = best + _TICK
                 continue
             return best
+
+    def _next_cron(self, start: datetime) -> datetime | None:
+        """Match the fields on the wall clock of one UTC offset at a time.
+
+        APScheduler 3 is exact in a fixed offset but steps wrongly across a DST change in a zone (a daily
+        00:00 job skips the day after a spring-forward, agronholm/apscheduler#606, and only the first
+        time inside the gap is found).  Reading a wall time of the gap on the clock from before the gap
+        shifts it forward by the gap, as documented.
+        """
+        found: list[datetime] = []
+        offset = _offset(start, self.zone)
+        before = _offset(start - _DAY, self.zone)
+        if before < offset:  # inside or just after a spring-forward gap: its times, if any are left
+            change = _offset_change(self.zone, start - _DAY, start)
+            gap_time = _first(self._triggers_at(before), start)
+            if change is not None and gap_time is not None and gap_time < change + (offset - before):
+                found.append(gap_time)
+        while True:
+            nxt = _first(self._triggers_at(offset), start)
+            if nxt is None or (found and nxt >= min(found)):
+                return min(found, default=None)
+            change = _offset_change(self.zone, start, nxt)
+            if change is None:
+                return nxt
+            after = _offset(change, self.zone)
+            if after > offset and nxt < change + (after - offset):
+                found.append(nxt)  # a wall time inside the gap; the clock after it may still fire first
+            start, offset = change, after
+
+    @cached_property
+    def _fixed_offset_triggers(self) -> dict[timedelta, tuple[BaseTrigger, ...]]:
+        return {}
+
+    def _triggers_at(self, offset: timedelta) -> tuple[BaseTrigger, ...]:
+        if offset not in self._fixed_offset_triggers:
+            self._fixed_offset_triggers[offset] = _build_triggers(self, timezone(offset))
+        return self._fixed_offset_triggers[offset]
 
     def fire_times(self, start: datetime, end: datetime, limit: int) -> list[datetime]:
         """Fire times in ``[start, end]`` (UTC, ascending), at most ``limit`` of them."""
@@ -113,6 +153,30 @@ class ScheduleSpec:
         while nxt is not None:
             yield nxt
             nxt = self.next_after(nxt)
+
+
+def _first(triggers: tuple[BaseTrigger, ...], start: datetime) -> datetime | None:
+    candidates = [t.get_next_fire_time(None, start) for t in triggers]
+    return min((c.astimezone(UTC) for c in candidates if c is not None and c >= start), default=None)
+
+
+def _offset(t: datetime, zone: ZoneInfo) -> timedelta:
+    return t.astimezone(zone).utcoffset() or timedelta(0)
+
+
+def _offset_change(zone: ZoneInfo, start: datetime, end: datetime) -> datetime | None:
+    """The first instant in ``(start, end]`` at which the zone's UTC offset differs from the one at start."""
+    offset = _offset(start, zone)
+    lo = start
+    while lo < end:
+        hi = min(lo + _DAY, end)
+        if _offset(hi, zone) != offset:
+            while hi - lo > _TICK:
+                mid = lo + (hi - lo) / 2
+                lo, hi = (mid, hi) if _offset(mid, zone) == offset else (lo, mid)
+            return hi
+        lo = hi
+    return None
 
 
 def _take(times: Iterator[datetime], end: datetime, limit: int) -> Iterator[datetime]:
@@ -179,7 +243,7 @@ def _parse_time(value: object, timezone: str, key: str) -> datetime:
     return value.astimezone(UTC)
 
 
-def _build_triggers(spec: ScheduleSpec) -> tuple[BaseTrigger, ...]:
+def _build_triggers(spec: ScheduleSpec, zone: tzinfo) -> tuple[BaseTrigger, ...]:
     if spec.kind == "interval":
         seconds = parse_duration(spec.expr)
         if seconds < 1:
@@ -188,15 +252,16 @@ def _build_triggers(spec: ScheduleSpec) -> tuple[BaseTrigger, ...]:
     if spec.kind == "at":
         return (DateTrigger(run_date=datetime.fromisoformat(spec.expr), timezone=UTC),)
     fields = _cron_fields(spec.expr)
-    fields["day_of_week"] = _vixie_dow(fields["day_of_week"])
+    # crontab(5): a field "starting with *" (also "*/2") is unrestricted for the OR rule below.
     dom_star = fields["day"].startswith("*")
-    dow_star = fields["day_of_week"] == "*"
+    dow_star = fields["day_of_week"].startswith("*")
+    fields["day_of_week"] = _vixie_dow(fields["day_of_week"])
     if dom_star or dow_star:
-        return (CronTrigger(timezone=spec.zone, **fields),)
+        return (CronTrigger(timezone=zone, **fields),)
     # Vixie cron: both restricted means "either matches": the union of two triggers.
     return (
-        CronTrigger(timezone=spec.zone, **{**fields, "day_of_week": "*"}),
-        CronTrigger(timezone=spec.zone, **{**fields, "day": "*"}),
+        CronTrigger(timezone=zone, **{**fields, "day_of_week": "*"}),
+        CronTrigger(timezone=zone, **{**fields, "day": "*"}),
     )
 
 
@@ -228,7 +293,7 @@ def _vixie_dow(field_text: str) -> str:
         elif "-" in base:
             a, b = base.split("-", 1)
             lo, hi = _dow_value(a), _dow_value(b)
-            if hi == 0 and b.strip() == "7":
+            if hi == 0 and b.strip() == "7" and a.strip() != "7":
                 hi = 7
         else:
             lo = hi = _dow_value(base)
