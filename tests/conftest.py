@@ -92,3 +92,11 @@ def store(db_url: str) -> Iterator[Store]:
     engine = make_engine(load_config("/dev/null", env={"ORCHD_DATABASE_URL": db_url}).database)
     yield Store(engine, "test")
     engine.dispose()
+
+
+@pytest.fixture
+def worker_store(db_url: str) -> Iterator[Store]:
+    """A second connection to the test database, as a worker process would have its own."""
+    engine = make_engine(load_config("/dev/null", env={"ORCHD_DATABASE_URL": db_url}).database)
+    yield Store(engine, "worker")
+    engine.dispose()

@@ -72,6 +72,27 @@ class ActiveRun:
 
 
 @dataclass
+class Outage:
+    """The database is away: runs keep running, output is kept, and the worker retries with
+    backoff, saying so once rather than on every attempt."""
+
+    retry_at: float = 0.0
+    backoff: float = 0.0
+
+    def failed(self, exc: OperationalError, now: float) -> None:
+        if not self.backoff:
+            lines = str(exc.orig).strip().splitlines()
+            log.warning("database unavailable; runs keep running", error=lines[0] if lines else "unreachable")
+        self.backoff = min(5.0, max(0.25, self.backoff * 2))
+        self.retry_at = now + self.backoff
+
+    def over(self) -> None:
+        if self.backoff:
+            log.info("database reachable again")
+            self.backoff = 0.0
+
+
+@dataclass
 class Worker:
     config: Config
     store: Store
@@ -98,6 +119,7 @@ class Worker:
         """Work until ``stop`` is set (then drain) or, with ``burst``, until nothing is due."""
         cfg = self.config.worker
         notify = notifier or Notifier()
+        self.work_dir.mkdir(parents=True, exist_ok=True)  # default cwd of runs, and result files
         self.store.register_worker(
             self.name, self.host, os.getpid(), self.pools, self.concurrency, self.clock()
         )
@@ -109,6 +131,7 @@ class Worker:
         notify.ready(self._status())
         next_heartbeat = time.monotonic() + cfg.heartbeat
         next_cancel_check = 0.0
+        outage = Outage()
         drain_until: float | None = None
         while True:
             now = time.monotonic()
@@ -119,26 +142,31 @@ class Worker:
                 notify.stopping(f"stopping: waiting for {len(self.active)} runs")
                 log.info("stopping: no new claims", running=len(self.active), grace=cfg.shutdown_grace)
             claimed = 0
-            try:
-                self._handle_events(timeout=0)
-                self._flush_logs()
-                if self._finish_exited():
-                    self._next_claim = 0.0  # a slot freed: more may be due right now
-                self._enforce_deadlines(now, drain_until)
-                if now >= next_heartbeat:
-                    self._heartbeat(now)
-                    next_heartbeat = now + cfg.heartbeat
-                if self.active and now >= next_cancel_check:
-                    self._check_cancellations(now)
-                    next_cancel_check = now + _CANCEL_CHECK
-                if self.store.changed():
-                    self._next_claim = 0.0
-                if drain_until is None and now >= self._next_claim and len(self.active) < self.concurrency:
-                    claimed = self._claim()
-                    self._next_claim = now if claimed else now + self._idle_wait()
-            except OperationalError as exc:
-                log.warning("database unavailable; runs keep running", error=str(exc.orig).strip())
-                self._next_claim = now + min(5.0, cfg.poll_interval)
+            self._handle_events(timeout=0)
+            self._enforce_deadlines(now, drain_until)
+            if now >= outage.retry_at:
+                try:
+                    self._flush_logs()
+                    if self._finish_exited():
+                        self._next_claim = 0.0  # a slot freed: more may be due right now
+                    if now >= next_heartbeat:
+                        self._heartbeat(now)
+                        next_heartbeat = now + cfg.heartbeat
+                    if self.active and now >= next_cancel_check:
+                        self._check_cancellations(now)
+                        next_cancel_check = now + _CANCEL_CHECK
+                    if self.store.changed():
+                        self._next_claim = 0.0
+                    if (
+                        drain_until is None
+                        and now >= self._next_claim
+                        and len(self.active) < self.concurrency
+                    ):
+                        claimed = self._claim()
+                        self._next_claim = now if claimed else now + self._idle_wait()
+                    outage.over()
+                except OperationalError as exc:
+                    outage.failed(exc, now)
             if not self.active and (drain_until is not None or (self.burst and not claimed)):
                 break
             wake_at = min(
