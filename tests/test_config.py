@@ -614,7 +614,11 @@ def test_shipped_examples_validate_when_uncommented(tmp_path: Path, env: dict[st
     config = load_config(write(tmp_path / "orchd.toml", text), env=env)
     assert [(p.name, p.concurrency_limit, p.paused) for p in config.pools] == [("default", None, False)]
     backup, report = config.deployments
-    assert (report.name, report.entrypoint, report.parameters) == ("refresh-report", "reports.jobs:refresh", {"days": 7})
+    assert (report.name, report.entrypoint, report.parameters) == (
+        "refresh-report",
+        "reports.jobs:refresh",
+        {"days": 7},
+    )
     assert (backup.max_active_runs, backup.overlap) == (1, "skip")
     assert backup.name == "nightly-backup"
     assert backup.command == ["/usr/local/bin/backup", "--full"]
