@@ -30,3 +30,8 @@ lint: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .state build dist *.egg-info
+
+# The Debian package (dist/orchd_VERSION_ARCH.deb), built by debhelper from packaging/debian.
+.PHONY: deb
+deb:
+	packaging/build-deb

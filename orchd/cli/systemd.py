@@ -1,0 +1,284 @@
+"""``orchd systemd install``: the systemd units for a pip installation, pointing at it.
+
+It registers itself on ``orchd`` (imported last by ``orchd.cli``), to keep that file's diff to a line.
+
+The units are kept here as templates, not as files beside the package, because a wheel carries
+only the package: the files in the repository's ``systemd/`` (what the Debian package ships) are
+these templates rendered for ``/usr/bin``, and a test keeps the two identical.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import sysconfig
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+
+from orchd.cli import main
+from orchd.cli.common import fail
+
+MARKER = "orchd systemd install"
+#: The header of the files in the repository's systemd/, which the Debian package installs.
+PACKAGED_HEADER = (
+    "# Shipped with orchd.  Override it rather than edit it: `systemctl edit UNIT` for a unit,\n"
+    "# a file of the same name under /etc for sysusers.d and tmpfiles.d.\n"
+)
+PACKAGED_BINDIR = Path("/usr/bin")
+UNIT_DIR = Path("/etc/systemd/system")
+USER_PATTERN = r"[a-z_][a-z0-9_-]{0,30}"
+
+SCHEDULER = """\
+[Unit]
+Description=orchd scheduler: turns schedules into runs
+Wants=network-online.target
+After=network-online.target postgresql.service
+PartOf=orchd.target
+
+[Service]
+Type=notify
+NotifyAccess=main
+ExecStart={bindir}/orchd-scheduler
+ExecReload=/bin/kill -HUP $MAINPID
+Restart=on-failure
+RestartSec=2s
+# 78 (EX_CONFIG) is a bad config: restarting cannot fix it
+RestartPreventExitStatus=78
+# WATCHDOG=1 comes from the main loop, so a loop hung this long is killed and restarted
+WatchdogSec=60s
+# READY=1 comes once the database answers and its schema is current
+TimeoutStartSec=5min
+TimeoutStopSec=30s
+User={user}
+Group={user}
+StateDirectory=orchd
+StateDirectoryMode=0750
+ConfigurationDirectory=orchd
+ConfigurationDirectoryMode=0750
+UMask=0027
+# Lines that bypass the structured log (a refused config, a crash's traceback) are errors
+SyslogLevel=err
+# The database URL as a credential instead of in orchd.toml, in a drop-in:
+#   LoadCredential=database-url:/etc/orchd/database-url
+
+# Sandbox.  The network stays open: the database may be a PostgreSQL on another host.
+NoNewPrivileges=yes
+CapabilityBoundingSet=
+ProtectSystem=strict
+ProtectHome=yes
+PrivateTmp=yes
+PrivateDevices=yes
+DevicePolicy=closed
+PrivateUsers=yes
+PrivateMounts=yes
+ProtectKernelTunables=yes
+ProtectKernelModules=yes
+ProtectKernelLogs=yes
+ProtectControlGroups=yes
+ProtectClock=yes
+ProtectHostname=yes
+ProtectProc=invisible
+ProcSubset=pid
+RestrictNamespaces=yes
+RestrictRealtime=yes
+RestrictSUIDSGID=yes
+LockPersonality=yes
+MemoryDenyWriteExecute=yes
+RemoveIPC=yes
+RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6
+SystemCallArchitectures=native
+SystemCallFilter=@system-service
+SystemCallFilter=~@privileged @resources
+SystemCallErrorNumber=EPERM
+
+[Install]
+WantedBy=multi-user.target orchd.target
+"""
+
+WORKER = """\
+[Unit]
+Description=orchd worker for pool %i
+Wants=network-online.target
+After=network-online.target postgresql.service orchd-scheduler.service
+PartOf=orchd.target
+
+[Service]
+Type=notify
+NotifyAccess=main
+# No ExecReload=: a worker reads deployments from the database, so only the scheduler reloads;
+# worker settings change with a restart, which lets running runs finish first.
+ExecStart={bindir}/orchd-worker --pool %i
+Restart=on-failure
+RestartSec=2s
+# 78 (EX_CONFIG) is a bad config: restarting cannot fix it
+RestartPreventExitStatus=78
+# WATCHDOG=1 comes from the main loop, so a loop hung this long is killed and restarted
+WatchdogSec=60s
+# READY=1 comes once the database answers and its schema is current
+TimeoutStartSec=5min
+# SIGTERM goes to the worker alone: it stops claiming, lets its runs finish for
+# worker.shutdown_grace (30s), then stops the rest (worker.kill_grace, 10s) and hands them
+# back.  Whatever is still there after TimeoutStopSec gets SIGKILL.
+KillMode=mixed
+TimeoutStopSec=60s
+User={user}
+Group={user}
+StateDirectory=orchd
+StateDirectoryMode=0750
+ConfigurationDirectory=orchd
+ConfigurationDirectoryMode=0750
+UMask=0027
+# Lines that bypass the structured log (a refused config, a crash's traceback) are errors
+SyslogLevel=err
+# The database URL as a credential instead of in orchd.toml, in a drop-in:
+#   LoadCredential=database-url:/etc/orchd/database-url
+
+# Sandbox, which the runs (user code) share.  Runs may write only to /var/lib/orchd (their
+# default working directory); relax in a drop-in (systemctl edit orchd-worker@POOL), e.g.
+#   ReadWritePaths=/srv/backup    ProtectHome=read-only    PrivateDevices=no
+NoNewPrivileges=yes
+CapabilityBoundingSet=
+ProtectSystem=strict
+ProtectHome=yes
+PrivateTmp=yes
+PrivateDevices=yes
+DevicePolicy=closed
+PrivateUsers=yes
+PrivateMounts=yes
+ProtectKernelTunables=yes
+ProtectKernelModules=yes
+ProtectKernelLogs=yes
+ProtectControlGroups=yes
+ProtectClock=yes
+ProtectHostname=yes
+ProtectProc=invisible
+RestrictNamespaces=yes
+RestrictRealtime=yes
+RestrictSUIDSGID=yes
+LockPersonality=yes
+RemoveIPC=yes
+RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6
+SystemCallArchitectures=native
+SystemCallFilter=@system-service
+SystemCallErrorNumber=EPERM
+
+[Install]
+WantedBy=multi-user.target orchd.target
+"""
+
+TARGET = """\
+[Unit]
+Description=orchd scheduler and workers
+# start, stop or restart every enabled orchd unit at once: systemctl restart orchd.target
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+SYSUSERS = 'u {user} - "orchd workflow scheduler" /var/lib/orchd /usr/sbin/nologin\n'
+
+TMPFILES = """\
+d /var/lib/orchd 0750 {user} {user} -
+d /etc/orchd 0750 root {user} -
+d /etc/orchd/deployments.d 0750 root {user} -
+z /etc/orchd/orchd.toml 0640 root {user} -
+"""
+
+
+@dataclass(frozen=True)
+class File:
+    path: Path
+    text: str
+
+
+def render(unit_dir: Path, bindir: Path, user: str, header: str) -> list[File]:
+    """Every file of an installation; sysusers.d/ and tmpfiles.d/ go beside ``systemd/system``
+    (``/etc/systemd/system`` -> ``/etc/sysusers.d``), or into ``unit_dir`` itself otherwise."""
+    base = unit_dir.parent.parent if unit_dir.parts[-2:] == ("systemd", "system") else unit_dir
+
+    def text(template: str) -> str:
+        return header + template.format(bindir=bindir, user=user)
+
+    return [
+        File(unit_dir / "orchd-scheduler.service", text(SCHEDULER)),
+        File(unit_dir / "orchd-worker@.service", text(WORKER)),
+        File(unit_dir / "orchd.target", text(TARGET)),
+        File(base / "sysusers.d" / "orchd.conf", text(SYSUSERS)),
+        File(base / "tmpfiles.d" / "orchd.conf", text(TMPFILES)),
+    ]
+
+
+def installed_bindir() -> Path | None:
+    """Where this installation's ``orchd-scheduler`` and ``orchd-worker`` scripts are."""
+    for candidate in (Path(sysconfig.get_path("scripts")), Path(sys.argv[0]).parent):
+        if all((candidate / name).is_file() for name in ("orchd-scheduler", "orchd-worker")):
+            return candidate.absolute()
+    return None
+
+
+def next_steps(files: list[File], user: str) -> str:
+    sysusers, tmpfiles = files[3].path, files[4].path
+    return "\n".join(
+        [
+            "Next:",
+            f"  systemd-sysusers {sysusers}",
+            f"  systemd-tmpfiles --create {tmpfiles}",
+            "  systemctl daemon-reload",
+            "  orchd config validate            # /etc/orchd/orchd.toml; an empty file works",
+            "  systemctl enable --now orchd-scheduler.service",
+            "  systemctl enable --now orchd-worker@default.service   # one per pool",
+            f"  journalctl -u orchd-scheduler -u 'orchd-worker@*' -f   # runs as user {user}",
+        ]
+    )
+
+
+@main.group("systemd")
+def systemd_group() -> None:
+    """systemd units for orchd installed with pip (the Debian package ships its own)."""
+
+
+@systemd_group.command("install")
+@click.option("--user", default="orchd", show_default=True, help="System user the daemons run as.")
+@click.option(
+    "--prefix",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=UNIT_DIR,
+    show_default=True,
+    help="Directory for the units; sysusers.d/ and tmpfiles.d/ go beside its systemd/system.",
+)
+@click.option("--dry-run", is_flag=True, help="Print what would be written; write nothing.")
+def install(user: str, prefix: Path, dry_run: bool) -> None:
+    """Write orchd-scheduler.service, orchd-worker@.service and orchd.target with ExecStart=
+    pointing at this installation, plus the sysusers.d and tmpfiles.d entries for the user.
+
+    \b
+    Example:
+      sudo /opt/orchd/bin/orchd systemd install
+      sudo systemctl enable --now orchd-scheduler orchd-worker@default
+    """
+    if not re.fullmatch(USER_PATTERN, user):
+        fail(f"--user: expected a system user name such as 'orchd', got {user!r}", code=2)
+    bindir = installed_bindir()
+    if bindir is None:
+        fail("cannot find orchd-scheduler and orchd-worker beside this orchd: reinstall it with pip")
+        return
+    if bindir.is_relative_to("/home") or bindir.is_relative_to("/root"):
+        click.echo(
+            f"orchd: warning: {bindir} is under /home or /root, which ProtectHome=yes hides from the "
+            "daemons: install orchd elsewhere (e.g. python3 -m venv /opt/orchd)",
+            err=True,
+        )
+    files = render(prefix.absolute(), bindir, user, f"# Written by `{MARKER}` for {bindir}.\n")
+    for file in files:
+        if file.path.exists() and MARKER not in file.path.read_text(errors="replace"):
+            fail(f"{file.path} exists and was not written by `{MARKER}`: remove it first")
+    for file in files:
+        if dry_run:
+            click.echo(f"--- would write {file.path}\n{file.text}")
+            continue
+        file.path.parent.mkdir(parents=True, exist_ok=True)
+        file.path.write_text(file.text)
+        click.echo(f"wrote {file.path}")
+    click.echo(next_steps(files, user))
