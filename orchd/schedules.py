@@ -31,11 +31,12 @@ from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
+from dateutil.rrule import rrule, rrulestr
 
 from orchd.durations import parse_duration
 
-Kind = Literal["cron", "interval", "at"]
-KINDS: tuple[Kind, ...] = ("cron", "interval", "at")
+Kind = Literal["cron", "interval", "rrule", "at"]
+KINDS: tuple[Kind, ...] = ("cron", "interval", "rrule", "at")
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _TICK = timedelta(microseconds=1)
 _DAY = timedelta(days=1)
@@ -52,24 +53,26 @@ class ScheduleSpec:
     anchor: datetime | None = None
     active: bool = True
     parameters: Mapping[str, Any] = field(default_factory=dict)
+    #: Seconds; each run is due up to this much after its nominal time (spreads load).
+    jitter: float = 0.0
 
     @cached_property
     def key(self) -> str:
         """A stable identity of the definition (never a row id), part of each run's unique key.
 
         ``active`` is left out on purpose: pausing and resuming a schedule must not re-fire it.
+        Optional settings enter only when set, so adding one never re-keys existing schedules.
         """
-        body = json.dumps(
-            {
-                "kind": self.kind,
-                "expr": " ".join(self.expr.split()) if self.kind == "cron" else self.expr,
-                "tz": self.timezone,
-                "anchor": self.anchor.isoformat() if self.anchor else None,
-                "params": self.parameters,
-            },
-            sort_keys=True,
-            default=str,
-        )
+        identity: dict[str, Any] = {
+            "kind": self.kind,
+            "expr": " ".join(self.expr.split()) if self.kind == "cron" else self.expr,
+            "tz": self.timezone,
+            "anchor": self.anchor.isoformat() if self.anchor else None,
+            "params": self.parameters,
+        }
+        if self.jitter:
+            identity["jitter"] = self.jitter
+        body = json.dumps(identity, sort_keys=True, default=str)
         return f"{self.kind}-{hashlib.sha256(body.encode()).hexdigest()[:16]}"
 
     @cached_property
@@ -100,6 +103,13 @@ class ScheduleSpec:
             return origin if start <= origin else origin - ((origin - start) // step) * step
         if self.kind == "at":
             return _first(self.triggers, start)
+        if self.kind == "rrule":
+            rule, naive = self._rule
+            local = start.astimezone(self.zone)
+            found = rule.after(local.replace(tzinfo=None) if naive else local, inc=True)
+            if found is None:
+                return None
+            return (found.replace(tzinfo=self.zone) if naive else found).astimezone(UTC)
         while True:
             best = self._next_cron(start)
             if best is not None and self._drops_repeated_hour and best.astimezone(self.zone).fold == 1:
@@ -143,6 +153,18 @@ class ScheduleSpec:
         if offset not in self._fixed_offset_triggers:
             self._fixed_offset_triggers[offset] = _build_triggers(self, timezone(offset))
         return self._fixed_offset_triggers[offset]
+
+    @cached_property
+    def _rule(self) -> tuple[rrule, bool]:
+        return _build_rrule(self.expr, self.zone, self.anchor)
+
+    def delay(self, fire_time: datetime) -> timedelta:
+        """The jitter of one fire time: a fixed fraction of ``jitter`` derived from the schedule and
+        the time, so every scheduler (and every retry of a tick) gives the same due time."""
+        if not self.jitter:
+            return timedelta(0)
+        digest = hashlib.sha256(f"{self.key}/{fire_time.isoformat()}".encode()).digest()
+        return timedelta(seconds=self.jitter * int.from_bytes(digest[:4], "big") / 2**32)
 
     def fire_times(self, start: datetime, end: datetime, limit: int) -> list[datetime]:
         """Fire times in ``[start, end]`` (UTC, ascending), at most ``limit`` of them."""
@@ -190,12 +212,10 @@ def parse_schedule(raw: Mapping[str, Any]) -> ScheduleSpec:
     """Validate one ``schedules`` entry; raise ValueError("key: problem") on bad input."""
     kinds = [k for k in KINDS if k in raw]
     if len(kinds) != 1:
-        if "rrule" in raw:
-            raise ValueError("rrule: rrule schedules are not supported yet; use cron, interval or at")
-        raise ValueError("expected exactly one of 'cron', 'interval' or 'at' in each schedule")
+        raise ValueError("expected exactly one of 'cron', 'interval', 'rrule' or 'at' in each schedule")
     kind = kinds[0]
     expr = raw[kind]
-    allowed = {kind, "timezone", "anchor", "active", "parameters"}
+    allowed = {kind, "timezone", "anchor", "active", "parameters", "jitter"}
     for key in raw:
         if key not in allowed:
             raise ValueError(f"{key}: unknown schedule key (expected one of {', '.join(sorted(allowed))})")
@@ -219,9 +239,13 @@ def parse_schedule(raw: Mapping[str, Any]) -> ScheduleSpec:
         expr = _parse_time(expr, timezone, "at").isoformat()
     elif not isinstance(expr, str):
         raise ValueError(f"{kind}: expected a string, got {expr!r}")
-    spec = ScheduleSpec(kind, expr, timezone, anchor, active, dict(parameters))
     try:
-        _ = spec.triggers
+        jitter = parse_duration(raw.get("jitter", 0))
+    except ValueError as exc:
+        raise ValueError(f"jitter: {exc}") from None
+    spec = ScheduleSpec(kind, expr, timezone, anchor, active, dict(parameters), jitter)
+    try:
+        _ = spec._rule if kind == "rrule" else spec.triggers
     except ValueError as exc:
         raise ValueError(f"{kind}: {exc}") from None
     return spec
@@ -241,6 +265,25 @@ def _parse_time(value: object, timezone: str, key: str) -> datetime:
     if value.tzinfo is None:
         value = value.replace(tzinfo=ZoneInfo(timezone))
     return value.astimezone(UTC)
+
+
+def _build_rrule(text: str, zone: ZoneInfo, anchor: datetime | None) -> tuple[rrule, bool]:
+    """One RFC 5545 RRULE, iterated on the schedule's wall clock; also whether it is naive (a
+    DTSTART without zone, read in the schedule's).  Its DTSTART (in the text, or ``anchor``) is
+    required: without one dateutil would start from "now", and fire times would differ between
+    schedulers and restarts."""
+    if "DTSTART" not in text.upper() and anchor is None:
+        raise ValueError(
+            "needs a DTSTART (in the rule or as anchor) so every scheduler computes the same times"
+        )
+    try:
+        rule = rrulestr(text, dtstart=anchor.astimezone(zone) if anchor else None, forceset=False)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"not an RFC 5545 rule: {exc}") from None
+    if not isinstance(rule, rrule):
+        raise ValueError("expected a single RRULE (with an optional DTSTART line)")
+    first = next(iter(rule), None)
+    return rule, first is not None and first.tzinfo is None
 
 
 def _build_triggers(spec: ScheduleSpec, zone: tzinfo) -> tuple[BaseTrigger, ...]:

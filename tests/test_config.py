@@ -459,25 +459,37 @@ BAD = {
         DEPLOY + 'schedules = [{ cron = "0 * * * *", interval = "5m" }]\n',
         4,
         "deployments.a.schedules[0]: ",
-        "expected exactly one of 'cron', 'interval' or 'at'",
+        "expected exactly one of 'cron', 'interval', 'rrule' or 'at'",
     ),
     "no-schedule-kind": Bad(
         DEPLOY + 'schedules = [{ timezone = "UTC" }]\n',
         4,
         "deployments.a.schedules[0]: ",
-        "expected exactly one of 'cron', 'interval' or 'at'",
+        "expected exactly one of 'cron', 'interval', 'rrule' or 'at'",
     ),
     "unknown-schedule-key": Bad(
-        DEPLOY + 'schedules = [{ interval = "5m", jitter = "1s" }]\n',
+        DEPLOY + 'schedules = [{ interval = "5m", jiter = "1s" }]\n',
         4,
-        "deployments.a.schedules[0].jitter",
+        "deployments.a.schedules[0].jiter",
         "unknown schedule key",
     ),
-    "rrule": Bad(
+    "rrule-without-dtstart": Bad(
         DEPLOY + 'schedules = [{ rrule = "FREQ=DAILY" }]\n',
         4,
         "deployments.a.schedules[0].rrule",
-        "not supported yet",
+        "needs a DTSTART",
+    ),
+    "bad-rrule": Bad(
+        DEPLOY + 'schedules = [{ rrule = "FREQ=SOMETIMES", anchor = 2026-01-01T00:00:00 }]\n',
+        4,
+        "deployments.a.schedules[0].rrule",
+        "not an RFC 5545 rule",
+    ),
+    "bad-jitter": Bad(
+        DEPLOY + 'schedules = [{ interval = "5m", jitter = "a bit" }]\n',
+        4,
+        "deployments.a.schedules[0].jitter",
+        "expected a duration",
     ),
     "bad-at": Bad(
         DEPLOY + 'schedules = [{ at = "next tuesday" }]\n',

@@ -235,3 +235,46 @@ def test_reaper_crashes_expired_leases_and_retries(store: Store, make_config: Ma
     assert store.start(run_id, "w2", 123, later)
     assert store.reap(later + timedelta(seconds=31)) == [run_id]
     assert state_of(store, run_id) == RunState.CRASHED  # no attempts left
+
+
+def test_jitter_delays_due_times_but_not_the_key(store: Store, make_config: MakeConfig) -> None:
+    body = """
+    [scheduler]
+    horizon = "10m"
+    [[deployments]]
+    name = "spread"
+    command = ["true"]
+    schedules = [{ interval = "1m", jitter = "20s" }]
+    """
+    scheduler = Scheduler(make_config(body), store, clock=Clock(T0 + timedelta(seconds=5)))
+    scheduler.sync()
+    scheduler.tick()
+    scheduler.tick()
+    with store.read() as conn:
+        rows = conn.execute(select(runs.c.scheduled_for, runs.c.due_at).order_by(runs.c.scheduled_for)).all()
+    assert [r.scheduled_for for r in rows] == [T0 + timedelta(minutes=m) for m in range(1, 11)]
+    delays = [(r.due_at - r.scheduled_for).total_seconds() for r in rows]
+    assert all(0 <= d < 20 for d in delays) and len(set(delays)) > 1
+
+
+def test_rrule_schedule_materializes(store: Store, make_config: MakeConfig) -> None:
+    body = """
+    [scheduler]
+    horizon = "2d"
+    [[deployments]]
+    name = "weekday-mornings"
+    command = ["true"]
+    [[deployments.schedules]]
+    rrule = "FREQ=DAILY;BYDAY=MO,TU,WE,TH,FR;BYHOUR=9;BYMINUTE=0"
+    anchor = 2026-01-01T00:00:00
+    timezone = "Europe/Berlin"
+    """
+    scheduler = Scheduler(
+        make_config(body), store, clock=Clock(datetime(2026, 11, 20, 12, tzinfo=UTC))
+    )  # a Friday
+    scheduler.sync()
+    scheduler.tick()
+    assert _times(store) == []  # Friday 09:00 is past, Monday is beyond the two-day horizon
+    scheduler.clock.now = datetime(2026, 11, 22, 12, tzinfo=UTC)  # type: ignore[attr-defined]
+    scheduler.tick()
+    assert _times(store) == [datetime(2026, 11, 23, 8, tzinfo=UTC), datetime(2026, 11, 24, 8, tzinfo=UTC)]

@@ -587,11 +587,16 @@ def test_key_differs_between_kinds() -> None:
         ({"cron": 5}, r"^cron: expected a string"),
         ({"cron": "* * * * *", "timezone": "Mars/Olympus"}, r"^timezone: unknown time zone 'Mars/Olympus'"),
         ({"cron": "* * * * *", "timezone": 1}, r"^timezone: expected an IANA time zone name"),
-        ({"cron": "* * * * *", "interval": "5m"}, r"expected exactly one of 'cron', 'interval' or 'at'"),
-        ({"timezone": "UTC"}, r"expected exactly one of 'cron', 'interval' or 'at'"),
-        ({}, r"expected exactly one of 'cron', 'interval' or 'at'"),
+        (
+            {"cron": "* * * * *", "interval": "5m"},
+            r"expected exactly one of 'cron', 'interval', 'rrule' or 'at'",
+        ),
+        ({"timezone": "UTC"}, r"expected exactly one of 'cron', 'interval', 'rrule' or 'at'"),
+        ({}, r"expected exactly one of 'cron', 'interval', 'rrule' or 'at'"),
         ({"cron": "* * * * *", "tz": "UTC"}, r"^tz: unknown schedule key \(expected one of active, anchor"),
-        ({"rrule": "FREQ=DAILY"}, r"^rrule: rrule schedules are not supported"),
+        ({"rrule": "FREQ=DAILY"}, r"^rrule: needs a DTSTART"),
+        ({"rrule": "FREQ=DAILY;BYHOUR=x", "anchor": "2026-01-01T00:00:00"}, r"^rrule: not an RFC 5545 rule"),
+        ({"interval": "5m", "jitter": "soon"}, r"^jitter: expected a duration"),
         ({"interval": "5m", "anchor": "yesterday"}, r"^anchor: expected an ISO 8601 date-time"),
         ({"interval": "5m", "anchor": 5}, r"^anchor: expected a date-time, got 5"),
         ({"at": "soon"}, r"^at: expected an ISO 8601 date-time"),
@@ -643,3 +648,56 @@ def test_times_in_other_zones_are_accepted_and_utc_is_returned() -> None:
     nxt = spec("* * * * *").next_after(berlin)
     assert nxt == utc(2026, 1, 1, 10, 1)
     assert nxt is not None and nxt.tzinfo is UTC
+
+
+# --- rrule and jitter ----------------------------------------------------------------------------
+
+
+def test_rrule_weekly_on_the_wall_clock_across_dst() -> None:
+    spec = parse_schedule(
+        {"rrule": "DTSTART:20260101T090000\nRRULE:FREQ=WEEKLY;BYDAY=MO,WE", "timezone": "Europe/Berlin"}
+    )
+    times = spec.fire_times(datetime(2026, 3, 20, tzinfo=UTC), datetime(2026, 4, 2, tzinfo=UTC), 10)
+    assert times == [
+        datetime(2026, 3, 23, 8, tzinfo=UTC),  # 09:00 CET
+        datetime(2026, 3, 25, 8, tzinfo=UTC),
+        datetime(2026, 3, 30, 7, tzinfo=UTC),  # 09:00 CEST
+        datetime(2026, 4, 1, 7, tzinfo=UTC),
+    ]
+
+
+def test_rrule_takes_its_dtstart_from_the_anchor_and_is_stable() -> None:
+    raw = {
+        "rrule": "FREQ=DAILY;BYHOUR=6;BYMINUTE=15",
+        "anchor": "2026-01-01T00:00:00",
+        "timezone": "Asia/Kolkata",
+    }
+    spec = parse_schedule(raw)
+    first = spec.next_at_or_after(datetime(2026, 5, 1, tzinfo=UTC))
+    assert first == datetime(2026, 5, 1, 0, 45, tzinfo=UTC)  # 06:15 IST
+    assert spec.next_after(first) == first + timedelta(days=1)
+    assert parse_schedule(raw).key == spec.key
+
+
+def test_rrule_with_count_ends() -> None:
+    spec = parse_schedule({"rrule": "DTSTART:20260101T000000Z\nRRULE:FREQ=DAILY;COUNT=2"})
+    assert spec.fire_times(datetime(2025, 1, 1, tzinfo=UTC), datetime(2027, 1, 1, tzinfo=UTC), 10) == [
+        datetime(2026, 1, 1, tzinfo=UTC),
+        datetime(2026, 1, 2, tzinfo=UTC),
+    ]
+    assert spec.next_after(datetime(2026, 1, 2, tzinfo=UTC)) is None
+
+
+def test_jitter_is_deterministic_bounded_and_keyed() -> None:
+    plain = parse_schedule({"interval": "1m"})
+    jittery = parse_schedule({"interval": "1m", "jitter": "30s"})
+    assert plain.delay(datetime(2026, 1, 1, tzinfo=UTC)) == timedelta(0)
+    delays = [jittery.delay(datetime(2026, 1, 1, 0, m, tzinfo=UTC)) for m in range(60)]
+    assert all(timedelta(0) <= d < timedelta(seconds=30) for d in delays)
+    assert len(set(delays)) > 50
+    assert delays == [
+        parse_schedule({"interval": "1m", "jitter": "30s"}).delay(datetime(2026, 1, 1, 0, m, tzinfo=UTC))
+        for m in range(60)
+    ]
+    assert jittery.key != plain.key
+    assert plain.key == parse_schedule({"interval": "1m", "jitter": 0}).key  # unset or 0: the same schedule

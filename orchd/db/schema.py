@@ -14,6 +14,7 @@ from sqlalchemy import (
     JSON,
     Boolean,
     Column,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -64,6 +65,7 @@ schedules = Table(
     Column("parameters", JSON, nullable=False),
     Column("active", Boolean, nullable=False),
     Column("archived_at", UTCDateTime),
+    Column("jitter", Float, nullable=False, server_default="0"),
     # Materialization cursor: the earliest fire time not yet turned into a run.
     Column("next_fire_at", UTCDateTime),
     Column("created_at", UTCDateTime, nullable=False),

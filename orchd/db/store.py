@@ -258,6 +258,7 @@ class Store:
                         timezone=spec.timezone,
                         anchor=spec.anchor,
                         parameters=dict(spec.parameters),
+                        jitter=spec.jitter,
                         active=spec.active,
                         next_fire_at=spec.next_at_or_after(now),
                         created_at=now,
@@ -336,7 +337,7 @@ class Store:
             rows = conn.execute(stmt).all()
         due = []
         for r in rows:
-            spec = ScheduleSpec(r.kind, r.expr, r.timezone, r.anchor, r.active, r.parameters)
+            spec = ScheduleSpec(r.kind, r.expr, r.timezone, r.anchor, r.active, r.parameters, r.jitter)
             dep_spec = r.dep_spec
             due.append(
                 DueSchedule(
@@ -365,7 +366,7 @@ class Store:
                 "state": S.SCHEDULED.value,
                 "priority": p.schedule.priority,
                 "scheduled_for": t,
-                "due_at": t,
+                "due_at": t + p.schedule.spec.delay(t),
                 "attempt": 1,
                 "max_attempts": p.schedule.max_attempts,
                 "parameters": dict(p.schedule.parameters),
