@@ -46,16 +46,25 @@ def _drop_none(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
 
 
 def _journald(_: Any, method: str, event: dict[str, Any]) -> str:
+    """``<6>message key=value ...``: journald turns the prefix into the entry's priority."""
     level = event.pop("level", method)
-    message = str(event.pop("event", ""))
+    message = _one_line(str(event.pop("event", "")))
     event.pop("timestamp", None)
     fields = " ".join(f"{k}={_quote(v)}" for k, v in event.items())
     return f"<{_PRIORITY.get(level, 6)}>{message}{' ' + fields if fields else ''}"
 
 
+def _one_line(text: str) -> str:
+    """journald splits entries at newlines: a multi-line value (a traceback) must stay one entry."""
+    return text.replace("\n", "\\n").replace("\r", "\\r")
+
+
 def _quote(value: Any) -> str:
+    """logfmt quoting: bare when unambiguous, else in double quotes with escapes."""
     text = str(value)
-    return repr(text) if (" " in text or "=" in text or not text) else text
+    if text and not any(c in text for c in ' ="\\\n\r'):
+        return text
+    return '"' + _one_line(text.replace("\\", "\\\\").replace('"', '\\"')) + '"'
 
 
 def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:

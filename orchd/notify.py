@@ -17,6 +17,8 @@ class Notifier:
     def __init__(self) -> None:
         self._socket = sdnotify.SystemdNotifier() if os.environ.get("NOTIFY_SOCKET") else None
         watchdog_usec = int(os.environ.get("WATCHDOG_USEC", "0") or 0)
+        # as sd_watchdog_enabled(): the watchdog is meant for WATCHDOG_PID only, if given
+        self._pings = os.environ.get("WATCHDOG_PID", str(os.getpid())) == str(os.getpid())
         # ping at a quarter of the watchdog period (at most once a second when none is set)
         self._every = watchdog_usec / 4_000_000 if watchdog_usec else 1.0
         self._last_ping = 0.0
@@ -41,7 +43,7 @@ class Notifier:
 
     def watchdog(self) -> None:
         now = time.monotonic()
-        if now - self._last_ping >= self._every:
+        if self._pings and now - self._last_ping >= self._every:
             self._last_ping = now
             self._send("WATCHDOG=1")
 
