@@ -1,0 +1,184 @@
+"""A throwaway container with a real systemd 252 as PID 1, for testing the units and the package.
+
+``systemd-nspawn --directory=/ --volatile=yes`` boots the host's own ``/usr`` over an empty tmpfs
+root in about a second, with nothing to build.  ``/usr`` gets a writable overlay (the upper layer
+in a temp dir) so the .deb can be installed for real with dpkg, and a copy of the host's dpkg
+database makes its dependencies resolve against what that ``/usr`` holds.  The host is never
+written to except the temp dir, a private cgroup (so nspawn's leftovers can be removed) and the
+empty directories nspawn leaves in ``/run``, which are removed too.
+
+Commands run inside through ``nsenter`` (there is no machined or D-Bus on the host); ``systemctl``
+talks to the container's PID 1 over its private socket.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+#: The environment of commands run inside: nothing of the host's (its PATH may point at /root).
+INNER_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", "SYSTEMD_COLORS": "0"}
+
+
+class ContainerError(RuntimeError):
+    """The container could not be booted (the caller decides whether that skips or fails)."""
+
+
+def unavailable_reason() -> str | None:
+    """Why a container cannot be tried here at all, or None."""
+    if os.geteuid() != 0:
+        return "needs root (systemd-nspawn)"
+    if shutil.which("systemd-nspawn") is None or shutil.which("nsenter") is None:
+        return "needs systemd-nspawn (apt-get install systemd-container) and nsenter"
+    if not Path("/usr/lib/systemd/systemd").exists():
+        return "needs systemd installed on the host"
+    return None
+
+
+def _cgroup_hierarchies() -> list[Path]:
+    """Where a private cgroup must be made: both trees of a hybrid layout, or the unified one."""
+    hybrid = [CGROUP_ROOT / "systemd", CGROUP_ROOT / "unified"]
+    if all(p.is_dir() for p in hybrid):
+        return hybrid
+    return [CGROUP_ROOT]
+
+
+class Container:
+    """One booted container; ``close()`` halts it and removes everything it left on the host."""
+
+    def __init__(self, name: str, share: Path | None = None, boot_timeout: float = 60.0) -> None:
+        self.name = f"{name}-{os.getpid()}"
+        self.tmp = Path(tempfile.mkdtemp(prefix=f"{self.name}-", dir="/var/tmp"))
+        self.cgroups = [h / self.name for h in _cgroup_hierarchies()]
+        self.console = self.tmp / "console.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.leader = 0
+        try:
+            self._boot(share, boot_timeout)
+        except BaseException:
+            self.close()
+            raise
+
+    # ------------------------------------------------------------------ life cycle
+
+    def _boot(self, share: Path | None, timeout: float) -> None:
+        (self.tmp / "usr").mkdir()
+        for cgroup in self.cgroups:
+            cgroup.mkdir()
+        procs = [str(c / "cgroup.procs") for c in self.cgroups]
+
+        def into_private_cgroup() -> None:  # in the child before exec: nspawn's cgroups nest here
+            for path in procs:
+                with open(path, "w") as f:
+                    f.write(str(os.getpid()))
+
+        args = [
+            "systemd-nspawn",
+            "--directory=/",
+            "--volatile=yes",
+            f"--overlay=/usr:{self.tmp / 'usr'}:/usr",
+            f"--machine={self.name}",
+            "--boot",
+            "--register=no",
+            "--keep-unit",
+            "--private-network",
+            "--console=passive",
+        ]
+        if share is not None:
+            args.append(f"--bind-ro={share}:/mnt/share")
+        # basic.target: journald and the units we start ourselves, not every unit the host's
+        # packages enable by preset (their /etc is empty here, so every preset applies).
+        args += ["--", "systemd.firstboot=off", "systemd.unit=basic.target"]
+        with open(self.console, "wb") as log:
+            self.proc = subprocess.Popen(
+                args,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                preexec_fn=into_private_cgroup,
+            )
+        deadline = time.monotonic() + timeout
+        while not self.leader:
+            children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
+            text = children.read_text().split() if children.exists() else []
+            self.leader = int(text[0]) if text else 0
+            self._check_alive(deadline)
+        state = ""
+        while state not in ("running", "degraded"):
+            state = self.run("systemctl", "is-system-running", check=False).stdout.strip()
+            self._check_alive(deadline)
+
+    def _check_alive(self, deadline: float) -> None:
+        assert self.proc is not None
+        if self.proc.poll() is not None or time.monotonic() > deadline:
+            raise ContainerError(
+                f"the container did not boot:\n{self.console.read_text(errors='replace')[-3000:]}"
+            )
+        time.sleep(0.05)
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)  # nspawn asks the container's systemd to halt
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        leftovers = [Path("/run/systemd/nspawn/propagate") / self.name, Path("/run/systemd/nspawn-root")]
+        for cgroup in self.cgroups:
+            leftovers[:0] = sorted(cgroup.glob("**/"), key=lambda p: len(p.parts), reverse=True)
+        for path in leftovers:
+            with contextlib.suppress(OSError):  # absent, or still in use by another container
+                path.rmdir()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    # ------------------------------------------------------------------ inside
+
+    @property
+    def root(self) -> Path:
+        """The container's root as seen from the host (its / is a tmpfs only the container mounts)."""
+        return Path(f"/proc/{self.leader}/root")
+
+    def run(
+        self, *command: str, check: bool = True, timeout: float = 60.0, user: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """Run a command inside; ``user`` runs it as that user (runuser)."""
+        if user is not None:
+            command = ("runuser", "-u", user, "--", *command)
+        result = subprocess.run(
+            ["nsenter", f"--target={self.leader}", "--all", "--", *command],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=INNER_ENV,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"{' '.join(command)} exited {result.returncode}\n{result.stdout}\n{result.stderr}"
+            )
+        return result
+
+    def write(self, path: str, text: str) -> None:
+        """Write a file inside (an existing file keeps its owner and mode)."""
+        target = self.root / path.lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text)
+
+    def copy_dpkg_database(self) -> None:
+        """Give the container the host's dpkg database, which matches the /usr it runs on; without
+        its stat overrides, which name groups of the host's /etc that the container lacks."""
+        shutil.copytree("/var/lib/dpkg", self.root / "var/lib/dpkg", symlinks=True, dirs_exist_ok=True)
+        (self.root / "var/lib/dpkg/statoverride").write_text("")
+
+    def show(self, unit: str, prop: str) -> str:
+        return self.run("systemctl", "show", "--property", prop, "--value", unit).stdout.strip()
+
+    def journal(self, *args: str) -> str:
+        return self.run("journalctl", "--no-pager", *args).stdout
