@@ -149,9 +149,9 @@ class Container:
     def run(
         self, *command: str, check: bool = True, timeout: float = 60.0, user: str | None = None
     ) -> subprocess.CompletedProcess[str]:
-        """Run a command inside; ``user`` runs it as that user (runuser)."""
+        """Run a command inside; ``user`` runs it as that user (setpriv: runuser needs PAM's /etc)."""
         if user is not None:
-            command = ("runuser", "-u", user, "--", *command)
+            command = ("setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", "--", *command)
         result = subprocess.run(
             ["nsenter", f"--target={self.leader}", "--all", "--", *command],
             capture_output=True,
