@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 UNITS = ["orchd-scheduler.service", "orchd-worker@.service", "orchd.target"]
 COMMANDS = ["orchd", "orchd-scheduler", "orchd-worker"]
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]  # make deb pip-installs from PyPI
 
 
 def not_here(reason: str) -> None:

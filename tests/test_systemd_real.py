@@ -39,7 +39,7 @@ command = ["sh", "-c", "echo hello from run $ORCHD_RUN_ID"]
 schedules = [{ interval = "2s" }]
 """
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]  # make deb pip-installs from PyPI
 
 
 def not_here(reason: str) -> None:
