@@ -53,9 +53,17 @@ def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = 
 class _Document:
     """One parsed TOML file, remembering its text so keys can be traced back to a line."""
 
+    _HEADER = re.compile(r"^\s*\[\[?\s*([^\]\s]+)\s*\]\]?\s*(#.*)?$")
+
     def __init__(self, path: Path, text: str, data: dict[str, Any]) -> None:
         self.path, self.text, self.data = path, text, data
         self.lines = text.splitlines()
+        # line numbers of each table header, found once: a config with thousands of deployments
+        # must not be rescanned for every key
+        self.headers: dict[str, list[int]] = {}
+        for number, line in enumerate(self.lines):
+            if line.lstrip().startswith("[") and (match := self._HEADER.match(line)):
+                self.headers.setdefault(match.group(1), []).append(number)
 
     @classmethod
     def read(cls, path: Path) -> _Document:
@@ -79,17 +87,9 @@ class _Document:
 
     def where(self, table: str, key: str | None, index: int = 0) -> str:
         """``file:line`` of ``key`` inside ``[table]`` (the index-th ``[[table]]``), best effort."""
-        header = re.compile(rf"^\s*\[\[?\s*{re.escape(table)}\s*\]\]?\s*(#.*)?$")
-        start, seen = None, -1
-        for number, line in enumerate(self.lines):
-            if header.match(line):
-                seen += 1
-                if seen == index:
-                    start = number
-                    break
-        if start is None:
-            # dotted keys or inline tables: look for the key anywhere
-            start = -1
+        found = self.headers.get(table, [])
+        # no header (dotted keys or inline tables): look for the key anywhere
+        start = found[index] if index < len(found) else -1
         if key is not None:
             pattern = re.compile(rf"^\s*(?:{re.escape(table)}\.)?[\"']?{re.escape(key)}[\"']?\s*=")
             inline = re.compile(rf"[{{,]\s*[\"']?{re.escape(key)}[\"']?\s*=")
@@ -136,7 +136,7 @@ def _parse_fields(
     return values
 
 
-_ENV_KEY = re.compile(r"^ORCHD_(DATABASE|SCHEDULER|WORKER|LOGGING)_([A-Z0-9_]+)$")
+_ENV_KEY = re.compile(r"^ORCHD_(DATABASE|SCHEDULER|WORKER|LOGGING|METRICS)_([A-Z0-9_]+)$")
 _TEXT_KEYS = {
     (section, fd.name)
     for section, cls in SECTIONS.items()
