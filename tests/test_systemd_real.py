@@ -154,12 +154,13 @@ def test_kill_9_worker_is_restarted_and_its_run_recovered(box: Container) -> Non
     one_off(box, "interrupted", ["sh", "-c", "sleep 3; echo survived"], retries=1, retry_delay="1s")
     run = wait_for(lambda: [r for r in runs(box, "interrupted") if r["state"] == "RUNNING"], timeout=30)[0]
     pid = main_pid(box, WORKER)
+    children = box.run("pgrep", "--parent", str(pid)).stdout.split()
     box.run("kill", "-9", str(pid))
     wait_for(lambda: main_pid(box, WORKER) not in (0, pid), timeout=30, what="a new worker process")
     wait_for(lambda: box.run("systemctl", "is-active", WORKER, check=False).stdout.strip() == "active")
     assert box.show(WORKER, "NRestarts") == "1"
     # the run's process died with its worker (it must not run twice at once)
-    assert box.run("pgrep", "-f", "sleep 3", check=False).returncode == 1
+    assert children and box.run("ps", "--pid", ",".join(children), check=False).returncode == 1
     final = wait_for(
         lambda: (r := run_state(box, run["id"]))["state"] == "COMPLETED" and r, timeout=60, what="the retry"
     )
