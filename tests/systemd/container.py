@@ -131,11 +131,17 @@ class Container:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout=10)
-        leftovers = [Path("/run/systemd/nspawn/propagate") / self.name, Path("/run/systemd/nspawn-root")]
+        nspawn = Path("/run/systemd/nspawn")
+        leftovers = [
+            nspawn / "propagate" / self.name,
+            nspawn / "propagate",
+            nspawn,
+            Path("/run/systemd/nspawn-root"),
+        ]
         for cgroup in self.cgroups:
             leftovers[:0] = sorted(cgroup.glob("**/"), key=lambda p: len(p.parts), reverse=True)
         for path in leftovers:
-            with contextlib.suppress(OSError):  # absent, or still in use by another container
+            with contextlib.suppress(OSError):  # absent, or not empty: in use by another container
                 path.rmdir()
         shutil.rmtree(self.tmp, ignore_errors=True)
 
