@@ -245,7 +245,8 @@ def parse_schedule(raw: Mapping[str, Any]) -> ScheduleSpec:
         raise ValueError(f"jitter: {exc}") from None
     spec = ScheduleSpec(kind, expr, timezone, anchor, active, dict(parameters), jitter)
     try:
-        _ = spec._rule if kind == "rrule" else spec.triggers
+        # validate without keeping the triggers: a config of 100,000 schedules must stay small
+        _ = _build_rrule(expr, spec.zone, anchor) if kind == "rrule" else _build_triggers(spec, spec.zone)
     except ValueError as exc:
         raise ValueError(f"{kind}: {exc}") from None
     return spec

@@ -115,8 +115,11 @@ def _parse_fields(
     label: str,
     sources: dict[str, str],
     origin: Mapping[str, str],
+    record_defaults: bool = True,
 ) -> dict[str, Any]:
-    """Validate ``raw`` against the fields of ``cls``; ``locate(key)`` names where a key was written."""
+    """Validate ``raw`` against the fields of ``cls``; ``locate(key)`` names where a key was written.
+    Defaults are recorded in ``sources`` only for the sections, not for each of thousands of
+    deployments."""
     fields = {fd.name: fd for fd in dataclasses.fields(cls)}
     for key in raw:
         if key not in fields:
@@ -128,7 +131,8 @@ def _parse_fields(
             sources[f"{label}.{name}"] = origin.get(name) or locate(name)
         else:
             value = fd.default_factory() if fd.default_factory is not dataclasses.MISSING else fd.default
-            sources.setdefault(f"{label}.{name}", "default")
+            if record_defaults:
+                sources.setdefault(f"{label}.{name}", "default")
         try:
             values[name] = fd.metadata["parser"](value)
         except ValueError as exc:
@@ -238,7 +242,7 @@ def _named(doc: _Document, table: str, index: int, item: Mapping[str, Any]) -> s
 def _pool(doc: _Document, index: int, item: Mapping[str, Any], sources: dict[str, str]) -> PoolConfig:
     name = _named(doc, "pools", index, item)
     values = _parse_fields(
-        PoolConfig, item, lambda key: doc.where("pools", key, index), f"pools.{name}", sources, {}
+        PoolConfig, item, lambda key: doc.where("pools", key, index), f"pools.{name}", sources, {}, False
     )
     return PoolConfig(**values)
 
@@ -261,7 +265,7 @@ def _deployment(
         raise ConfigError(
             f"{locate('entrypoint')}: {label}.entrypoint: give either command or entrypoint, not both"
         )
-    values = _parse_fields(DeploymentConfig, item, locate, label, sources, {})
+    values = _parse_fields(DeploymentConfig, item, locate, label, sources, {}, False)
     if "command" in item and not values["command"]:
         raise ConfigError(f"{locate('command')}: {label}.command: expected a non-empty argv list")
     if values["entrypoint"] and not re.fullmatch(ENTRYPOINT_PATTERN, values["entrypoint"]):

@@ -31,7 +31,21 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Row, and_, bindparam, case, delete, func, or_, select, text, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Row,
+    and_,
+    bindparam,
+    case,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 
 from orchd import __version__
@@ -154,6 +168,14 @@ def active_cap(spec: Mapping[str, Any]) -> int | None:
     return 1 if spec.get("overlap", "allow") != "allow" else None
 
 
+_BATCH = 2000
+
+
+def _chunks(ids: Sequence[int], size: int = 5000) -> Iterable[Sequence[int]]:
+    """IN-lists small enough for SQLite's bound-parameter limit."""
+    return (ids[i : i + size] for i in range(0, len(ids), size))
+
+
 def _hash(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -177,43 +199,49 @@ class Store:
 
     def sync(self, config: Config, now: datetime) -> SyncReport:
         """Make the database match the config: create/update deployments and schedules, archive what
-        left the config.  Unchanged config changes nothing (no write, no new run)."""
+        left the config.  Unchanged config changes nothing (no write, no new run).  Statements are
+        batched (one SELECT per table, executemany for changes), so 100,000 schedules sync quickly."""
         report = SyncReport()
         with self.engine.begin() as conn:
             self._sync_pools(conn, config, now)
-            existing = {row.name: row for row in conn.execute(select(deployments))}
-            wanted = {dep.name for dep in config.deployments}
+            existing = {r.name: r for r in conn.execute(select(deployments))}
+            ids: dict[str, int] = {}
+            new, changed = [], []
             for dep in config.deployments:
                 spec = deployment_spec(dep, config.scheduler.catchup)
-                digest = _hash([spec, dep.pool, dep.priority])
+                values = {
+                    "pool": dep.pool,
+                    "spec": spec,
+                    "priority": dep.priority,
+                    "config_hash": _hash([spec, dep.pool, dep.priority]),
+                }
                 row = existing.get(dep.name)
-                values = {"pool": dep.pool, "spec": spec, "priority": dep.priority, "config_hash": digest}
                 if row is None:
-                    dep_id = conn.execute(
-                        deployments.insert()
-                        .values(name=dep.name, created_at=now, updated_at=now, **values)
-                        .returning(deployments.c.id)
-                    ).scalar_one()
-                    report.created += 1
-                else:
-                    dep_id = row.id
-                    if row.config_hash != digest or row.archived_at is not None:
-                        conn.execute(
-                            update(deployments)
-                            .where(deployments.c.id == dep_id)
-                            .values(archived_at=None, updated_at=now, **values)
-                        )
-                        report.updated += 1
-                self._sync_schedules(conn, dep_id, dep.schedules, now, report)
-            for name, row in existing.items():
-                if name not in wanted and row.archived_at is None:
-                    conn.execute(
-                        update(deployments)
-                        .where(deployments.c.id == row.id)
-                        .values(archived_at=now, updated_at=now)
-                    )
-                    self._sync_schedules(conn, row.id, [], now, report)
-                    report.archived += 1
+                    new.append({"name": dep.name, "created_at": now, "updated_at": now, **values})
+                    continue
+                ids[dep.name] = row.id
+                if row.config_hash != values["config_hash"] or row.archived_at is not None:
+                    changed.append({"did": row.id, **values})
+            if new:
+                stmt = insert(deployments).returning(deployments.c.id, deployments.c.name)
+                ids.update({r.name: r.id for r in conn.execute(stmt, new)})
+            if changed:
+                conn.execute(
+                    update(deployments)
+                    .where(deployments.c.id == bindparam("did"))
+                    .values(archived_at=None, updated_at=now),
+                    changed,
+                )
+            gone = [r.id for name, r in existing.items() if name not in ids and r.archived_at is None]
+            for chunk in _chunks(gone):
+                conn.execute(
+                    update(deployments)
+                    .where(deployments.c.id.in_(chunk))
+                    .values(archived_at=now, updated_at=now)
+                )
+            report.created, report.updated, report.archived = len(new), len(changed), len(gone)
+            wanted = {ids[d.name]: d.schedules for d in config.deployments}
+            self._sync_schedules(conn, wanted, now, report)
         return report
 
     def _sync_pools(self, conn: Connection, config: Config, now: datetime) -> None:
@@ -243,51 +271,86 @@ class Store:
             )
 
     def _sync_schedules(
-        self, conn: Connection, dep_id: int, specs: Sequence[ScheduleSpec], now: datetime, report: SyncReport
+        self,
+        conn: Connection,
+        wanted: Mapping[int, Sequence[ScheduleSpec]],
+        now: datetime,
+        report: SyncReport,
     ) -> None:
-        rows = {r.key: r for r in conn.execute(select(schedules).where(schedules.c.deployment_id == dep_id))}
-        for spec in specs:
-            row = rows.get(spec.key)
-            if row is None:
-                conn.execute(
-                    schedules.insert().values(
-                        deployment_id=dep_id,
-                        key=spec.key,
-                        kind=spec.kind,
-                        expr=spec.expr,
-                        timezone=spec.timezone,
-                        anchor=spec.anchor,
-                        parameters=dict(spec.parameters),
-                        jitter=spec.jitter,
-                        active=spec.active,
-                        next_fire_at=spec.next_at_or_after(now),
-                        created_at=now,
-                        updated_at=now,
-                    )
-                )
-                report.schedules_added += 1
-            elif row.active != spec.active or row.archived_at is not None:
-                revived = spec.active and (not row.active or row.archived_at is not None)
-                values: dict[str, Any] = {"active": spec.active, "archived_at": None, "updated_at": now}
-                if revived:  # no catch-up for the time it was switched off
-                    values["next_fire_at"] = spec.next_at_or_after(now)
-                conn.execute(update(schedules).where(schedules.c.id == row.id).values(**values))
-                if not spec.active:
-                    self._drop_unstarted(conn, [row.id], now, "schedule deactivated")
-        keys = {s.key for s in specs}
-        gone = [r.id for key, r in rows.items() if key not in keys and r.archived_at is None]
-        if gone:
-            conn.execute(
-                update(schedules).where(schedules.c.id.in_(gone)).values(archived_at=now, updated_at=now)
+        """Schedules of every deployment (archived ones want none): add, re-activate, deactivate,
+        archive — keyed by the schedule's definition, never by its row id."""
+        current: dict[int, dict[str, Any]] = {}
+        for r in conn.execute(
+            select(
+                schedules.c.id,
+                schedules.c.deployment_id,
+                schedules.c.key,
+                schedules.c.active,
+                schedules.c.archived_at,
             )
-            self._drop_unstarted(conn, gone, now, "schedule removed from config")
-            report.schedules_removed += len(gone)
+        ):
+            current.setdefault(r.deployment_id, {})[r.key] = r
+        new: list[dict[str, Any]] = []
+        gone: list[int] = []
+        deactivated: list[int] = []
+        added = 0
+        for dep_id in wanted.keys() | current.keys():
+            rows = current.get(dep_id, {})
+            specs = wanted.get(dep_id, ())
+            for spec in specs:
+                row = rows.get(spec.key)
+                if row is None:
+                    if len(new) >= _BATCH:  # bounded memory however many schedules there are
+                        conn.execute(insert(schedules), new)
+                        added += len(new)
+                        new = []
+                    new.append(
+                        {
+                            "deployment_id": dep_id,
+                            "key": spec.key,
+                            "kind": spec.kind,
+                            "expr": spec.expr,
+                            "timezone": spec.timezone,
+                            "anchor": spec.anchor,
+                            "parameters": dict(spec.parameters),
+                            "jitter": spec.jitter,
+                            "active": spec.active,
+                            "next_fire_at": spec.next_at_or_after(now),
+                            "created_at": now,
+                            "updated_at": now,
+                        }
+                    )
+                elif row.active != spec.active or row.archived_at is not None:
+                    values: dict[str, Any] = {"active": spec.active, "archived_at": None, "updated_at": now}
+                    if spec.active:  # revived: no catch-up for the time it was switched off
+                        values["next_fire_at"] = spec.next_at_or_after(now)
+                    else:
+                        deactivated.append(row.id)
+                    conn.execute(update(schedules).where(schedules.c.id == row.id).values(**values))
+            keys = {s.key for s in specs}
+            gone += [r.id for key, r in rows.items() if key not in keys and r.archived_at is None]
+        if new:
+            conn.execute(insert(schedules), new)
+            added += len(new)
+        for chunk in _chunks(gone):
+            conn.execute(
+                update(schedules).where(schedules.c.id.in_(chunk)).values(archived_at=now, updated_at=now)
+            )
+        self._drop_unstarted(conn, deactivated, now, "schedule deactivated")
+        self._drop_unstarted(conn, gone, now, "schedule removed from config")
+        report.schedules_added, report.schedules_removed = added, len(gone)
 
     def _drop_unstarted(
         self, conn: Connection, schedule_ids: Sequence[int], now: datetime, reason: str
     ) -> None:
         """Future runs of a schedule that no longer applies are deleted (they never existed for anyone);
         runs already due but not claimed are CANCELLED so the record shows why they did not run."""
+        for chunk in _chunks(schedule_ids):
+            self._drop_unstarted_chunk(conn, chunk, now, reason)
+
+    def _drop_unstarted_chunk(
+        self, conn: Connection, schedule_ids: Sequence[int], now: datetime, reason: str
+    ) -> None:
         of_schedules = and_(runs.c.schedule_id.in_(schedule_ids), runs.c.state == S.SCHEDULED.value)
         conn.execute(delete(runs).where(of_schedules, runs.c.scheduled_for > now))
         due = conn.execute(select(runs.c.id).where(of_schedules)).scalars().all()

@@ -137,7 +137,7 @@ class Scheduler:
         notify = notifier or Notifier()
         lock = leadership or leadership_for(self.store.engine)
         leader = False
-        notify.ready(self._status(leader))
+        notify.ready("started: electing a leader")
         backoff = 0.0
         try:
             while not stop.is_set():
