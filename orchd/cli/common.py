@@ -1,25 +1,26 @@
-"""What every command shares: --config, loading it, one-line errors with the right exit status,
-and the formatting of times and JSON."""
+"""What every command shares: --config and --json, loading the config and the database, and
+turning every mistake into one line on stderr with the exit status a script can act on."""
 
 from __future__ import annotations
 
+import difflib
 import functools
-import json
+import getpass
 import os
 import sys
 import traceback
-from collections.abc import Callable
-from datetime import UTC, datetime
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from orchd.config import Config, load_config
-from orchd.db.engine import describe, make_engine
+from orchd.db import migrate
+from orchd.db.engine import describe, make_engine, parse_url
 from orchd.db.store import Store
-from orchd.errors import DatabaseUnavailable, OrchdError
+from orchd.errors import EX_USAGE, DatabaseUnavailable, OrchdError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -30,12 +31,27 @@ config_option = click.option(
     default=None,
     help="Config file (default: $ORCHD_CONFIG or /etc/orchd/orchd.toml).",
 )
-json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts (see README).")
 
 
-def fail(message: str, code: int = 1) -> None:
+def common_options(func: F) -> F:
+    """What every command reading the database takes: --config, --json, and one-line errors."""
+    return config_option(json_option(friendly(func)))
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
     click.echo(f"orchd: error: {message}", err=True)
     sys.exit(code)
+
+
+def _debug() -> None:
+    if os.environ.get("ORCHD_DEBUG"):
+        traceback.print_exc()
+
+
+def _last_line(exc: DBAPIError) -> str:
+    lines = [ln.strip() for ln in str(exc.orig).splitlines() if ln.strip()]
+    return lines[-1] if lines else exc.__class__.__name__
 
 
 def friendly(func: F) -> F:
@@ -46,60 +62,93 @@ def friendly(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except OrchdError as exc:
-            if os.environ.get("ORCHD_DEBUG"):
-                traceback.print_exc()
+            _debug()
             fail(str(exc), exc.exit_code)
         except OperationalError as exc:
-            if os.environ.get("ORCHD_DEBUG"):
-                traceback.print_exc()
-            lines = [ln for ln in str(exc.orig).splitlines() if ln.strip()]
-            fail(f"database error: {lines[-1].strip() if lines else exc}")
+            _debug()
+            fail(f"database error: {_last_line(exc)}")
+        except DBAPIError as exc:
+            _debug()
+            fail(f"database error: {_last_line(exc)} (is the schema current? `orchd db status`)")
 
     return wrapper  # type: ignore[return-value]
+
+
+class DatabaseMissing(DatabaseUnavailable):
+    """The SQLite file of the config does not exist (yet)."""
+
+
+class OneLineErrors(click.Command):
+    """A usage mistake (unknown option, bad value) is one line too, naming the --help to read."""
+
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, False, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, False, **extra)
+        except click.exceptions.NoArgsIsHelpError as exc:  # `orchd run`: the help of the group
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            _debug()
+            ctx = getattr(exc, "ctx", None)
+            hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+            fail(f"{exc.format_message()}{hint}", exc.exit_code)
+        except click.Abort:
+            click.echo(err=True)
+            sys.exit(130)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+class OneLineErrorsGroup(OneLineErrors, click.Group):
+    pass
+
+
+def actor() -> str:
+    """Who the run history says acted: the CLI and the person running it."""
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return f"cli:uid {os.getuid()}"
 
 
 def load(config_path: Path | None) -> Config:
     return load_config(config_path)
 
 
-def open_store(config: Config, actor: str = "cli") -> Store:
-    """A Store for a short CLI command; the database must answer now (no waiting)."""
+def open_store(config: Config, *, schema: bool = True, create: bool = False) -> Store:
+    """A Store for a short command.  The database must answer now (no waiting); with ``schema`` its
+    schema must be current.  A missing SQLite file is an error unless ``create``: a typo in a path
+    must not leave an empty database behind."""
+    url = parse_url(config.database.url)
+    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:") and not create:
+        path = Path(url.database or "").expanduser()
+        if not path.exists():
+            raise DatabaseMissing(
+                f"{describe(url)} does not exist (start orchd-scheduler, or `orchd db upgrade` creates it)"
+            )
     engine = make_engine(config.database, pooled=False)
     try:
         with engine.connect():
             pass
     except OperationalError as exc:
-        lines = [ln for ln in str(exc.orig).splitlines() if ln.strip()]
-        raise DatabaseUnavailable(f"cannot reach {describe(engine.url)}: {lines[-1].strip()}") from None
-    return Store(engine, actor)
+        raise DatabaseUnavailable(f"cannot reach {describe(engine.url)}: {_last_line(exc)}") from None
+    if schema:
+        migrate.ensure_current(engine)
+    return Store(engine, actor())
 
 
-def iso(value: datetime | None) -> str | None:
-    return value.astimezone(UTC).isoformat() if value else None
+def usage_error(message: str) -> NoReturn:
+    fail(message, EX_USAGE)
 
 
-def relative(value: datetime | None, now: datetime | None = None) -> str:
-    """'12s ago' / 'in 4m' next to a local time, for tables."""
-    if value is None:
-        return "-"
-    now = now or datetime.now(UTC)
-    delta = (value - now).total_seconds()
-    size = abs(delta)
-    for unit, secs in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
-        if size >= secs or unit == "s":
-            amount = f"{int(size // secs)}{unit}"
-            break
-    local = value.astimezone().strftime("%Y-%m-%d %H:%M:%S")
-    return f"{local} ({'in ' + amount if delta > 0 else amount + ' ago'})"
-
-
-def print_json(value: Any) -> None:
-    click.echo(json.dumps(value, indent=2, default=str))
-
-
-def print_table(headers: list[str], rows: list[list[Any]]) -> None:
-    cells = [[("-" if c is None else str(c)) for c in row] for row in rows]
-    widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(headers)]
-    click.echo("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
-    for row in cells:
-        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+def did_you_mean(name: str, known: Sequence[str]) -> str:
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""

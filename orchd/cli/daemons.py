@@ -8,9 +8,10 @@ from pathlib import Path
 
 import click
 
-from orchd import __version__
-from orchd.cli.common import config_option, friendly, load
+from orchd import __version__, metrics
+from orchd.cli.common import OneLineErrors, config_option, friendly, load
 from orchd.config import Config
+from orchd.config.model import listen_address
 from orchd.errors import ConfigError
 from orchd.logging import configure, get_logger
 from orchd.notify import Notifier
@@ -21,9 +22,30 @@ from orchd.worker.daemon import Worker
 log = get_logger("orchd")
 
 
-def _configured(config_path: Path | None) -> Config:
+def _listen(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    try:
+        return None if value is None else listen_address(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+metrics_option = click.option(
+    "--metrics-listen",
+    metavar="HOST:PORT",
+    callback=_listen,
+    help="Serve Prometheus metrics here (default: metrics.listen; each daemon of a host needs its own port).",
+)
+
+
+def _configured(config_path: Path | None, metrics_listen: str | None) -> Config:
+    """Load the config, set up logging, and serve metrics when asked: before the database is
+    waited for, so a daemon stuck waiting shows up in monitoring with its database errors."""
     config = load(config_path)
     configure(config.logging.level, config.logging.format)
+    listen = config.metrics.listen if metrics_listen is None else metrics_listen
+    if listen:
+        metrics.serve(listen)
+        log.info("serving metrics", address=listen)
     return config
 
 
@@ -45,14 +67,21 @@ def _reloader(signals: Signals, config_path: Path | None) -> Callable[[], Config
     return reload
 
 
-@click.command("orchd-scheduler")
+@click.command("orchd-scheduler", cls=OneLineErrors)
 @config_option
 @click.option("--once", is_flag=True, help="Run exactly one tick and exit.")
+@metrics_option
 @click.version_option(__version__, prog_name="orchd-scheduler")
 @friendly
-def scheduler_main(config_path: Path | None, once: bool) -> None:
-    """Materialize scheduled runs of deployments into the queue and reap dead workers' runs."""
-    config = _configured(config_path)
+def scheduler_main(config_path: Path | None, once: bool, metrics_listen: str | None) -> None:
+    """Materialize scheduled runs of deployments into the queue and reap dead workers' runs.
+
+    \b
+    Example:
+      orchd-scheduler --config /etc/orchd/orchd.toml
+      orchd-scheduler --once
+    """
+    config = _configured(config_path, "" if once else metrics_listen)
     signals = Signals().install()
     notifier = Notifier()
     store = open_store(config, "scheduler", signals.stop.is_set, notifier)
@@ -71,7 +100,7 @@ def scheduler_main(config_path: Path | None, once: bool) -> None:
     log.info("scheduler stopped")
 
 
-@click.command("orchd-worker")
+@click.command("orchd-worker", cls=OneLineErrors)
 @config_option
 @click.option("--pool", "pools", multiple=True, help="Pool to serve (repeatable; default: worker.pools).")
 @click.option(
@@ -79,13 +108,25 @@ def scheduler_main(config_path: Path | None, once: bool) -> None:
 )
 @click.option("--name", help="Worker name (default: worker.name or HOSTNAME-PID).")
 @click.option("--burst", is_flag=True, help="Run what is due now, then exit.")
+@metrics_option
 @click.version_option(__version__, prog_name="orchd-worker")
 @friendly
 def worker_main(
-    config_path: Path | None, pools: tuple[str, ...], concurrency: int | None, name: str | None, burst: bool
+    config_path: Path | None,
+    pools: tuple[str, ...],
+    concurrency: int | None,
+    name: str | None,
+    burst: bool,
+    metrics_listen: str | None,
 ) -> None:
-    """Claim due runs of the given pools and execute them as child processes."""
-    config = _configured(config_path)
+    """Claim due runs of the given pools and execute them as child processes.
+
+    \b
+    Example:
+      orchd-worker --pool default --concurrency 8
+      orchd-worker --pool gpu --metrics-listen 127.0.0.1:9465
+    """
+    config = _configured(config_path, "" if burst else metrics_listen)
     signals = Signals().install()
     notifier = Notifier()
     store = open_store(config, "worker", signals.stop.is_set, notifier)
@@ -104,8 +145,9 @@ def worker_main(
 
 @click.command("up")
 @config_option
+@metrics_option
 @friendly
-def up(config_path: Path | None) -> None:
+def up(config_path: Path | None, metrics_listen: str | None) -> None:
     """Scheduler and one worker together in the foreground: the quick start.
 
     \b
@@ -113,7 +155,7 @@ def up(config_path: Path | None) -> None:
       orchd up --config etc/orchd/quickstart.toml
     Stop it with Ctrl-C.
     """
-    config = _configured(config_path)
+    config = _configured(config_path, metrics_listen)
     signals = Signals().install()
     store = open_store(config, "scheduler", signals.stop.is_set)
     if store is None:

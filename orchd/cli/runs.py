@@ -1,26 +1,28 @@
-"""``orchd run ...``: look at runs.  The --json shapes are a documented contract (README)."""
+"""``orchd run ...``: look at runs and act on them.  The --json shapes are a documented contract (README)."""
 
 from __future__ import annotations
 
+import json
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import click
 from sqlalchemy import Row
 
-from orchd.cli.common import (
-    config_option,
-    fail,
-    friendly,
-    iso,
-    json_option,
-    load,
-    open_store,
-    print_json,
-    print_table,
-    relative,
-)
-from orchd.states import RunState
+from orchd.cli.common import common_options, config_option, friendly, load, open_store
+from orchd.cli.deployments import deployment_argument, require_deployment
+from orchd.cli.output import coloured, duration, iso, print_fields, print_json, print_table, relative
+from orchd.cli.params import JsonObject, KeyValue, When
+from orchd.db.admin import Admin, NotFound
+from orchd.db.store import Store
+from orchd.states import FINISHED, RunState
+
+#: How often a followed run is looked at (the CLI polls: it has no LISTEN of its own).
+POLL = 0.3
+run_id_argument = click.argument("run_id", metavar="ID", type=click.IntRange(min=1))
 
 
 def run_json(row: Row[Any]) -> dict[str, Any]:
@@ -41,20 +43,26 @@ def run_json(row: Row[Any]) -> dict[str, Any]:
     }
 
 
+def get_run(store: Store, run_id: int) -> Row[Any]:
+    row = store.get_run(run_id)
+    if row is None:
+        raise NotFound(f"run {run_id} not found (see `orchd run ls`)")
+    return row
+
+
 @click.group("run")
 def run_group() -> None:
-    """Look at runs.
+    """Look at runs and act on them.
 
     \b
     Example:
-      orchd run ls --state FAILED --limit 20
-      orchd run show 42 --json
+      orchd run ls --state FAILED --since 1d
+      orchd run create nightly-backup --param target=/srv/b --wait
+      orchd run logs 42 --follow
     """
 
 
 @run_group.command("ls")
-@config_option
-@json_option
 @click.option("--deployment", help="Only runs of this deployment.")
 @click.option(
     "--state",
@@ -64,32 +72,49 @@ def run_group() -> None:
     help="Only runs in this state (repeatable).",
 )
 @click.option("--pool", help="Only runs of this pool.")
+@click.option("--since", type=When(past=True), help="Only runs scheduled since TIME (e.g. 1h, 2026-05-01).")
 @click.option("--limit", type=click.IntRange(1, 100_000), default=50, show_default=True)
-@friendly
+@common_options
 def run_ls(
     config_path: Path | None,
     as_json: bool,
     deployment: str | None,
     states: tuple[str, ...],
     pool: str | None,
+    since: datetime | None,
     limit: int,
 ) -> None:
-    """List runs, newest scheduled first."""
+    """List runs, newest scheduled first.
+
+    \b
+    Example:
+      orchd run ls --deployment nightly-backup --state FAILED --state CRASHED
+      orchd run ls --since 2h --json | jq '.[].id'
+    """
     store = open_store(load(config_path))
-    rows = store.list_runs(deployment=deployment, states=[s.upper() for s in states], pool=pool, limit=limit)
+    admin = Admin(store)
+    if deployment:
+        admin.deployment(deployment)
+    if pool:
+        admin.pool(pool)
+    rows = store.list_runs(
+        deployment=deployment, states=[s.upper() for s in states], pool=pool, since=since, limit=limit
+    )
     if as_json:
         print_json([run_json(r) for r in rows])
         return
+    now = datetime.now(UTC)
     print_table(
-        ["ID", "DEPLOYMENT", "STATE", "TRY", "SCHEDULED", "STARTED", "EXIT", "WORKER"],
+        ["ID", "DEPLOYMENT", "STATE", "TRY", "SCHEDULED", "STARTED", "TOOK", "EXIT", "WORKER"],
         [
             [
                 r.id,
                 r.deployment,
-                r.state,
+                coloured(r.state),
                 f"{r.attempt}/{r.max_attempts}",
-                relative(r.scheduled_for),
-                relative(r.started_at) if r.started_at else None,
+                relative(r.scheduled_for, now),
+                relative(r.started_at, now) if r.started_at else None,
+                duration(r.started_at, r.finished_at, now),
                 r.exit_code,
                 r.worker,
             ]
@@ -99,18 +124,19 @@ def run_ls(
 
 
 @run_group.command("show")
-@click.argument("run_id", type=int)
-@config_option
-@json_option
+@run_id_argument
 @click.option("--logs/--no-logs", default=True, help="Also print the run's captured output.")
-@friendly
+@common_options
 def run_show(run_id: int, config_path: Path | None, as_json: bool, logs: bool) -> None:
-    """Show one run: its fields, its state history and its output."""
+    """Show one run: its fields, its state history and its output.
+
+    \b
+    Example:
+      orchd run show 42
+      orchd run show 42 --json | jq .states
+    """
     store = open_store(load(config_path))
-    row = store.get_run(run_id)
-    if row is None:
-        fail(f"run {run_id} not found")
-        return
+    row = get_run(store, run_id)
     history = store.run_history(run_id)
     if as_json:
         print_json(
@@ -133,20 +159,23 @@ def run_show(run_id: int, config_path: Path | None, as_json: bool, logs: bool) -
             }
         )
         return
-    for label, value in [
-        ("id", row.id),
-        ("deployment", row.deployment),
-        ("state", row.state),
-        ("pool", row.pool),
-        ("attempt", f"{row.attempt}/{row.max_attempts}"),
-        ("scheduled for", relative(row.scheduled_for)),
-        ("started", relative(row.started_at)),
-        ("finished", relative(row.finished_at)),
-        ("exit code", row.exit_code),
-        ("worker", row.worker),
-        ("error", row.error),
-    ]:
-        click.echo(f"{label + ':':<15}{'-' if value is None else value}")
+    print_fields(
+        [
+            ("id", row.id),
+            ("deployment", row.deployment),
+            ("state", coloured(row.state)),
+            ("pool", row.pool),
+            ("attempt", f"{row.attempt}/{row.max_attempts}"),
+            ("parameters", json.dumps(row.parameters)),
+            ("scheduled for", relative(row.scheduled_for)),
+            ("started", relative(row.started_at)),
+            ("finished", relative(row.finished_at)),
+            ("took", duration(row.started_at, row.finished_at)),
+            ("exit code", row.exit_code),
+            ("worker", row.worker),
+            ("error", row.error),
+        ]
+    )
     click.echo("\nhistory:")
     for h in history:
         reason = f"  ({h.reason})" if h.reason else ""
@@ -158,3 +187,181 @@ def run_show(run_id: int, config_path: Path | None, as_json: bool, logs: bool) -
         click.echo(f"\noutput ({len(lines)} lines):")
         for line in lines:
             click.echo(f"  {line.stream}: {line.line}")
+
+
+@run_group.command("create")
+@deployment_argument
+@click.option(
+    "--param", "params", multiple=True, type=KeyValue(), help="A parameter (repeatable); JSON values."
+)
+@click.option("--params-json", type=JsonObject(), help="Parameters as one JSON object (--param wins).")
+@click.option("--at", type=When(past=False), help="Due at TIME instead of now (e.g. 10m, 2026-05-01T02:00).")
+@click.option(
+    "--wait", is_flag=True, help="Follow the run, print its output, exit 0 if it COMPLETED, else 1."
+)
+@common_options
+def run_create(
+    deployment: str,
+    params: tuple[tuple[str, Any], ...],
+    params_json: dict[str, Any] | None,
+    at: datetime | None,
+    wait: bool,
+    config_path: Path | None,
+    as_json: bool,
+) -> None:
+    """Create a run of DEPLOYMENT by hand, due now or --at a time.
+
+    Its parameters are the deployment's, updated with --params-json, then with each --param
+    (a value that is valid JSON is read as JSON: days=7 is a number, name=x is text).
+
+    \b
+    Example:
+      orchd run create nightly-backup
+      orchd run create refresh-report --param days=30 --at 22:00 --json
+      orchd run create nightly-backup --wait && echo done
+    """
+    config = load(config_path)
+    store = open_store(config)
+    require_deployment(store, config, deployment)
+    now = datetime.now(UTC)
+    run_id = store.create_run(deployment, now, at=at, parameters={**(params_json or {}), **dict(params)})
+    if not wait:
+        row = get_run(store, run_id)
+        if as_json:
+            print_json(run_json(row))
+        else:
+            click.echo(f"run {run_id} of {deployment} created, due {relative(at) if at else 'now'}")
+        return
+    if not as_json:
+        click.echo(f"run {run_id} of {deployment} created; following it (Ctrl-C stops following)", err=True)
+    final = follow(store, run_id, None if as_json else log_printer())
+    if as_json:
+        print_json(run_json(final))
+    else:
+        report_outcome(final)
+    raise SystemExit(0 if final.state == RunState.COMPLETED else 1)
+
+
+@run_group.command("cancel")
+@run_id_argument
+@common_options
+def run_cancel(run_id: int, config_path: Path | None, as_json: bool) -> None:
+    """Cancel a run: a waiting one at once, a running one is killed by its worker within seconds.
+
+    \b
+    Example:
+      orchd run cancel 42
+    """
+    store = open_store(load(config_path))
+    state = store.cancel_run(run_id, datetime.now(UTC))
+    if as_json:
+        print_json(run_json(get_run(store, run_id)))
+    elif state == RunState.CANCELLING:
+        click.echo(f"run {run_id}: CANCELLING (its worker stops it within seconds)")
+    else:
+        click.echo(f"run {run_id}: CANCELLED")
+
+
+@run_group.command("retry")
+@run_id_argument
+@common_options
+def run_retry(run_id: int, config_path: Path | None, as_json: bool) -> None:
+    """Run a finished run again, as its next attempt, due now.
+
+    \b
+    Example:
+      orchd run retry 42
+    """
+    store = open_store(load(config_path))
+    attempt = store.retry_run(run_id, datetime.now(UTC))
+    if as_json:
+        print_json(run_json(get_run(store, run_id)))
+    else:
+        click.echo(f"run {run_id}: SCHEDULED again as attempt {attempt}, due now")
+
+
+@run_group.command("logs")
+@run_id_argument
+@click.option("--follow", "-f", "follow_", is_flag=True, help="Keep printing output until the run finishes.")
+@config_option
+@click.option(
+    "--json", "as_json", is_flag=True, help="One JSON object per line: run_id, attempt, at, stream, line."
+)
+@friendly
+def run_logs(run_id: int, follow_: bool, config_path: Path | None, as_json: bool) -> None:
+    """Print a run's captured output, stderr lines on stderr.
+
+    \b
+    Example:
+      orchd run logs 42
+      orchd run logs 42 --follow
+    """
+    store = open_store(load(config_path))
+    get_run(store, run_id)
+    printer = _json_line if as_json else log_printer()
+    if follow_:
+        follow(store, run_id, printer)
+    else:
+        print_logs(store, run_id, 0, printer)
+
+
+def _json_line(line: Row[Any]) -> None:
+    fields = {"run_id": line.run_id, "attempt": line.attempt, "at": iso(line.at), "stream": line.stream}
+    click.echo(json.dumps({**fields, "line": line.line}))
+
+
+def log_printer() -> Callable[[Row[Any]], None]:
+    """Prints output lines as the run wrote them, with a marker where a new attempt begins."""
+    attempt: int | None = None
+
+    def printer(line: Row[Any]) -> None:
+        nonlocal attempt
+        if attempt is not None and line.attempt != attempt:
+            click.echo(f"--- attempt {line.attempt} ---", err=True)
+        attempt = line.attempt
+        click.echo(line.line, err=line.stream == "stderr")
+
+    return printer
+
+
+def print_logs(store: Store, run_id: int, after: int, printer: Callable[[Row[Any]], None]) -> int:
+    """Print the output of ``run_id`` past line id ``after``; returns the last id printed."""
+    while True:
+        lines = store.run_logs(run_id, after_id=after)
+        for line in lines:
+            printer(line)
+            after = line.id
+        if len(lines) < 10_000:
+            return after
+
+
+def follow(store: Store, run_id: int, printer: Callable[[Row[Any]], None] | None) -> Row[Any]:
+    """Print the run's output as it comes until the run is finished; return its final row.
+
+    The state is read before the output, and a worker stores a run's output before its outcome,
+    so once a finished state is seen the output read next is complete.  A FAILED run seen here is
+    final: a retry moves it back to SCHEDULED in the same transaction that records the failure.
+    """
+    after = 0
+    try:
+        while True:
+            row = get_run(store, run_id)
+            if printer is not None:
+                after = print_logs(store, run_id, after, printer)
+            if RunState(row.state) in FINISHED:
+                return row
+            time.sleep(POLL)
+    except KeyboardInterrupt:
+        click.echo(
+            f"\nstopped following; run {run_id} goes on (`orchd run cancel {run_id}` stops it)", err=True
+        )
+        raise SystemExit(130) from None
+
+
+def report_outcome(row: Row[Any]) -> None:
+    took = duration(row.started_at, row.finished_at)
+    detail = f": {row.error}" if row.error and row.state != RunState.COMPLETED else ""
+    click.echo(
+        f"run {row.id} {coloured(row.state)}{detail}" + (f" after {took}" if took else ""),
+        err=True,
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,6 +97,25 @@ class LoggingConfig:
     )
 
 
+def listen_address(value: Any) -> str:
+    """Empty (off) or HOST:PORT for the metrics endpoint; HOST may be empty (all interfaces) or [IPv6]."""
+    text = f.text(value).strip()
+    match = re.fullmatch(r"(\[[0-9A-Fa-f:.]+\]|[\w.-]*):(\d{1,5})", text)
+    if text and not (match and 0 < int(match.group(2)) < 65536):
+        raise ValueError(f'expected "HOST:PORT" such as "127.0.0.1:9464", or "" for off, got {value!r}')
+    return text
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    listen: str = f.setting(
+        "",
+        listen_address,
+        'Prometheus endpoint of each daemon, e.g. "127.0.0.1:9464"; empty: off. '
+        "Daemons sharing a host need a port each (--metrics-listen or ORCHD_METRICS_LISTEN).",
+    )
+
+
 @dataclass(frozen=True)
 class PoolConfig:
     name: str = f.setting("", f.text, "Pool name (workers serve pools by name).")
@@ -159,6 +179,7 @@ class Config:
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     worker: WorkerConfig = field(default_factory=WorkerConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     pools: tuple[PoolConfig, ...] = ()
     deployments: tuple[DeploymentConfig, ...] = ()
     sources: Mapping[str, str] = field(default_factory=dict)
@@ -172,5 +193,6 @@ SECTIONS: dict[str, type] = {
     "scheduler": SchedulerConfig,
     "worker": WorkerConfig,
     "logging": LoggingConfig,
+    "metrics": MetricsConfig,
 }
 ARRAYS: dict[str, type] = {"pools": PoolConfig, "deployments": DeploymentConfig}

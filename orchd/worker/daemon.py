@@ -23,6 +23,7 @@ from typing import Any
 
 from sqlalchemy.exc import OperationalError
 
+from orchd import metrics
 from orchd.config import Config
 from orchd.db.store import ClaimedRun, Store
 from orchd.logging import get_logger
@@ -80,6 +81,7 @@ class Outage:
     backoff: float = 0.0
 
     def failed(self, exc: OperationalError, now: float) -> None:
+        metrics.DATABASE_ERRORS.labels("worker").inc()
         if not self.backoff:
             lines = str(exc.orig).strip().splitlines()
             log.warning("database unavailable; runs keep running", error=lines[0] if lines else "unreachable")
@@ -201,6 +203,7 @@ class Worker:
         runs = self.store.claim(
             self.name, self.pools, self.concurrency - len(self.active), now, now + self.lease
         )
+        metrics.RUNS_CLAIMED.inc(len(runs))
         for run in runs:
             self._start(run)
         return len(runs)
@@ -225,6 +228,7 @@ class Worker:
         if not self.store.start(run.id, self.name, process.pid, self.clock()):
             active.end(LOST, "cancelled or reaped before it started", 0.0, started)
             return
+        metrics.run_started(run, self.clock())
         bound.info("run started", pid=process.pid, command=" ".join(how.argv))
 
     def _handle_events(self, timeout: float) -> None:
@@ -303,6 +307,7 @@ class Worker:
         final = self.store.finish(run.id, self.name, outcome, now, exit_code=rc, error=error, result=result)
         level = bound.info if outcome == S.COMPLETED else bound.warning
         duration = round(time.monotonic() - active.started, 3)
+        metrics.RUN_DURATION.labels(run.deployment, outcome.value).observe(duration)
         level(
             f"run {outcome.value.lower()}",
             exit_code=rc,
@@ -328,6 +333,7 @@ class Worker:
         """Extend our leases; a run we hold that the database no longer gives us was reaped: stop it."""
         clock = self.clock()
         held = self.store.heartbeat(self.name, clock, clock + self.lease, len(self.active))
+        metrics.HEARTBEATS.inc()
         for run_id, active in self.active.items():
             if active.returncode is None and run_id not in held:
                 active.bound.warning("lease lost: stopping the run")

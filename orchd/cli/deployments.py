@@ -1,0 +1,274 @@
+"""``orchd deployment ...``: what is deployed, applying the config now, pausing and resuming."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+from sqlalchemy import Row
+
+from orchd.cli.common import (
+    common_options,
+    did_you_mean,
+    load,
+    open_store,
+)
+from orchd.cli.output import coloured, iso, print_fields, print_json, print_table, relative
+from orchd.config import Config, default_config_path, load_config
+from orchd.db.admin import Admin, NotFound
+from orchd.db.store import Store
+from orchd.errors import OrchdError
+
+
+def _complete(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[str]:
+    """Shell completion of deployment names, from the config (the database may be far away)."""
+    try:
+        config = load_config(ctx.params.get("config_path") or default_config_path(os.environ))
+    except OrchdError:
+        return []
+    return [d.name for d in config.deployments if d.name.startswith(incomplete)]
+
+
+deployment_argument = click.argument("deployment", shell_complete=_complete)
+
+
+def require_deployment(store: Store, config: Config, name: str) -> Row[Any]:
+    """The deployment's row, or a one-line error that says what to do about it."""
+    try:
+        row = Admin(store).deployment(name)
+    except NotFound:
+        if config.deployment(name) is not None:
+            raise NotFound(
+                f"deployment {name!r} is in the config but not in the database yet: "
+                "run `orchd deployment apply` (or start orchd-scheduler)"
+            ) from None
+        raise
+    if row.archived_at is not None:
+        raise OrchdError(f"deployment {name!r} is archived: it was removed from the config")
+    return row
+
+
+def status_of(row: Row[Any]) -> str:
+    return "archived" if row.archived_at is not None else "paused" if row.paused else "active"
+
+
+@click.group("deployment")
+def deployment_group() -> None:
+    """What is deployed: list, inspect, apply the config now, pause and resume.
+
+    \b
+    Example:
+      orchd deployment ls
+      orchd deployment pause nightly-backup
+    """
+
+
+@deployment_group.command("ls")
+@click.option("--all", "include_archived", is_flag=True, help="Also deployments removed from the config.")
+@common_options
+def deployment_ls(include_archived: bool, config_path: Path | None, as_json: bool) -> None:
+    """List deployments with their next and last run.
+
+    \b
+    Example:
+      orchd deployment ls --all
+    """
+    store = open_store(load(config_path))
+    found = Admin(store).deployments(include_archived)
+    if as_json:
+        print_json(
+            [
+                {
+                    "name": d.row.name,
+                    "pool": d.row.pool,
+                    "status": status_of(d.row),
+                    "priority": d.row.priority,
+                    "schedules": d.schedules,
+                    "next_run_at": iso(d.next_run_at),
+                    "last_run": d.last_run
+                    and {
+                        "id": d.last_run.id,
+                        "state": d.last_run.state,
+                        "finished_at": iso(d.last_run.finished_at),
+                    },
+                }
+                for d in found
+            ]
+        )
+        return
+    now = datetime.now(UTC)
+    print_table(
+        ["NAME", "POOL", "STATUS", "SCHEDULES", "NEXT RUN", "LAST RUN"],
+        [
+            [
+                d.row.name,
+                d.row.pool,
+                status_of(d.row),
+                d.schedules,
+                relative(d.next_run_at, now) if d.next_run_at else None,
+                d.last_run and f"{coloured(d.last_run.state)} {relative(d.last_run.finished_at, now)}",
+            ]
+            for d in found
+        ],
+    )
+
+
+@deployment_group.command("show")
+@deployment_argument
+@common_options
+def deployment_show(deployment: str, config_path: Path | None, as_json: bool) -> None:
+    """Show a deployment as the database has it: settings, schedules and recent runs.
+
+    \b
+    Example:
+      orchd deployment show nightly-backup --json
+    """
+    store = open_store(load(config_path))
+    admin = Admin(store)
+    row = admin.deployment(deployment)
+    schedules = admin.schedules_of(row.id)
+    recent = store.list_runs(deployment=deployment, limit=5)
+    if as_json:
+        print_json(
+            {
+                "name": row.name,
+                "pool": row.pool,
+                "status": status_of(row),
+                "priority": row.priority,
+                "archived_at": iso(row.archived_at),
+                "updated_at": iso(row.updated_at),
+                "spec": row.spec,
+                "schedules": [
+                    {
+                        "id": s.id,
+                        "key": s.key,
+                        "kind": s.kind,
+                        "expr": s.expr,
+                        "timezone": s.timezone,
+                        "active": s.active,
+                        "next_fire_at": iso(s.next_fire_at),
+                    }
+                    for s in schedules
+                ],
+                "recent_runs": [
+                    {"id": r.id, "state": r.state, "scheduled_for": iso(r.scheduled_for)} for r in recent
+                ],
+            }
+        )
+        return
+    spec = row.spec
+    print_fields(
+        [
+            ("name", row.name),
+            ("description", spec.get("description") or None),
+            ("status", status_of(row)),
+            ("pool", row.pool),
+            ("priority", row.priority),
+            ("runs", " ".join(spec.get("command") or []) or f"entrypoint {spec.get('entrypoint')}"),
+            ("timeout", spec.get("timeout")),
+            ("retries", spec.get("retries")),
+            ("catch-up", spec.get("catchup")),
+            (
+                "overlap",
+                f"{spec.get('overlap')} (max_active_runs {spec.get('max_active_runs') or 'unlimited'})",
+            ),
+            ("updated", relative(row.updated_at)),
+        ]
+    )
+    click.echo("\nschedules:")
+    print_table(
+        ["ID", "KIND", "EXPRESSION", "TIMEZONE", "ACTIVE", "NEXT TO PLAN"],
+        [
+            [s.id, s.kind, s.expr, s.timezone, "yes" if s.active else "no", relative(s.next_fire_at)]
+            for s in schedules
+        ],
+    )
+    click.echo("\nrecent runs:")
+    print_table(
+        ["ID", "STATE", "SCHEDULED"],
+        [[r.id, coloured(r.state), relative(r.scheduled_for)] for r in recent],
+    )
+
+
+@deployment_group.command("apply")
+@common_options
+def deployment_apply(config_path: Path | None, as_json: bool) -> None:
+    """Write the config's deployments, schedules and pools into the database now.
+
+    The scheduler does the same when it starts and on SIGHUP; applying an unchanged config
+    changes nothing.  Deployments no longer in the config are archived, never deleted.
+
+    \b
+    Example:
+      orchd config validate && orchd deployment apply
+    """
+    config = load(config_path)
+    store = open_store(config)
+    report = store.sync(config, datetime.now(UTC))
+    result = {"path": str(config.path) if config.path else None, **dataclasses.asdict(report)}
+    if as_json:
+        print_json(result)
+        return
+    click.echo(
+        f"{config.path or 'defaults'}: {len(config.deployments)} deployments applied: "
+        f"{report.created} created, {report.updated} updated, {report.archived} archived; "
+        f"schedules {report.schedules_added} added, {report.schedules_removed} removed"
+    )
+
+
+def _set_paused(deployment: str, paused: bool, config_path: Path | None, as_json: bool) -> None:
+    store = open_store(load(config_path))
+    changed, dropped = Admin(store).set_deployment_paused(deployment, paused, datetime.now(UTC))
+    word = "paused" if paused else "resumed"
+    if as_json:
+        print_json({"name": deployment, "paused": paused, "changed": changed, "runs_dropped": dropped})
+    elif not changed:
+        click.echo(f"deployment {deployment} was already {word}")
+    elif paused:
+        click.echo(
+            f"deployment {deployment} paused: nothing new is scheduled; {dropped} planned runs dropped "
+            "(runs already due or running are left alone)"
+        )
+    else:
+        click.echo(f"deployment {deployment} resumed (missed fire times follow its catch-up policy)")
+
+
+@deployment_group.command("pause")
+@deployment_argument
+@common_options
+def deployment_pause(deployment: str, config_path: Path | None, as_json: bool) -> None:
+    """Stop scheduling a deployment (its runs planned ahead are dropped).
+
+    \b
+    Example:
+      orchd deployment pause nightly-backup
+    """
+    _set_paused(deployment, True, config_path, as_json)
+
+
+@deployment_group.command("resume")
+@deployment_argument
+@common_options
+def deployment_resume(deployment: str, config_path: Path | None, as_json: bool) -> None:
+    """Schedule a paused deployment again; missed fire times follow its catch-up policy.
+
+    \b
+    Example:
+      orchd deployment resume nightly-backup
+    """
+    _set_paused(deployment, False, config_path, as_json)
+
+
+def config_deployment(config: Config, name: str) -> Any:
+    """A deployment of the config file (no database), or a one-line error with a suggestion."""
+    found = config.deployment(name)
+    if found is None:
+        names = [d.name for d in config.deployments]
+        where = config.path or "the config (no file: defaults)"
+        hint = did_you_mean(name, names) or (f" (it has: {', '.join(names)})" if names else "")
+        raise NotFound(f"deployment {name!r} is not in {where}{hint}")
+    return found

@@ -1,0 +1,97 @@
+"""Command-line values that need more than a type: times, KEY=VALUE parameters, JSON objects.
+
+They are click parameter types so a bad value is a usage error (exit 2) raised while the command
+line is parsed, before anything is read or written.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import click
+
+from orchd.durations import parse_duration
+
+TIME_HELP = "ISO 8601 (2026-05-01T14:00, local time unless an offset is given), 'now', or a duration"
+
+
+class When(click.ParamType):  # type: ignore[type-arg]  # generic in newer click
+    """A point in time: ISO 8601 (a time without offset is local time, a date is its midnight),
+    ``now``, or a duration from now, counted back for ``past`` options (``--since 1h``) and
+    forward for the others (``--at 10m``); a leading ``-`` or ``+`` says which way explicitly."""
+
+    name = "TIME"
+
+    def __init__(self, past: bool) -> None:
+        self.past = past
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> datetime:
+        if isinstance(value, datetime):
+            return value
+        text = str(value).strip()
+        now = datetime.now(UTC)
+        if text.lower() == "now":
+            return now
+        sign = -1 if self.past else 1
+        if text.startswith(("+", "-")):
+            sign, text = (1 if text[0] == "+" else -1), text[1:]
+        try:
+            return now + sign * timedelta(seconds=parse_duration(text))
+        except ValueError:
+            pass
+        try:
+            parsed = datetime.fromisoformat(text)
+        except ValueError:
+            example = "1h for an hour ago" if self.past else "10m for in ten minutes"
+            self.fail(f"{value!r} is not a time: use {TIME_HELP} ({example})", param, ctx)
+        return parsed.astimezone(UTC)
+
+
+class KeyValue(click.ParamType):  # type: ignore[type-arg]  # generic in newer click
+    """``KEY=VALUE``: the value is read as JSON when it is JSON (7, true, [1, 2], "7"), else as text."""
+
+    name = "KEY=VALUE"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> tuple[str, Any]:
+        if isinstance(value, tuple):
+            return value
+        key, sep, raw = str(value).partition("=")
+        if not sep or not key.strip():
+            self.fail(f"{value!r} is not KEY=VALUE (e.g. --param days=7)", param, ctx)
+        try:
+            return key.strip(), json.loads(raw)
+        except ValueError:
+            return key.strip(), raw
+
+
+class JsonObject(click.ParamType):  # type: ignore[type-arg]  # generic in newer click
+    name = "JSON"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> dict[str, Any]:
+        if isinstance(value, dict):
+            return value
+        try:
+            parsed = json.loads(value)
+        except ValueError as exc:
+            self.fail(f"not JSON: {exc}", param, ctx)
+        if not isinstance(parsed, dict):
+            self.fail(f"expected a JSON object like '{{\"days\": 7}}', got {value!r}", param, ctx)
+        return parsed
+
+
+class Duration(click.ParamType):  # type: ignore[type-arg]  # generic in newer click
+    """A duration as in the config: "30s", "5m", "2h", "1h30m"; returned in seconds."""
+
+    name = "DURATION"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        if isinstance(value, float):
+            return value
+        try:
+            return parse_duration(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)

@@ -1,0 +1,166 @@
+"""``orchd status``: the one screen an operator reads first, and a monitoring check.
+
+Exit status 0 when every check passes, 1 when something needs attention (the same 1 as any
+error, so a check that cannot even reach the database fails too); 2 and 78 keep their meaning
+(usage, configuration).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+
+from orchd.cli.common import common_options, load, open_store
+from orchd.cli.output import age, iso, local, print_json
+from orchd.cli.params import Duration
+from orchd.cli.pools import pool_json, print_pools
+from orchd.config import Config
+from orchd.db import migrate
+from orchd.db.admin import Admin, Health
+from orchd.db.engine import describe, ping
+from orchd.durations import format_duration
+from orchd.errors import DatabaseUnavailable
+
+#: Failures counted by the check: those of the last hour.
+WINDOW = 3600.0
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+
+def _runs(n: int) -> str:
+    return f"{n} run{'' if n == 1 else 's'}"
+
+
+def _ids(ids: list[int]) -> str:
+    return ", ".join(map(str, ids[:10])) + (", ..." if len(ids) > 10 else "")
+
+
+def judge(health: Health, config: Config, late_after: float) -> list[Check]:
+    """The checks after the database one; each says what is wrong and where to look."""
+    leader, timeout = health.leader, config.scheduler.worker_timeout
+    if leader is None:
+        scheduler = Check("scheduler", False, "no scheduler has run on this database: start orchd-scheduler")
+    else:
+        fresh = (health.now - leader.last_tick_at).total_seconds() <= timeout
+        standbys = f"; {health.standbys} standby" if health.standbys else ""
+        where = f"{leader.host} (pid {leader.pid}), last tick {age(leader.last_tick_at, health.now)}"
+        scheduler = Check(
+            "scheduler",
+            fresh,
+            f"leader {where}{standbys}" if fresh else f"no leader ticking: the last was {where}",
+        )
+    unserved = [p for p in health.pools if not p.paused and p.workers == 0 and (p.due or p.deployments)]
+    workers = Check(
+        "workers",
+        not unserved,
+        "; ".join(f"pool {p.name}: no worker online ({_runs(p.due)} due)" for p in unserved)
+        or f"{health.workers_online} online",
+    )
+    after = format_duration(late_after)
+    late = Check(
+        "late runs",
+        not health.late,
+        f"{_runs(len(health.late))} due more than {after} ago, still waiting: {_ids(health.late)}"
+        if health.late
+        else f"none due more than {after} ago",
+    )
+    stuck = Check(
+        "stuck runs",
+        not health.stuck,
+        f"{_runs(len(health.stuck))} past their lease: {_ids(health.stuck)} (is a scheduler up to reap them?)"
+        if health.stuck
+        else "none past their lease",
+    )
+    failures = Check(
+        "failures",
+        not health.failures,
+        f"{_runs(health.failures)} failed in the last hour (orchd run ls --state FAILED --since 1h)"
+        if health.failures
+        else "none in the last hour",
+    )
+    return [scheduler, workers, late, stuck, failures]
+
+
+def _show(checks: list[Check], as_json: bool, extra: dict[str, Any], body: Any = None) -> None:
+    healthy = all(c.ok for c in checks)
+    if as_json:
+        print_json({"healthy": healthy, "checks": [c.__dict__ for c in checks], **extra})
+    else:
+        click.echo(f"orchd status at {local(datetime.now(UTC))}")
+        for c in checks:
+            mark = click.style("ok  ", fg="green") if c.ok else click.style("FAIL", fg="red", bold=True)
+            click.echo(f"{mark}  {c.name:<10} {c.detail}")
+        if body is not None:
+            click.echo()
+            body()
+        problems = sum(not c.ok for c in checks)
+        if problems:
+            click.echo(f"\n{problems} {'checks need' if problems > 1 else 'check needs'} attention")
+    raise SystemExit(0 if healthy else 1)
+
+
+@click.command("status")
+@click.option(
+    "--late-after",
+    type=Duration(),
+    default="1m",
+    show_default=True,
+    help="A due run still waiting this long is late.",
+)
+@common_options
+def status(late_after: float, config_path: Path | None, as_json: bool) -> None:
+    """Is orchd healthy?  Database, scheduler leader, workers per pool, queue, late and stuck runs,
+    failures of the last hour.  Exit status 0: healthy; 1: something needs attention.
+
+    \b
+    Example:
+      orchd status
+      orchd status --json | jq .checks
+      orchd status >/dev/null || alert "orchd needs attention"
+    """
+    config = load(config_path)
+    try:
+        store = open_store(config, schema=False)
+        server = ping(store.engine)
+    except DatabaseUnavailable as exc:
+        _show([Check("database", False, str(exc))], as_json, {})
+        return
+    current, head = migrate.current_revision(store.engine), migrate.head_revision()
+    where = describe(store.engine.url)
+    database = {"where": where, "server": server, "revision": current, "head": head}
+    if current != head:
+        detail = f"{where}: schema {current or 'empty'}, orchd needs {head}: run `orchd db upgrade`"
+        _show([Check("database", False, detail)], as_json, {"database": database})
+        return
+    now = datetime.now(UTC)
+    health = Admin(store).health(
+        now, worker_timeout=config.scheduler.worker_timeout, late_after=late_after, window=WINDOW
+    )
+    checks = [Check("database", True, f"{where}, {server}, schema {current} (current)")]
+    checks += judge(health, config, late_after)
+    leader = health.leader
+    extra = {
+        "database": database,
+        "scheduler": leader
+        and {
+            "name": leader.name,
+            "host": leader.host,
+            "pid": leader.pid,
+            "last_tick_at": iso(leader.last_tick_at),
+        },
+        "workers_online": health.workers_online,
+        "pools": [pool_json(p) for p in health.pools],
+        "late_runs": health.late,
+        "stuck_runs": health.stuck,
+        "failures_last_hour": health.failures,
+    }
+    _show(checks, as_json, extra, lambda: print_pools(health.pools, now))

@@ -1,0 +1,62 @@
+"""The README's CLI reference, generated from the click tree so it cannot fall behind the commands.
+
+``.venv/bin/python -m tests.cli_reference`` rewrites it in README.md; tests/test_docs.py fails
+while it is out of date.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import click
+
+from orchd.cli import main
+from orchd.cli.daemons import scheduler_main, worker_main
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+BEGIN = "<!-- CLI reference: generated from the click tree by `python -m tests.cli_reference` -->\n"
+END = "<!-- end of the CLI reference -->\n"
+#: Said once above the reference instead of under every command.
+COMMON = {"config_path", "help"}
+
+
+def commands(command: click.Command, path: str) -> Iterator[tuple[str, click.Command]]:
+    if isinstance(command, click.Group):
+        for name in sorted(command.commands):
+            yield from commands(command.commands[name], f"{path} {name}")
+    else:
+        yield path, command
+
+
+def entry(path: str, command: click.Command) -> str:
+    ctx = click.Context(command, info_name=path)
+    arguments = " ".join(p.make_metavar(ctx) for p in command.params if isinstance(p, click.Argument))
+    lines = [
+        f"#### `{path}{' ' + arguments if arguments else ''}`",
+        "",
+        command.get_short_help_str(limit=300),
+    ]
+    options = [
+        record
+        for p in command.params
+        if isinstance(p, click.Option) and p.name not in COMMON and (record := p.get_help_record(ctx))
+    ]
+    if options:
+        lines.append("")
+        lines += [f"- `{opts}`: {text}" if text else f"- `{opts}`" for opts, text in options]
+    return "\n".join(lines) + "\n"
+
+
+def render() -> str:
+    tree = [*commands(main, "orchd"), ("orchd-scheduler", scheduler_main), ("orchd-worker", worker_main)]
+    return BEGIN + "\n" + "\n".join(entry(path, command) for path, command in tree) + "\n" + END
+
+
+def current() -> str:
+    text = README.read_text()
+    return text[text.index(BEGIN) : text.index(END) + len(END)]
+
+
+if __name__ == "__main__":
+    README.write_text(README.read_text().replace(current(), render()))

@@ -1,0 +1,156 @@
+"""`orchd status` on both databases: healthy is exit 0; each kind of trouble is exit 1 with the
+check that failed saying what is wrong."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from orchd.db import migrate
+from orchd.db.engine import make_engine
+from orchd.db.schema import schedulers
+from orchd.db.store import Store
+from orchd.states import RunState
+from tests.cli_support import POOL_HEADER, Orchd, now, write_config
+
+BODY = """
+[[deployments]]
+name = "job"
+command = ["true"]
+schedules = [{ interval = "1h" }]
+"""
+
+
+@pytest.fixture
+def orchd(tmp_path: Path, db_url: str, store: Store) -> Orchd:
+    cli = Orchd(write_config(tmp_path / "orchd.toml", db_url, BODY), tmp_path / "state")
+    store.sync(cli.config(), now())
+    return cli
+
+
+@pytest.fixture
+def healthy(orchd: Orchd, store: Store) -> Orchd:
+    """A leader that just ticked and a worker that just heartbeated: nothing wrong."""
+    at = now()
+    store.scheduler_seen("sched-1", "host-a", 4242, "leader", at, at)
+    store.scheduler_seen("sched-2", "host-b", 4343, "standby", at, at)
+    store.register_worker("w1", "host-a", 4244, ["default"], 4, at)
+    return orchd
+
+
+def failed_checks(orchd: Orchd, *args: str) -> dict[str, str]:
+    result = orchd("status", "--json", *args)
+    report = json.loads(result.stdout)
+    assert result.exit_code == (0 if report["healthy"] else 1), result.output
+    return {c["name"]: c["detail"] for c in report["checks"] if not c["ok"]}
+
+
+def test_healthy_is_exit_0(healthy: Orchd, store: Store) -> None:
+    result = healthy("status")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("orchd status at ")
+    assert lines[1].startswith("ok    database   ") and "schema " in lines[1] and "(current)" in lines[1]
+    assert lines[2] == "ok    scheduler  leader host-a (pid 4242), last tick 0s ago; 1 standby"
+    assert lines[3] == "ok    workers    1 online"
+    assert lines[4:7] == [
+        "ok    late runs  none due more than 1m ago",
+        "ok    stuck runs none past their lease",
+        "ok    failures   none in the last hour",
+    ]
+    assert lines[8].split() == POOL_HEADER
+    assert lines[9].split()[:5] == ["default", "open", "-", "1", "4"]
+    report = json.loads(healthy("status", "--json").stdout)
+    assert report["healthy"] is True
+    assert [c["name"] for c in report["checks"]] == [
+        "database",
+        "scheduler",
+        "workers",
+        "late runs",
+        "stuck runs",
+        "failures",
+    ]
+    assert report["scheduler"]["host"] == "host-a" and report["scheduler"]["pid"] == 4242
+    assert report["database"]["revision"] == report["database"]["head"] == migrate.head_revision()
+    assert (
+        report["workers_online"],
+        report["late_runs"],
+        report["stuck_runs"],
+        report["failures_last_hour"],
+    ) == (
+        1,
+        [],
+        [],
+        0,
+    )
+    assert report["pools"][0]["name"] == "default"
+
+
+def test_no_workers(orchd: Orchd, store: Store) -> None:
+    at = now()
+    store.scheduler_seen("sched-1", "host-a", 4242, "leader", at, at)
+    assert failed_checks(orchd) == {"workers": "pool default: no worker online (0 runs due)"}
+    store.register_worker("w1", "host-a", 1, ["default"], 4, at - timedelta(minutes=10))  # silent since
+    assert "workers" in failed_checks(orchd)
+    result = orchd("status")
+    assert result.exit_code == 1
+    assert "FAIL  workers    pool default: no worker online" in result.stdout
+    assert result.stdout.rstrip().endswith("1 check needs attention")
+
+
+def test_no_scheduler_or_a_silent_one(healthy: Orchd, store: Store) -> None:
+    at = now() - timedelta(minutes=5)
+    with store.engine.begin() as conn:
+        conn.execute(schedulers.delete())
+    assert failed_checks(healthy) == {
+        "scheduler": "no scheduler has run on this database: start orchd-scheduler"
+    }
+    store.scheduler_seen("sched-1", "host-a", 4242, "leader", at, at)
+    assert failed_checks(healthy) == {
+        "scheduler": "no leader ticking: the last was host-a (pid 4242), last tick 5m ago"
+    }
+
+
+def test_stuck_runs(healthy: Orchd, store: Store) -> None:
+    run_id = store.create_run("job", now())
+    at = now()
+    store.claim("w-dead", ["default"], 1, at, at - timedelta(minutes=1))  # a lease that ran out
+    store.start(run_id, "w-dead", 99, at)
+    failed = failed_checks(healthy)
+    assert failed == {"stuck runs": f"1 run past their lease: {run_id} (is a scheduler up to reap them?)"}
+    assert json.loads(healthy("status", "--json").stdout)["stuck_runs"] == [run_id]
+
+
+def test_late_runs_and_failures(healthy: Orchd, store: Store) -> None:
+    late = store.create_run("job", now() - timedelta(minutes=5))
+    assert failed_checks(healthy) == {"late runs": f"1 run due more than 1m ago, still waiting: {late}"}
+    assert failed_checks(healthy, "--late-after", "10m") == {}
+    at = now()
+    store.claim("w1", ["default"], 1, at, at + timedelta(minutes=1))
+    store.start(late, "w1", 1, at)
+    store.finish(late, "w1", RunState.FAILED, at, exit_code=1, error="exit code 1")
+    assert failed_checks(healthy) == {
+        "failures": "1 run failed in the last hour (orchd run ls --state FAILED --since 1h)"
+    }
+
+
+def test_an_old_schema_fails_the_database_check(empty_url: str, tmp_path: Path) -> None:
+    orchd = Orchd(write_config(tmp_path / "orchd.toml", empty_url, BODY), tmp_path / "state")
+    engine = make_engine(orchd.config().database)
+    engine.connect().close()
+    failed = failed_checks(orchd)
+    assert list(failed) == ["database"] and failed["database"].endswith("run `orchd db upgrade`")
+    engine.dispose()
+
+
+def test_an_unreachable_database_fails_the_database_check(tmp_path: Path) -> None:
+    orchd = Orchd(
+        write_config(tmp_path / "orchd.toml", "postgresql://u:pw@127.0.0.1:1/x", BODY), tmp_path / "s"
+    )
+    result = orchd("status")
+    assert result.exit_code == 1
+    assert "FAIL  database   cannot reach PostgreSQL at 127.0.0.1:1/x: " in result.stdout
+    assert "pw" not in result.output
