@@ -103,3 +103,8 @@ def test_cli_db_status_and_upgrade(empty_url: str) -> None:
     after = runner.invoke(main, ["db", "status", "--json"], env=env)
     assert after.exit_code == 0
     assert '"current": true' in after.output
+
+
+def test_head_constant_matches_the_migration_scripts() -> None:
+    """Daemons compare the schema with migrate.HEAD without loading Alembic: keep it in step."""
+    assert migrate.head_revision() == migrate.HEAD

@@ -61,7 +61,9 @@ def make_engine(db: DatabaseConfig, *, pooled: bool = True) -> Engine:
     url = parse_url(db.url)
     if url.get_backend_name() == "sqlite":
         return _sqlite_engine(url, db)
-    kwargs: dict[str, Any] = {"pool_pre_ping": True, "pool_size": db.pool_size, "max_overflow": db.pool_size}
+    # No pre-ping: it would double the queries of an idle daemon.  A connection broken by a
+    # database restart fails once, SQLAlchemy invalidates the pool, and the loops retry.
+    kwargs: dict[str, Any] = {"pool_size": db.pool_size, "max_overflow": db.pool_size}
     if not pooled:
         kwargs = {"poolclass": NullPool}
     return create_engine(

@@ -496,58 +496,86 @@ class Store:
             self._notify(conn, [dep.pool])
         return run_id
 
+    def upkeep(self, now: datetime, misfire_grace: float | None, worker_timeout: float) -> tuple[int, int]:
+        """The scheduler's periodic upkeep in one short transaction: reap expired leases, mark stale
+        runs MISSED, mark silent workers offline.  Returns (crashed, missed)."""
+        with self.engine.begin() as conn:
+            crashed = self._reap(conn, now)
+            missed = self._mark_missed(conn, now, misfire_grace) if misfire_grace else []
+            conn.execute(
+                update(workers)
+                .where(
+                    workers.c.status == "online",
+                    workers.c.last_heartbeat < now - timedelta(seconds=worker_timeout),
+                )
+                .values(status="offline")
+            )
+        return len(crashed), len(missed)
+
+    def earliest_cursor(self) -> datetime | None:
+        """The earliest materialization cursor of a live schedule (uses the cursor index)."""
+        with self.read() as conn:
+            value: datetime | None = conn.execute(
+                select(func.min(schedules.c.next_fire_at)).where(
+                    schedules.c.active, schedules.c.archived_at.is_(None)
+                )
+            ).scalar()
+        return value
+
     def reap(self, now: datetime, limit: int = 500) -> list[int]:
         """Expired leases -> CRASHED (then retried when attempts remain).  Returns the crashed ids."""
-        crashed: list[int] = []
         with self.engine.begin() as conn:
-            expired = conn.execute(
-                select(runs.c.id, runs.c.state, runs.c.worker)
-                .where(runs.c.state.in_([s.value for s in ACTIVE]), runs.c.lease_expires_at < now)
-                .limit(limit)
-            ).all()
-            for state in ACTIVE:
-                ids = [r.id for r in expired if r.state == state.value]
-                crashed += transition(
-                    conn,
-                    ids,
-                    state,
-                    S.CRASHED,
-                    now=now,
-                    actor=self.actor,
-                    reason="lease expired: its worker stopped heartbeating",
-                    values={
-                        "finished_at": now,
-                        "error": "worker lost (lease expired)",
-                        "lease_expires_at": None,
-                    },
-                )
-            self._retry(conn, crashed, S.CRASHED, now)
+            return self._reap(conn, now, limit)
+
+    def _reap(self, conn: Connection, now: datetime, limit: int = 500) -> list[int]:
+        crashed: list[int] = []
+        expired = conn.execute(
+            select(runs.c.id, runs.c.state, runs.c.worker)
+            .where(runs.c.state.in_([s.value for s in ACTIVE]), runs.c.lease_expires_at < now)
+            .limit(limit)
+        ).all()
+        for state in ACTIVE:
+            ids = [r.id for r in expired if r.state == state.value]
+            crashed += transition(
+                conn,
+                ids,
+                state,
+                S.CRASHED,
+                now=now,
+                actor=self.actor,
+                reason="lease expired: its worker stopped heartbeating",
+                values={
+                    "finished_at": now,
+                    "error": "worker lost (lease expired)",
+                    "lease_expires_at": None,
+                },
+            )
+        self._retry(conn, crashed, S.CRASHED, now)
         return crashed
 
-    def mark_missed(self, now: datetime, grace: float, limit: int = 500) -> list[int]:
+    def _mark_missed(self, conn: Connection, now: datetime, grace: float, limit: int = 500) -> list[int]:
         """Runs still waiting ``grace`` after their due time are MISSED: after an outage of the
         workers, a backlog of stale runs is recorded instead of executed all at once."""
         cutoff = now - timedelta(seconds=grace)
-        with self.engine.begin() as conn:
-            stale = (
-                conn.execute(
-                    select(runs.c.id)
-                    .where(runs.c.state == S.SCHEDULED.value, runs.c.due_at < cutoff)
-                    .limit(limit)
-                )
-                .scalars()
-                .all()
+        stale = (
+            conn.execute(
+                select(runs.c.id)
+                .where(runs.c.state == S.SCHEDULED.value, runs.c.due_at < cutoff)
+                .limit(limit)
             )
-            return transition(
-                conn,
-                stale,
-                S.SCHEDULED,
-                S.MISSED,
-                now=now,
-                actor=self.actor,
-                values={"finished_at": now},
-                reason=f"not started within misfire_grace ({grace:g}s) of its due time",
-            )
+            .scalars()
+            .all()
+        )
+        return transition(
+            conn,
+            stale,
+            S.SCHEDULED,
+            S.MISSED,
+            now=now,
+            actor=self.actor,
+            values={"finished_at": now},
+            reason=f"not started within misfire_grace ({grace:g}s) of its due time",
+        )
 
     def prune(self, now: datetime, retention: float, batch: int = 1000) -> int:
         """Delete finished runs older than ``retention`` (their history and output go with them, by
@@ -571,17 +599,6 @@ class Store:
             )
             conn.execute(delete(schedulers).where(schedulers.c.last_tick_at < cutoff))
         return len(old)
-
-    def mark_offline(self, now: datetime, timeout: float) -> int:
-        with self.engine.begin() as conn:
-            result = conn.execute(
-                update(workers)
-                .where(
-                    workers.c.status == "online", workers.c.last_heartbeat < now - timedelta(seconds=timeout)
-                )
-                .values(status="offline")
-            )
-        return int(result.rowcount)
 
     def cancel_run(self, run_id: int, now: datetime) -> RunState:
         """A waiting run is CANCELLED at once; a running one goes CANCELLING and its worker kills it."""

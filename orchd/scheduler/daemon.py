@@ -20,7 +20,6 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy.exc import OperationalError
 
-from orchd import metrics
 from orchd.config import Config
 from orchd.db.store import Store
 from orchd.logging import get_logger
@@ -32,6 +31,8 @@ log = get_logger("orchd.scheduler")
 BATCH = 1000
 _PRUNE_EVERY = 60.0
 _SEEN_EVERY = 10.0
+_UPKEEP_EVERY = 2.0  # reaping, misfires, offline workers: a crash is seen within lease + this
+_RECHECK_EVERY = 30.0
 
 
 def utcnow() -> datetime:
@@ -57,8 +58,12 @@ class Scheduler:
         self.started_at = clock()
         self._next_prune = 0.0
         self._next_seen = 0.0
+        self._next_upkeep = 0.0
+        self._recheck_at = 0.0
+        self._earliest: datetime | None = None
 
     def sync(self) -> None:
+        self._earliest = None  # schedules may have changed: look again on the next tick
         report = self.store.sync(self.config, self.clock())
         log.info(
             "deployments synced",
@@ -75,11 +80,37 @@ class Scheduler:
         self.sync()
 
     def tick(self) -> TickReport:
+        """One pass of the leader's duties.  Idle ticks cost no query: the earliest cursor is
+        remembered, so schedules are only looked at when one comes inside the horizon (or every
+        half minute, in case another process applied config); upkeep runs every few seconds."""
         now = self.clock()
         cfg = self.config.scheduler
         horizon_end = now + timedelta(seconds=cfg.horizon)
-        tolerance = timedelta(seconds=2 * cfg.loop_interval + 1)
         report = TickReport()
+        if self._earliest is None or horizon_end >= self._earliest or time.monotonic() >= self._recheck_at:
+            self._materialize(now, horizon_end, report)
+        if time.monotonic() >= self._next_upkeep:
+            report.crashed, report.missed = self.store.upkeep(now, cfg.misfire_grace, cfg.worker_timeout)
+            self._next_upkeep = time.monotonic() + _UPKEEP_EVERY
+        if cfg.retention and time.monotonic() >= self._next_prune:
+            report.pruned = self.store.prune(now, cfg.retention)
+            self._next_prune = time.monotonic() + (0 if report.pruned else _PRUNE_EVERY)
+        self._seen("leader", now)
+        if report.created or report.crashed or report.missed or report.pruned:
+            log.info(
+                "tick",
+                runs_created=report.created,
+                runs_crashed=report.crashed,
+                runs_missed=report.missed,
+                runs_pruned=report.pruned,
+                schedules=report.schedules,
+            )
+        return report
+
+    def _materialize(self, now: datetime, horizon_end: datetime, report: TickReport) -> None:
+        """Runs for every schedule whose cursor is inside the horizon, a page at a time."""
+        cfg = self.config.scheduler
+        tolerance = timedelta(seconds=2 * cfg.loop_interval + 1)
         after: tuple[datetime, int] | None = None
         while True:
             due = self.store.due_schedules(horizon_end, BATCH, after=after)
@@ -101,25 +132,8 @@ class Scheduler:
             if len(due) < BATCH:
                 break
             after = (due[-1].next_fire_at, due[-1].id)
-        report.crashed = len(self.store.reap(now))
-        if cfg.misfire_grace:
-            report.missed = len(self.store.mark_missed(now, cfg.misfire_grace))
-        self.store.mark_offline(now, cfg.worker_timeout)
-        if cfg.retention and time.monotonic() >= self._next_prune:
-            report.pruned = self.store.prune(now, cfg.retention)
-            self._next_prune = time.monotonic() + (0 if report.pruned else _PRUNE_EVERY)
-        self._seen("leader", now)
-        metrics.scheduler_ticked(self.store, report, now)
-        if report.created or report.crashed or report.missed or report.pruned:
-            log.info(
-                "tick",
-                runs_created=report.created,
-                runs_crashed=report.crashed,
-                runs_missed=report.missed,
-                runs_pruned=report.pruned,
-                schedules=report.schedules,
-            )
-        return report
+        self._earliest = self.store.earliest_cursor()
+        self._recheck_at = time.monotonic() + _RECHECK_EVERY
 
     def _seen(self, role: str, now: datetime, force: bool = False) -> None:
         """Record this scheduler in the database (for `orchd status`), every few seconds only."""
@@ -152,7 +166,6 @@ class Scheduler:
                             self.sync()
                         notify.ready(self._status(leader))
                     leader = self._lead(lock, leader)
-                    metrics.leading(leader)
                     if leader:
                         self.tick()
                     else:
@@ -160,7 +173,6 @@ class Scheduler:
                     backoff = 0.0
                     notify.status(self._status(leader))
                 except OperationalError as exc:
-                    metrics.DATABASE_ERRORS.labels("scheduler").inc()
                     backoff = min(30.0, max(1.0, backoff * 2))
                     lines = str(exc.orig).strip().splitlines()
                     reason = lines[-1] if lines else "unreachable"

@@ -12,7 +12,6 @@ import threading
 from collections.abc import Collection
 from dataclasses import dataclass
 
-import psycopg
 from sqlalchemy.engine import URL
 
 from orchd.db.store import CHANNEL
@@ -42,6 +41,8 @@ class Listener:
         self._thread.join(timeout=5)
 
     def _listen(self) -> None:
+        import psycopg  # only PostgreSQL workers pay for the driver's memory
+
         delay = 0.5
         while not self._stop.is_set():
             try:

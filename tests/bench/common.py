@@ -1,0 +1,172 @@
+"""Shared plumbing for the benchmarks: databases, daemons as processes, statistics, reporting."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from sqlalchemy import Engine
+
+from orchd.config import Config, load_config
+from orchd.db import migrate
+from orchd.db.engine import make_engine
+from orchd.db.store import Store
+from tests.pg import PgServer
+
+BIN = Path(sys.executable).parent
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+@dataclass
+class Figure:
+    """One measured figure: repeated samples, summarised as median and spread, against a target."""
+
+    name: str
+    backend: str
+    unit: str
+    samples: list[float]
+    target: str = ""
+    #: The figure meets its target when check(median) is true; None: no target.
+    check: Callable[[float], bool] | None = field(default=None, repr=False)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.samples)
+
+    @property
+    def spread(self) -> tuple[float, float]:
+        return min(self.samples), max(self.samples)
+
+    @property
+    def met(self) -> bool | None:
+        return None if self.check is None else bool(self.check(self.median))
+
+    def as_json(self) -> dict[str, object]:
+        data = asdict(self)
+        data.pop("check")
+        data.update(median=self.median, spread=list(self.spread), met=self.met)
+        return data
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+class Databases:
+    """Fresh migrated databases on demand: SQLite files in a temp dir, or PostgreSQL databases."""
+
+    def __init__(self, tmp: Path, pg: PgServer | None) -> None:
+        self.tmp, self.pg = tmp, pg
+        self._created: list[str] = []
+        self._count = 0
+
+    def new(self, backend: str) -> str:
+        self._count += 1
+        if backend == "sqlite":
+            url = f"sqlite:///{self.tmp / f'bench-{self._count}.db'}"
+        else:
+            assert self.pg is not None
+            name = self.pg.create_database()
+            self._created.append(name)
+            url = self.pg.url_for(name)
+        engine = engine_for(url)
+        migrate.upgrade(engine)
+        engine.dispose()
+        return url
+
+    def drop_all(self) -> None:
+        if self.pg is not None:
+            for name in self._created:
+                self.pg.drop_database(name)
+
+
+def engine_for(url: str) -> Engine:
+    return make_engine(load_config("/dev/null", env={"ORCHD_DATABASE_URL": url}).database)
+
+
+def store_for(url: str, actor: str = "bench") -> Store:
+    return Store(engine_for(url), actor)
+
+
+def write_config(path: Path, url: str, body: str) -> Config:
+    path.write_text(f'[database]\nurl = "{url}"\n[logging]\nlevel = "warning"\n' + textwrap.dedent(body))
+    return load_config(path, env={"ORCHD_STATE_DIR": str(path.parent / "state")})
+
+
+@contextmanager
+def daemons(log_dir: Path) -> Iterator[list[subprocess.Popen[bytes]]]:
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        yield procs
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+
+
+def start(
+    procs: list[subprocess.Popen[bytes]], log_dir: Path, command: str, *args: str
+) -> subprocess.Popen[bytes]:
+    log = open(log_dir / f"{command}-{len(procs)}.log", "wb")  # noqa: SIM115 (the child owns it)
+    proc = subprocess.Popen(
+        [str(BIN / command), *args],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "ORCHD_LOGGING_FORMAT": "logfmt"},
+    )
+    procs.append(proc)
+    return proc
+
+
+def wait_until(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.05) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"benchmark timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_mb(pid: int, key: str = "VmRSS") -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def report(figures: list[Figure], path: Path) -> str:
+    lines = [f"{'figure':<46} {'backend':<10} {'median':>10} {'spread':>21}  {'unit':<8} {'target':<18} met"]
+    for f in figures:
+        low, high = f.spread
+        met = {True: "met", False: "NOT MET", None: "-"}[f.met]
+        lines.append(
+            f"{f.name:<46} {f.backend:<10} {f.median:>10.4g} {f'{low:.4g}..{high:.4g}':>21}  {f.unit:<8} "
+            f"{f.target:<18} {met}"
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps([f.as_json() for f in figures], indent=2) + "\n")
+    return "\n".join(lines)

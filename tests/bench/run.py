@@ -1,0 +1,546 @@
+"""`make bench`: orchd's speed and memory figures on a throwaway PostgreSQL and on SQLite.
+
+Prints a table (median and spread over repeats, the target, met or not) and writes
+tests/bench/results/latest.json.  Never part of `make test`: pass/fail tests do not time things.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from sqlalchemy import func, insert, select, text
+
+from orchd.config import load_config
+from orchd.db.schema import deployments, runs, schedulers
+from orchd.db.store import Store
+from orchd.logging import configure
+from orchd.scheduler.daemon import Scheduler
+from orchd.states import RunState
+from tests.bench.common import (
+    BIN,
+    RESULTS,
+    Databases,
+    Figure,
+    cpu_seconds,
+    daemons,
+    percentile,
+    report,
+    rss_mb,
+    start,
+    store_for,
+    wait_until,
+    write_config,
+)
+from tests.pg import postgres_server
+
+ANCHOR = datetime(2026, 1, 1, tzinfo=UTC)
+NOOP = '[[deployments]]\nname = "noop"\ncommand = ["true"]\n'
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _runs(store: Store, state: str | None = None) -> list:  # type: ignore[type-arg]
+    stmt = select(runs.c.id, runs.c.scheduled_for, runs.c.started_at, runs.c.finished_at, runs.c.state)
+    if state:
+        stmt = stmt.where(runs.c.state == state)
+    with store.read() as conn:
+        return list(conn.execute(stmt).all())
+
+
+def _count_done(store: Store, ids: set[int]) -> int:
+    with store.read() as conn:
+        return int(
+            conn.execute(
+                select(func.count()).where(runs.c.id.in_(ids), runs.c.state == "COMPLETED")
+            ).scalar_one()
+        )
+
+
+def _leader(store: Store) -> bool:
+    with store.read() as conn:
+        return bool(conn.execute(select(func.count()).where(schedulers.c.role == "leader")).scalar_one())
+
+
+def _count(store: Store, state: str) -> int:
+    with store.read() as conn:
+        return int(conn.execute(select(func.count()).where(runs.c.state == state)).scalar_one())
+
+
+# 1 ---------------------------------------------------------------------------------------------
+
+
+def bench_latency(dbs: Databases, backend: str, tmp: Path, repeats: int, seconds: float) -> list[Figure]:
+    """Runs becoming due while a worker idles: started_at - scheduled_for, without claiming early."""
+    scheduled: list[float] = []
+    created: list[float] = []
+    p50s, p99s = [], []
+    for _ in range(repeats):
+        url = dbs.new(backend)
+        body = "".join(
+            f'[[deployments]]\nname = "tick{i}"\ncommand = ["true"]\n'
+            f'schedules = [{{ interval = "1s", anchor = 2026-01-01T00:00:00.{i * 250:03d}Z }}]\n'
+            for i in range(4)
+        )
+        body += NOOP
+        path = tmp / f"latency-{backend}.toml"
+        write_config(
+            path,
+            url,
+            '[scheduler]\nhorizon = "30s"\nloop_interval = "1s"\n[worker]\nconcurrency = 8\n' + body,
+        )
+        store = store_for(url)
+        with daemons(tmp) as procs:
+            start(procs, tmp, "orchd-scheduler", "--config", str(path))
+            start(procs, tmp, "orchd-worker", "--config", str(path))
+            wait_until(lambda: _count(store, "COMPLETED") > 0, 30, "the first run")  # noqa: B023 (called now)
+            begin = _now()
+            deadline = time.monotonic() + seconds
+            ad_hoc = []
+            while time.monotonic() < deadline:
+                ad_hoc.append(store.create_run("noop", _now()))
+                time.sleep(0.2)
+            end = _now()
+            pending = set(ad_hoc)
+            wait_until(lambda: _count_done(store, pending) == len(pending), 30, "the ad-hoc runs")  # noqa: B023
+        rows = [r for r in _runs(store, "COMPLETED") if begin <= r.scheduled_for <= end]
+        ad = set(ad_hoc)
+        sched = [(r.started_at - r.scheduled_for).total_seconds() * 1000 for r in rows if r.id not in ad]
+        made = [(r.started_at - r.scheduled_for).total_seconds() * 1000 for r in rows if r.id in ad]
+        scheduled += sched
+        created += made
+        p50s.append(percentile(sched, 50))
+        p99s.append(percentile(sched, 99))
+        store.engine.dispose()
+    return [
+        Figure("schedule-to-start p50 (scheduled runs)", backend, "ms", p50s, "<= 10 ms", lambda v: v <= 10),
+        Figure("schedule-to-start p95 (scheduled runs)", backend, "ms", [percentile(scheduled, 95)]),
+        Figure("schedule-to-start p99 (scheduled runs)", backend, "ms", p99s, "<= 50 ms", lambda v: v <= 50),
+        Figure("create-to-start p50 (orchd run create)", backend, "ms", [percentile(created, 50)]),
+        Figure("create-to-start p99 (orchd run create)", backend, "ms", [percentile(created, 99)]),
+    ]
+
+
+# 2 ---------------------------------------------------------------------------------------------
+
+
+def _queue(store: Store, count: int) -> None:
+    """Insert ``count`` due runs of "noop" in one statement (the benchmark measures the workers)."""
+    now = _now()
+    with store.engine.begin() as conn:
+        dep = conn.execute(select(deployments.c.id).where(deployments.c.name == "noop")).scalar_one()
+        conn.execute(
+            insert(runs),
+            [
+                {
+                    "deployment_id": dep,
+                    "pool": "default",
+                    "state": "SCHEDULED",
+                    "priority": 0,
+                    "scheduled_for": now,
+                    "due_at": now,
+                    "attempt": 1,
+                    "max_attempts": 1,
+                    "parameters": {},
+                    "created_at": now,
+                    "updated_at": now,
+                }
+                for _ in range(count)
+            ],
+        )
+
+
+def bench_throughput(dbs: Databases, backend: str, tmp: Path, repeats: int, count: int) -> list[Figure]:
+    figures = []
+    for workers in (1, 2):
+        rates = []
+        for _ in range(repeats):
+            url = dbs.new(backend)
+            path = tmp / f"throughput-{backend}.toml"
+            config = write_config(path, url, "[worker]\nconcurrency = 8\n" + NOOP)
+            store = store_for(url)
+            store.sync(config, _now())
+            _queue(store, count)
+            with daemons(tmp) as procs:
+                for i in range(workers):
+                    start(procs, tmp, "orchd-worker", "--config", str(path), "--burst", "--name", f"w{i}")
+                for proc in procs:
+                    proc.wait(timeout=600)
+            rows = _runs(store, "COMPLETED")
+            assert len(rows) == count, f"{len(rows)} of {count} completed"
+            span = (max(r.finished_at for r in rows) - min(r.started_at for r in rows)).total_seconds()
+            rates.append(count / span)
+            store.engine.dispose()
+        figures.append(
+            Figure(
+                f"{count} x `true`, {workers} worker(s) x 8",
+                backend,
+                "runs/s",
+                rates,
+                ">= 300 runs/s",
+                lambda v: v >= 300,
+            )
+        )
+    return figures
+
+
+# 3 ---------------------------------------------------------------------------------------------
+
+
+def bench_queue_only(dbs: Databases, backend: str, tmp: Path, repeats: int, count: int) -> list[Figure]:
+    """Claim + start + complete with no child process: the cost of the queue itself."""
+    figures = []
+    for claimers in (1, 4, 16):
+        rates = []
+        for _ in range(repeats):
+            url = dbs.new(backend)
+            config = write_config(tmp / f"queue-{backend}.toml", url, NOOP)
+            setup = store_for(url)
+            setup.sync(config, _now())
+            _queue(setup, count)
+            stores = [store_for(url, f"c{i}") for i in range(claimers)]
+
+            def drain(store: Store) -> None:
+                while True:
+                    now = _now()
+                    claimed = store.claim(store.actor, ["default"], 16, now, now + timedelta(minutes=1))
+                    if not claimed:
+                        return
+                    for run in claimed:
+                        store.start(run.id, store.actor, 0, now)
+                        store.finish(run.id, store.actor, RunState.COMPLETED, now, exit_code=0)
+
+            began = time.perf_counter()
+            threads = [threading.Thread(target=drain, args=(s,)) for s in stores]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(timeout=600)
+            rates.append(count / (time.perf_counter() - began))
+            assert _count(setup, "COMPLETED") == count
+            for s in [setup, *stores]:
+                s.engine.dispose()
+        figures.append(
+            Figure(
+                f"queue only, {claimers} claimer(s)",
+                backend,
+                "runs/s",
+                rates,
+                ">= 5000 runs/s",
+                lambda v: v >= 5000,
+            )
+        )
+    return figures
+
+
+# 4 ---------------------------------------------------------------------------------------------
+
+
+class Clock:
+    """A settable clock, so a tick can be timed with a chosen share of the schedules due."""
+
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def _scale_config(size: int) -> str:
+    """``size`` hourly schedules spread over the hour, 10 per deployment."""
+    parts = ['[scheduler]\nhorizon = "10m"\nmax_scheduled_runs = 10\n']
+    for d in range(size // 10):
+        anchors = [ANCHOR + timedelta(seconds=(d * 10 + s) % 3600) for s in range(10)]
+        schedules = ", ".join(f'{{ interval = "1h", anchor = {a:%Y-%m-%dT%H:%M:%SZ} }}' for a in anchors)
+        parts.append(f'[[deployments]]\nname = "d{d}"\ncommand = ["true"]\nschedules = [{schedules}]\n')
+    return "".join(parts)
+
+
+def bench_scale(dbs: Databases, backend: str, tmp: Path, sizes: list[int]) -> list[Figure]:
+    figures = []
+    for size in sizes:
+        url = dbs.new(backend)
+        path = tmp / f"scale-{backend}-{size}.toml"
+        path.write_text(f'[database]\nurl = "{url}"\n[logging]\nlevel = "warning"\n' + _scale_config(size))
+        began = time.perf_counter()
+        child = subprocess.Popen(
+            [str(BIN / "orchd-scheduler"), "--config", str(path), "--once"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        _, status, usage = os.wait4(child.pid, 0)  # its own peak RSS, from the kernel
+        first = time.perf_counter() - began
+        assert os.waitstatus_to_exitcode(status) == 0, "orchd-scheduler --once failed"
+        peak = usage.ru_maxrss / 1024
+        figures.append(
+            Figure(
+                f"{size} schedules: start + first materialization",
+                backend,
+                "s",
+                [first],
+                "<= 60 s" if size == 100_000 else "",
+                (lambda v: v <= 60) if size == 100_000 else None,
+            )
+        )
+        figures.append(
+            Figure(
+                f"{size} schedules: scheduler peak RSS",
+                backend,
+                "MB",
+                [peak],
+                "<= 150 MB" if size == 100_000 else "",
+                (lambda v: v <= 150) if size == 100_000 else None,
+            )
+        )
+        # steady state: advance a clock by 1% of the hour, so 1% of the schedules come due
+        config = load_config(path)
+        store = store_for(url)
+        clock = Clock(_now())
+        scheduler = Scheduler(config, store, clock=clock)
+        scheduler.tick()
+        ticks = []
+        for _ in range(5):
+            clock.now += timedelta(seconds=36)
+            began = time.perf_counter()
+            scheduler.tick()
+            ticks.append(time.perf_counter() - began)
+        figures.append(
+            Figure(
+                f"{size} schedules: tick with 1% due",
+                backend,
+                "s",
+                ticks,
+                "<= 1 s" if size == 100_000 else "",
+                (lambda v: v <= 1) if size == 100_000 else None,
+            )
+        )
+        store.engine.dispose()
+    return figures
+
+
+# 5 ---------------------------------------------------------------------------------------------
+
+
+def bench_idle(
+    dbs: Databases, backend: str, tmp: Path, seconds: float, pg_admin: Callable[[str], int] | None
+) -> list[Figure]:
+    url = dbs.new(backend)
+    path = tmp / f"idle-{backend}.toml"
+    write_config(
+        path,
+        url,
+        '[[deployments]]\nname = "hourly"\ncommand = ["true"]\nschedules = [{ cron = "0 * * * *" }]\n',
+    )
+    store = store_for(url)
+    with daemons(tmp) as procs:
+        sched = start(procs, tmp, "orchd-scheduler", "--config", str(path))
+        worker = start(procs, tmp, "orchd-worker", "--config", str(path))
+        wait_until(lambda: _leader(store), 30, "the scheduler")
+        time.sleep(3)
+        cpu0 = cpu_seconds(sched.pid) + cpu_seconds(worker.pid)
+        tx0 = pg_admin(url) if pg_admin else 0
+        time.sleep(seconds)
+        cpu1 = cpu_seconds(sched.pid) + cpu_seconds(worker.pid)
+        tx1 = pg_admin(url) if pg_admin else 0
+        rss = (rss_mb(sched.pid), rss_mb(worker.pid))
+    store.engine.dispose()
+    per_minute = 60 / seconds
+    figures = [
+        Figure(
+            "idle CPU, scheduler + worker",
+            backend,
+            "CPU-s/min",
+            [(cpu1 - cpu0) * per_minute],
+            "<= 0.2 CPU-s/min",
+            lambda v: v <= 0.2,
+        ),
+        Figure("idle RSS, scheduler", backend, "MB", [rss[0]], "<= 60 MB", lambda v: v <= 60),
+        Figure("idle RSS, worker", backend, "MB", [rss[1]], "<= 60 MB", lambda v: v <= 60),
+    ]
+    if pg_admin:
+        figures.append(
+            Figure(
+                "idle transactions, scheduler + worker", backend, "per min", [(tx1 - tx0 - 1) * per_minute]
+            )
+        )
+    return figures
+
+
+# 6 ---------------------------------------------------------------------------------------------
+
+
+def _history(store: Store, count: int) -> None:
+    """``count`` finished runs, inserted by the database itself."""
+    long_ago = _now() - timedelta(days=1)
+    with store.engine.begin() as conn:
+        dep = conn.execute(select(deployments.c.id).where(deployments.c.name == "noop")).scalar_one()
+        params = {"dep": dep, "n": count}
+        if store.engine.dialect.name == "postgresql":
+            conn.execute(
+                text(
+                    "INSERT INTO runs (deployment_id, pool, state, priority, scheduled_for, due_at, attempt, "
+                    "max_attempts, parameters, finished_at, created_at, updated_at) "
+                    "SELECT :dep, 'default', 'COMPLETED', 0, :t, :t, 1, 1, '{}', :t, :t, :t "
+                    "FROM generate_series(1, :n)"
+                ),
+                {**params, "t": long_ago},
+            )
+            conn.execute(text("ANALYZE runs"))
+        else:
+            stamp = long_ago.replace(tzinfo=None).isoformat(sep=" ")
+            conn.execute(
+                text(
+                    "WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < :n) "
+                    "INSERT INTO runs (deployment_id, pool, state, priority, scheduled_for, due_at, attempt, "
+                    "max_attempts, parameters, finished_at, created_at, updated_at) "
+                    "SELECT :dep, 'default', 'COMPLETED', 0, :t, :t, 1, 1, '{}', :t, :t, :t FROM s"
+                ),
+                {**params, "t": stamp},
+            )
+            conn.execute(text("ANALYZE"))
+
+
+def bench_claim_vs_history(dbs: Databases, backend: str, tmp: Path, samples: int) -> list[Figure]:
+    medians = {}
+    for history in (1_000, 1_000_000):
+        url = dbs.new(backend)
+        config = write_config(tmp / f"history-{backend}.toml", url, NOOP)
+        store = store_for(url)
+        store.sync(config, _now())
+        _history(store, history)
+        timings = []
+        for _ in range(samples):
+            run_id = store.create_run("noop", _now())
+            now = _now()
+            began = time.perf_counter()
+            claimed = store.claim("w", ["default"], 1, now, now + timedelta(minutes=1))
+            timings.append((time.perf_counter() - began) * 1000)
+            assert [c.id for c in claimed] == [run_id]
+            store.finish(run_id, "w", RunState.FAILED, now, source=RunState.PENDING)
+        medians[history] = percentile(timings, 50)
+        store.engine.dispose()
+    ratio = medians[1_000_000] / medians[1_000]
+    return [
+        Figure("claim latency, 1,000 finished runs", backend, "ms", [medians[1_000]]),
+        Figure("claim latency, 1,000,000 finished runs", backend, "ms", [medians[1_000_000]]),
+        Figure("claim latency ratio 1M / 1k history", backend, "x", [ratio], "<= 1.2", lambda v: v <= 1.2),
+    ]
+
+
+# 7 ---------------------------------------------------------------------------------------------
+
+
+def bench_crash(dbs: Databases, backend: str, tmp: Path, lease: float) -> list[Figure]:
+    url = dbs.new(backend)
+    path = tmp / f"crash-{backend}.toml"
+    config = write_config(
+        path,
+        url,
+        f"""
+    [worker]
+    heartbeat = "1s"
+    lease_timeout = "{lease}s"
+    [[deployments]]
+    name = "victim"
+    command = ["sleep", "60"]
+    retries = 1
+    retry_delay = "0s"
+    """,
+    )
+    store = store_for(url)
+    store.sync(config, _now())
+    run_id = store.create_run("victim", _now())
+    with daemons(tmp) as procs:
+        start(procs, tmp, "orchd-scheduler", "--config", str(path))
+        worker = start(procs, tmp, "orchd-worker", "--config", str(path))
+        wait_until(lambda: store.get_run(run_id).state == "RUNNING", 30, "RUNNING")
+        worker.send_signal(signal.SIGKILL)
+        killed = time.monotonic()
+        wait_until(lambda: store.get_run(run_id).attempt == 2, 120, "the re-queue", interval=0.02)
+        detected = time.monotonic() - killed
+    store.engine.dispose()
+    return [
+        Figure(
+            f"SIGKILLed worker -> CRASHED + re-queued (lease {lease:g}s)",
+            backend,
+            "s",
+            [detected],
+            "<= lease + 1 s",
+            lambda v: v <= lease + 1,
+        )
+    ]
+
+
+STEPS = ("latency", "throughput", "queue", "scale", "idle", "history", "crash")
+
+
+def run_step(
+    name: str, dbs: Databases, backend: str, tmp: Path, quick: bool, transactions: Callable[[str], int] | None
+) -> list[Figure]:
+    if name == "latency":
+        return bench_latency(dbs, backend, tmp, 1 if quick else 3, 5 if quick else 15)
+    if name == "throughput":
+        return bench_throughput(dbs, backend, tmp, 1 if quick else 3, 500 if quick else 2000)
+    if name == "queue":
+        return bench_queue_only(dbs, backend, tmp, 1 if quick else 3, 1000 if quick else 5000)
+    if name == "scale":
+        return bench_scale(dbs, backend, tmp, [1_000] if quick else [1_000, 10_000, 100_000])
+    if name == "idle":
+        return bench_idle(dbs, backend, tmp, 10 if quick else 60, transactions)
+    if name == "history":
+        return bench_claim_vs_history(dbs, backend, tmp, 50 if quick else 200)
+    return bench_crash(dbs, backend, tmp, 5.0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="fewer repeats and smaller sizes (a smoke run)")
+    parser.add_argument(
+        "--only", nargs="*", default=[], help="latency throughput queue scale idle history crash"
+    )
+    parser.add_argument("--backend", nargs="*", default=["postgresql", "sqlite"])
+    args = parser.parse_args()
+    configure("warning")
+    quick = args.quick
+    chosen = set(args.only) or set(STEPS)
+    figures: list[Figure] = []
+    with tempfile.TemporaryDirectory(prefix="orchd-bench-") as tmp_name, postgres_server() as pg:
+        tmp = Path(tmp_name)
+        dbs = Databases(tmp, pg)
+
+        def transactions(url: str) -> int:
+            name = url.rsplit("/", 1)[1]
+            engine = store_for(pg.admin_url).engine
+            with engine.connect() as conn:
+                value = conn.execute(
+                    text("SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = :d"),
+                    {"d": name},
+                ).scalar_one()
+            engine.dispose()
+            return int(value)
+
+        try:
+            for backend in args.backend:
+                for name in [n for n in STEPS if n in chosen]:
+                    began = time.perf_counter()
+                    figures += run_step(
+                        name, dbs, backend, tmp, quick, transactions if backend == "postgresql" else None
+                    )
+                    print(f"[bench] {name} on {backend}: {time.perf_counter() - began:.1f}s", flush=True)
+        finally:
+            dbs.drop_all()
+    print(report(figures, RESULTS / "latest.json"))
+
+
+if __name__ == "__main__":
+    main()
