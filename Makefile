@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint clean venv
+.PHONY: run test bench chaos lint clean venv
 
 venv: $(STAMP)
 
@@ -22,6 +22,15 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# Speed and memory figures (tests/bench): a table on stdout, tests/bench/results/latest.json.
+bench: $(STAMP)
+	$(BIN)/python -m tests.bench.run
+
+# Kill daemons at random for CHAOS_SECONDS, then check nothing was lost or doubled (tests/chaos).
+CHAOS_SECONDS ?= 300
+chaos: $(STAMP)
+	$(BIN)/python -m tests.chaos.harness --seconds $(CHAOS_SECONDS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check orchd tests
