@@ -99,6 +99,10 @@ def test_db_reset_wipes_and_recreates(orchd: Orchd, store: Store) -> None:
     assert states_count(store) == {}
     assert migrate.current_revision(store.engine) == migrate.head_revision()
     assert orchd("run", "ls", "--json").stdout.strip() == "[]"
+    again = json.loads(orchd("db", "reset", "--yes", "--json").stdout)
+    assert again["revision"] == migrate.head_revision() and again["database"].startswith(
+        ("SQLite", "PostgreSQL")
+    )
 
 
 # --- the config file -----------------------------------------------------------------------------
@@ -115,6 +119,11 @@ def test_config_init_writes_the_documented_file_that_validates(tmp_path: Path) -
         main, ["config", "init", "--config", str(path), "--force"], env=clean_env(tmp_path)
     )
     assert forced.exit_code == 0 and path.read_text() == render()
+    env = clean_env(tmp_path)
+    created = CliRunner().invoke(main, ["config", "init", str(tmp_path / "b.toml"), "--json"], env=env)
+    assert json.loads(created.stdout) == {"path": str(tmp_path / "b.toml")}
+    checked = CliRunner().invoke(main, ["config", "validate", "--config", str(path), "--json"], env=env)
+    assert json.loads(checked.stdout) == {"path": str(path), "deployments": 0, "pools": 0}
 
 
 def test_config_set_keeps_comments_and_validates(tmp_path: Path) -> None:

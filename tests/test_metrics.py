@@ -150,7 +150,10 @@ def test_orchd_up_serves_both_daemons_metrics(tmp_path: Path, db_url: str) -> No
             done = value(samples, "orchd_run_duration_seconds_count", deployment="tick", state="COMPLETED")
             return samples if done and ("orchd_queue_depth", (("pool", "default"),)) in samples else None
 
-        samples = wait_for(ran, timeout=30, what="a completed run in the metrics")
+        try:
+            samples = wait_for(ran, timeout=30, what="a completed run in the metrics")
+        except AssertionError:
+            raise AssertionError(group.output()) from None
         assert value(samples, "orchd_scheduler_leader") == 1
         assert value(samples, "orchd_runs_materialized_total") >= 1
         assert value(samples, "orchd_runs_claimed_total") >= 1

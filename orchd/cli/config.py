@@ -17,9 +17,7 @@ import tomli_w
 
 from orchd.cli.common import (
     common_options,
-    config_option,
     did_you_mean,
-    friendly,
     load,
     usage_error,
 )
@@ -43,9 +41,8 @@ def config_group() -> None:
 
 
 @config_group.command("validate")
-@config_option
-@friendly
-def config_validate(config_path: Path | None) -> None:
+@common_options
+def config_validate(config_path: Path | None, as_json: bool) -> None:
     """Check the config file and its deployments.d drop-ins; exit 78 on the first error.
 
     \b
@@ -53,6 +50,10 @@ def config_validate(config_path: Path | None) -> None:
       orchd config validate --config /etc/orchd/orchd.toml && systemctl reload orchd-scheduler
     """
     config = load(config_path)
+    if as_json:
+        path = str(config.path) if config.path else None
+        print_json({"path": path, "deployments": len(config.deployments), "pools": len(config.pools)})
+        return
     where = config.path or "(no file: defaults)"
     click.echo(f"{where}: ok ({len(config.deployments)} deployments, {len(config.pools)} pools)")
 
@@ -226,9 +227,8 @@ def config_set(key: str, value: str, config_path: Path | None, as_json: bool) ->
 @config_group.command("init")
 @click.argument("path", required=False, type=click.Path(path_type=Path))
 @click.option("--force", is_flag=True, help="Overwrite an existing file.")
-@config_option
-@friendly
-def config_init(path: Path | None, force: bool, config_path: Path | None) -> None:
+@common_options
+def config_init(path: Path | None, force: bool, config_path: Path | None, as_json: bool) -> None:
     """Write the documented default config file (every key, commented, with its default).
 
     PATH defaults to --config, $ORCHD_CONFIG, or /etc/orchd/orchd.toml.
@@ -248,4 +248,7 @@ def config_init(path: Path | None, force: bool, config_path: Path | None) -> Non
         raise ConfigError(f"{target}: permission denied writing the config file") from None
     except IsADirectoryError:
         raise ConfigError(f"{target}: is a directory, expected a TOML file") from None
-    click.echo(f"{target}: written (nothing is deployed yet); check it with `orchd config validate`")
+    if as_json:
+        print_json({"path": str(target)})
+    else:
+        click.echo(f"{target}: written (nothing is deployed yet); check it with `orchd config validate`")

@@ -9,8 +9,6 @@ import click
 from orchd.cli.common import (
     DatabaseMissing,
     common_options,
-    config_option,
-    friendly,
     load,
     open_store,
     usage_error,
@@ -89,9 +87,8 @@ def db_status(config_path: Path | None, as_json: bool) -> None:
 
 @db_group.command("reset")
 @click.option("--yes", is_flag=True, help="Really wipe the database.")
-@config_option
-@friendly
-def db_reset(yes: bool, config_path: Path | None) -> None:
+@common_options
+def db_reset(yes: bool, config_path: Path | None, as_json: bool) -> None:
     """Delete everything orchd stored (runs, history, output, deployments, pools, workers) and
     re-create the empty schema.  Stop the daemons first.
 
@@ -106,4 +103,8 @@ def db_reset(yes: bool, config_path: Path | None) -> None:
             f"`orchd db reset` deletes every run, deployment and worker in {where}: add --yes to do it"
         )
     wipe(store.engine)
-    click.echo(f"{where}: wiped; schema re-created at {migrate.current_revision(store.engine)}")
+    revision = migrate.current_revision(store.engine)
+    if as_json:
+        print_json({"database": where, "revision": revision})
+    else:
+        click.echo(f"{where}: wiped; schema re-created at {revision}")

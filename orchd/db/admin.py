@@ -197,7 +197,9 @@ class Admin:
         """A deployment's active schedules as the database knows them: with the keys its runs carry,
         so backfilled and scheduled runs share one unique key."""
         return [
-            Schedule(r.id, ScheduleSpec(r.kind, r.expr, r.timezone, r.anchor, r.active, r.parameters))
+            Schedule(
+                r.id, ScheduleSpec(r.kind, r.expr, r.timezone, r.anchor, r.active, r.parameters, r.jitter)
+            )
             for r in self.schedules_of(deployment_id)
             if r.active
         ]
