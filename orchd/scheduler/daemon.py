@@ -20,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy.exc import OperationalError
 
+from orchd import metrics
 from orchd.config import Config
 from orchd.db.store import Store
 from orchd.logging import get_logger
@@ -96,6 +97,7 @@ class Scheduler:
             report.pruned = self.store.prune(now, cfg.retention)
             self._next_prune = time.monotonic() + (0 if report.pruned else _PRUNE_EVERY)
         self._seen("leader", now)
+        metrics.scheduler_ticked(self.store, report, now)
         if report.created or report.crashed or report.missed or report.pruned:
             log.info(
                 "tick",
@@ -166,6 +168,7 @@ class Scheduler:
                             self.sync()
                         notify.ready(self._status(leader))
                     leader = self._lead(lock, leader)
+                    metrics.leading(leader)
                     if leader:
                         self.tick()
                     else:
@@ -173,6 +176,7 @@ class Scheduler:
                     backoff = 0.0
                     notify.status(self._status(leader))
                 except OperationalError as exc:
+                    metrics.DATABASE_ERRORS.labels("scheduler").inc()
                     backoff = min(30.0, max(1.0, backoff * 2))
                     lines = str(exc.orig).strip().splitlines()
                     reason = lines[-1] if lines else "unreachable"
