@@ -899,17 +899,38 @@ class Store:
             )
 
     def start(self, run_id: int, worker: str, pid: int, now: datetime) -> bool:
+        return bool(self.start_many({run_id: pid}, worker, now))
+
+    def start_many(self, pids: Mapping[int, int], worker: str, now: datetime) -> list[int]:
+        """PENDING -> RUNNING for runs whose processes were just spawned (run id -> pid), in one
+        transaction; returns those still ours (a run cancelled or reaped meanwhile is not)."""
+        if not pids:
+            return []
         with self.engine.begin() as conn:
-            return bool(
-                transition(
-                    conn,
-                    [run_id],
-                    S.PENDING,
-                    S.RUNNING,
-                    now=now,
-                    actor=worker,
-                    values={"started_at": now, "pid": pid},
+            moved = transition(
+                conn, list(pids), S.PENDING, S.RUNNING, now=now, actor=worker, values={"started_at": now}
+            )
+            if moved:
+                conn.execute(
+                    update(runs).where(runs.c.id == bindparam("rid")).values(pid=bindparam("process")),
+                    [{"rid": rid, "process": pids[rid]} for rid in moved],
                 )
+        return moved
+
+    def complete_many(self, run_ids: Sequence[int], worker: str, now: datetime) -> list[int]:
+        """RUNNING -> COMPLETED (exit code 0, no result) for several runs in one transaction: the
+        common case, batched so a busy worker spends its time running runs, not recording them."""
+        if not run_ids:
+            return []
+        with self.engine.begin() as conn:
+            return transition(
+                conn,
+                run_ids,
+                S.RUNNING,
+                S.COMPLETED,
+                now=now,
+                actor=worker,
+                values={"finished_at": now, "exit_code": 0, "lease_expires_at": None},
             )
 
     def finish(

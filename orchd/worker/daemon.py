@@ -53,6 +53,7 @@ class ActiveRun:
     started: float
     deadline: float | None
     result_file: Path | None = None
+    argv: Sequence[str] = ()
     kill_at: float | None = None
     #: Why orchd ended it early: TIMED_OUT or CANCELLED (recorded as such), LOST (someone else's
     #: now, nothing to record) or RELEASED (handed back to the queue at shutdown).
@@ -199,18 +200,26 @@ class Worker:
     # ------------------------------------------------------------------ steps
 
     def _claim(self) -> int:
+        """Claim, spawn, then mark every spawned run RUNNING in one statement."""
         now = self.clock()
         runs = self.store.claim(
             self.name, self.pools, self.concurrency - len(self.active), now, now + self.lease
         )
         metrics.RUNS_CLAIMED.inc(len(runs))
-        for run in runs:
-            self._start(run)
+        spawned = [active for run in runs if (active := self._spawn(run)) is not None]
+        if spawned:
+            now = self.clock()
+            ours = set(self.store.start_many({a.run.id: a.process.pid for a in spawned}, self.name, now))
+            for active in spawned:
+                if active.run.id not in ours:
+                    active.end(LOST, "cancelled or reaped before it started", 0.0, active.started)
+                    continue
+                metrics.run_started(active.run, now)
+                active.bound.info("run started", pid=active.process.pid, command=" ".join(active.argv))
         return len(runs)
 
-    def _start(self, run: ClaimedRun) -> None:
+    def _spawn(self, run: ClaimedRun) -> ActiveRun | None:
         how = invocation(run, self.work_dir)
-        bound = log.bind(run_id=run.id, deployment=run.deployment, attempt=run.attempt)
         try:
             how.cwd.mkdir(parents=True, exist_ok=True)
             process = RunProcess(
@@ -218,18 +227,16 @@ class Worker:
             )
         except OSError as exc:
             error = f"cannot start {how.argv[0]!r}: {exc.strerror or exc}"
-            bound.error("run failed to start", error=error)
+            log.error("run failed to start", run_id=run.id, deployment=run.deployment, error=error)
             self.store.finish(run.id, self.name, S.FAILED, self.clock(), error=error, source=S.PENDING)
-            return
+            return None
         started = time.monotonic()
         timeout = run.spec.get("timeout")
-        active = ActiveRun(run, process, started, started + timeout if timeout else None, how.result_file)
+        active = ActiveRun(
+            run, process, started, started + timeout if timeout else None, how.result_file, argv=how.argv
+        )
         self.active[run.id] = active
-        if not self.store.start(run.id, self.name, process.pid, self.clock()):
-            active.end(LOST, "cancelled or reaped before it started", 0.0, started)
-            return
-        metrics.run_started(run, self.clock())
-        bound.info("run started", pid=process.pid, command=" ".join(how.argv))
+        return active
 
     def _handle_events(self, timeout: float) -> None:
         """Take what the pump and listen threads posted: output, exits, wake-ups."""
@@ -272,11 +279,27 @@ class Worker:
             self._logs = []
 
     def _finish_exited(self) -> int:
+        """Record the runs whose process ended: plain successes in one statement, the rest one by
+        one.  A run leaves ``active`` only once its outcome is written."""
         ended = [a for a in self.active.values() if a.returncode is not None]
+        plain = [a for a in ended if a.returncode == 0 and a.ending is None and a.result_file is None]
+        if plain:
+            self.store.complete_many([a.run.id for a in plain], self.name, self.clock())
+            for active in plain:
+                del self.active[active.run.id]
+                self._completed(active)
+        done = {a.run.id for a in plain}
         for active in ended:
+            if active.run.id in done:
+                continue
             self._record_end(active)
             del self.active[active.run.id]
         return len(ended)
+
+    def _completed(self, active: ActiveRun) -> None:
+        duration = time.monotonic() - active.started
+        metrics.RUN_DURATION.labels(active.run.deployment, S.COMPLETED.value).observe(duration)
+        active.bound.info("run completed", exit_code=0, duration=round(duration, 3))
 
     def _record_end(self, active: ActiveRun) -> None:
         """Write the outcome; a database error leaves the run in ``active`` to be retried."""
