@@ -14,6 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from orchd import metrics
 from orchd.config import load_config
+from orchd.db.engine import make_engine
 from orchd.db.store import Store
 from orchd.errors import ConfigError, OrchdError
 from orchd.scheduler.daemon import Scheduler
@@ -95,6 +96,25 @@ def test_scheduler_and_worker_metrics(endpoint: int, make_config: MakeConfig, st
     standby = scrape(endpoint)
     assert value(standby, "orchd_scheduler_leader") == 0
     assert not [key for key in standby if key[0] == "orchd_queue_depth"]  # only the leader reports the queue
+
+
+def test_database_errors_are_counted(endpoint: int, tmp_path: Path) -> None:
+    config = load_config(
+        write_config(tmp_path / "orchd.toml", "postgresql://u:pw@127.0.0.1:1/gone", ""), env={}
+    )
+    before = value(scrape(endpoint), "orchd_database_errors_total", daemon="scheduler")
+    stop = threading.Event()
+    scheduler = Scheduler(config, Store(make_engine(config.database), "scheduler"))
+    thread = threading.Thread(target=scheduler.run, args=(stop,))
+    thread.start()
+    try:
+        wait_for(
+            lambda: value(scrape(endpoint), "orchd_database_errors_total", daemon="scheduler") > before,
+            what="a database error counted",
+        )
+    finally:
+        stop.set()
+        thread.join(timeout=10)
 
 
 def test_a_busy_port_is_one_clear_error() -> None:

@@ -39,7 +39,7 @@ metrics_option = click.option(
 
 def _configured(config_path: Path | None, metrics_listen: str | None) -> Config:
     """Load the config, set up logging, and serve metrics when asked: before the database is
-    waited for, so a daemon stuck waiting shows up in monitoring with its database errors."""
+    waited for, so a daemon stuck waiting is up for Prometheus (and visibly not leading, not claiming)."""
     config = load(config_path)
     configure(config.logging.level, config.logging.format)
     listen = config.metrics.listen if metrics_listen is None else metrics_listen

@@ -30,7 +30,7 @@ from orchd.states import ACTIVE, FINISHED, RETRYABLE, RunState, record_created
 
 S = RunState
 #: States a run waits or works in: counted live (the finished ones only grow, and have counters).
-LIVE: tuple[str, ...] = (S.SCHEDULED.value, *(s.value for s in ACTIVE))
+LIVE: tuple[str, ...] = (S.SCHEDULED.value, S.PENDING.value, S.RUNNING.value, S.CANCELLING.value)
 
 
 class NotFound(OrchdError):
