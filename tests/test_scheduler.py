@@ -278,3 +278,22 @@ def test_rrule_schedule_materializes(store: Store, make_config: MakeConfig) -> N
     scheduler.clock.now = datetime(2026, 11, 22, 12, tzinfo=UTC)  # type: ignore[attr-defined]
     scheduler.tick()
     assert _times(store) == [datetime(2026, 11, 23, 8, tzinfo=UTC), datetime(2026, 11, 24, 8, tzinfo=UTC)]
+
+
+def test_retention_prunes_old_finished_runs_with_their_history(store: Store, make_config: MakeConfig) -> None:
+    config = make_config('[[deployments]]\nname = "job"\ncommand = ["true"]\n')
+    store.sync(config, T0)
+    old_done = store.create_run("job", T0)
+    old_waiting = store.create_run("job", T0, at=T0 + timedelta(days=40))  # created long ago, still waiting
+    recent = store.create_run("job", T0 + timedelta(days=29))
+    store.append_logs([{"run_id": old_done, "attempt": 1, "at": T0, "stream": "stdout", "line": "x"}])
+    for run_id, at in ((old_done, T0), (recent, T0 + timedelta(days=29))):
+        assert store.claim("w", ["default"], 1, at, at + timedelta(minutes=1))[0].id == run_id
+        assert store.start(run_id, "w", 1, at)
+        store.complete_many([run_id], "w", at)
+    pruned = store.prune(T0 + timedelta(days=31), retention=30 * 86400)
+    assert pruned == 1
+    assert store.get_run(old_done) is None
+    assert store.run_history(old_done) == [] and store.run_logs(old_done) == []
+    assert store.get_run(old_waiting) is not None  # never finished: not history yet
+    assert store.get_run(recent) is not None

@@ -193,3 +193,36 @@ def test_claims_under_contention_execute_each_run_once(
     assert len(workers) > 1
     for e in engines:
         e.dispose()
+
+
+def test_retry_delays_grow_by_the_backoff(store: Store, make_config: MakeConfig) -> None:
+    config = _deploy(
+        make_config,
+        store,
+        """
+    [[deployments]]
+    name = "flaky"
+    command = ["false"]
+    retries = 2
+    retry_delay = "300ms"
+    retry_backoff = 3.0
+    """,
+    )
+    run_id = store.create_run("flaky", NOW)
+    _burst_until_done(config, store, run_id)
+    retries = [h for h in store.run_history(run_id) if h.to_state == "SCHEDULED" and h.from_state]
+    delays = [float(h.reason.split(" in ")[1].rstrip("s")) for h in retries]
+    assert len(delays) == 2
+    assert 0.27 <= delays[0] <= 0.33 and 0.81 <= delays[1] <= 0.99  # 0.3 s, then x3, +-10% jitter
+    starts = [h.at for h in store.run_history(run_id) if h.to_state == "RUNNING"]
+    assert (starts[1] - starts[0]).total_seconds() >= 0.27
+    assert (starts[2] - starts[1]).total_seconds() >= 0.81
+
+
+def _burst_until_done(config: Config, store: Store, run_id: int) -> None:
+    """Burst workers until the run is final: a burst worker leaves a retry that is not yet due."""
+    deadline = datetime.now(UTC).timestamp() + 30
+    while store.get_run(run_id).state not in ("COMPLETED", "FAILED"):  # type: ignore[union-attr]
+        assert datetime.now(UTC).timestamp() < deadline, "the run did not finish"
+        _burst(config, store)
+        threading.Event().wait(0.05)
