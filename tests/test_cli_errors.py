@@ -7,6 +7,9 @@ was (every row of every table compared), so sharing it across the cases is the p
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +26,7 @@ from orchd.errors import EX_CONFIG, EX_USAGE
 from orchd.states import RunState
 from tests.cli_support import Orchd, now, one_line_error, snapshot, write_config
 from tests.conftest import BACKENDS
+from tests.helpers import BIN
 from tests.pg import PgServer
 
 S = RunState
@@ -209,11 +213,27 @@ def test_a_broken_config_file_is_a_config_error_and_stays_as_it_is(tmp_path: Pat
     assert path.read_text() == "[worker]\nconcurrency = 'many'\n"
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads a file despite chmod 000")
 def test_permission_denied_on_the_config(tmp_path: Path) -> None:
     path = write_config(tmp_path / "orchd.toml", f"sqlite:///{tmp_path / 'orchd.db'}")
-    path.chmod(0)
-    one_line_error(Orchd(path, tmp_path / "state")("run", "ls"), EX_CONFIG, "permission denied")
+    path.chmod(0o600)
+    if os.geteuid() != 0:
+        path.chmod(0)
+        one_line_error(Orchd(path, tmp_path / "state")("run", "ls"), EX_CONFIG, "permission denied")
+        return
+    if not shutil.which("setpriv"):
+        pytest.skip("root reads any file; setpriv is needed to try as another user")
+    as_nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", str(BIN / "orchd")]
+    with tempfile.TemporaryDirectory() as searchable:  # the file unreadable, or a directory on its way
+        Path(searchable).chmod(0o755)
+        readable_dir = Path(searchable) / "orchd.toml"
+        readable_dir.write_bytes(path.read_bytes())
+        readable_dir.chmod(0o600)
+        for config in (readable_dir, path):
+            result = subprocess.run(
+                [*as_nobody, "run", "ls", "--config", str(config)], capture_output=True, text=True
+            )
+            assert (result.returncode, result.stdout) == (EX_CONFIG, "")
+            assert result.stderr == f"orchd: error: {config}: permission denied reading the config file\n"
 
 
 def test_a_usage_error_of_a_daemon_is_one_line() -> None:

@@ -12,10 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
+from orchd.cli import main
 from orchd.db.store import Store
 from orchd.states import RunState
-from tests.cli_support import Orchd, now, write_config
+from tests.cli_support import Orchd, clean_env, now, write_config
 from tests.helpers import daemons, wait_for
 
 S = RunState
@@ -256,3 +258,12 @@ def test_run_logs_follow_tails_a_live_run_until_it_finishes(
     assert followed.stdout == "first\nsecond\n"
     row = store.get_run(run_id)
     assert row is not None and row.state == "COMPLETED"
+
+
+def test_states_are_coloured_on_a_terminal_only(orchd: Orchd, store: Store) -> None:
+    finish(store, store.create_run("hello", now()))
+    args = ["run", "ls", "--config", str(orchd.path)]
+    terminal = CliRunner().invoke(main, args, env=clean_env(orchd.state_dir), color=True)
+    assert "\x1b[32mCOMPLETED\x1b[0m" in terminal.stdout
+    no_color = CliRunner().invoke(main, args, env=clean_env(orchd.state_dir, NO_COLOR="1"), color=True)
+    assert "\x1b[" not in no_color.stdout and "COMPLETED" in no_color.stdout

@@ -20,14 +20,14 @@ from orchd.config import Config, load_config
 from orchd.db import migrate
 from orchd.db.engine import describe, make_engine, parse_url
 from orchd.db.store import Store
-from orchd.errors import EX_USAGE, DatabaseUnavailable, OrchdError
+from orchd.errors import EX_USAGE, ConfigError, DatabaseUnavailable, OrchdError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 config_option = click.option(
     "--config",
     "config_path",
-    type=click.Path(path_type=Path),
+    type=click.Path(path_type=Path, readable=False),  # the loader says what is wrong, with exit 78
     default=None,
     help="Config file (default: $ORCHD_CONFIG or /etc/orchd/orchd.toml).",
 )
@@ -70,6 +70,9 @@ def friendly(func: F) -> F:
         except DBAPIError as exc:
             _debug()
             fail(f"database error: {_last_line(exc)} (is the schema current? `orchd db status`)")
+        except OSError as exc:  # a file orchd was told to use cannot be read or written
+            _debug()
+            fail(f"{exc.filename}: {exc.strerror}" if exc.filename else str(exc))
 
     return wrapper  # type: ignore[return-value]
 
@@ -120,7 +123,10 @@ def actor() -> str:
 
 
 def load(config_path: Path | None) -> Config:
-    return load_config(config_path)
+    try:
+        return load_config(config_path)
+    except PermissionError as exc:  # a directory on the way that may not be searched
+        raise ConfigError(f"{exc.filename}: permission denied reading the config file") from None
 
 
 def open_store(config: Config, *, schema: bool = True, create: bool = False) -> Store:

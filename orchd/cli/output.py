@@ -70,7 +70,7 @@ def coloured(state: str) -> str:
     colour = _STATE_COLOURS.get(state)
     if colour is None or os.environ.get("NO_COLOR"):
         return state
-    return click.style(state, fg=colour, bold=colour == "red")
+    return click.style(state, fg=colour, bold=True if colour == "red" else None)
 
 
 def print_json(value: Any) -> None:
