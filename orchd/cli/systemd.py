@@ -30,19 +30,19 @@ PACKAGED_BINDIR = Path("/usr/bin")
 UNIT_DIR = Path("/etc/systemd/system")
 USER_PATTERN = r"[a-z_][a-z0-9_-]{0,30}"
 
-SCHEDULER = """\
+# The service both daemons share; the parts in {braces} differ ({{user}} and {bindir} are filled
+# in at install time).
+_SERVICE = """\
 [Unit]
-Description=orchd scheduler: turns schedules into runs
+Description={description}
 Wants=network-online.target
-After=network-online.target postgresql.service
+After={after}
 PartOf=orchd.target
 
 [Service]
 Type=notify
 NotifyAccess=main
-ExecStart={bindir}/orchd-scheduler
-ExecReload=/bin/kill -HUP $MAINPID
-Restart=on-failure
+{execution}Restart=on-failure
 RestartSec=2s
 # 78 (EX_CONFIG) is a bad config: restarting cannot fix it
 RestartPreventExitStatus=78
@@ -50,9 +50,8 @@ RestartPreventExitStatus=78
 WatchdogSec=60s
 # READY=1 comes once the database answers and its schema is current
 TimeoutStartSec=5min
-TimeoutStopSec=30s
-User={user}
-Group={user}
+{stopping}User={{user}}
+Group={{user}}
 StateDirectory=orchd
 StateDirectoryMode=0750
 ConfigurationDirectory=orchd
@@ -63,7 +62,12 @@ SyslogLevel=err
 # The database URL as a credential instead of in orchd.toml, in a drop-in:
 #   LoadCredential=database-url:/etc/orchd/database-url
 
-# Sandbox.  The network stays open: the database may be a PostgreSQL on another host.
+{sandbox}
+[Install]
+WantedBy=multi-user.target orchd.target
+"""
+
+_HARDENING = """\
 NoNewPrivileges=yes
 CapabilityBoundingSet=
 ProtectSystem=strict
@@ -92,81 +96,41 @@ SystemCallArchitectures=native
 SystemCallFilter=@system-service
 SystemCallFilter=~@privileged @resources
 SystemCallErrorNumber=EPERM
-
-[Install]
-WantedBy=multi-user.target orchd.target
 """
+#: What the worker's runs (user code: JITs, /proc readers, resource limits) must be allowed.
+_NOT_FOR_RUNS = {"ProcSubset=pid", "MemoryDenyWriteExecute=yes", "SystemCallFilter=~@privileged @resources"}
 
-WORKER = """\
-[Unit]
-Description=orchd worker for pool %i
-Wants=network-online.target
-After=network-online.target postgresql.service orchd-scheduler.service
-PartOf=orchd.target
+SCHEDULER = _SERVICE.format(
+    description="orchd scheduler: turns schedules into runs",
+    after="network-online.target postgresql.service",
+    execution="ExecStart={bindir}/orchd-scheduler\nExecReload=/bin/kill -HUP $MAINPID\n",
+    stopping="TimeoutStopSec=30s\n",
+    sandbox="# Sandbox.  The network stays open: the database may be a PostgreSQL on another host.\n"
+    + _HARDENING,
+)
 
-[Service]
-Type=notify
-NotifyAccess=main
-# No ExecReload=: a worker reads deployments from the database, so only the scheduler reloads;
-# worker settings change with a restart, which lets running runs finish first.
-ExecStart={bindir}/orchd-worker --pool %i
-Restart=on-failure
-RestartSec=2s
-# 78 (EX_CONFIG) is a bad config: restarting cannot fix it
-RestartPreventExitStatus=78
-# WATCHDOG=1 comes from the main loop, so a loop hung this long is killed and restarted
-WatchdogSec=60s
-# READY=1 comes once the database answers and its schema is current
-TimeoutStartSec=5min
-# SIGTERM goes to the worker alone: it stops claiming, lets its runs finish for
-# worker.shutdown_grace (30s), then stops the rest (worker.kill_grace, 10s) and hands them
-# back.  Whatever is still there after TimeoutStopSec gets SIGKILL.
-KillMode=mixed
-TimeoutStopSec=60s
-User={user}
-Group={user}
-StateDirectory=orchd
-StateDirectoryMode=0750
-ConfigurationDirectory=orchd
-ConfigurationDirectoryMode=0750
-UMask=0027
-# Lines that bypass the structured log (a refused config, a crash's traceback) are errors
-SyslogLevel=err
-# The database URL as a credential instead of in orchd.toml, in a drop-in:
-#   LoadCredential=database-url:/etc/orchd/database-url
-
-# Sandbox, which the runs (user code) share.  Runs may write only to /var/lib/orchd (their
-# default working directory); relax in a drop-in (systemctl edit orchd-worker@POOL), e.g.
-#   ReadWritePaths=/srv/backup    ProtectHome=read-only    PrivateDevices=no
-NoNewPrivileges=yes
-CapabilityBoundingSet=
-ProtectSystem=strict
-ProtectHome=yes
-PrivateTmp=yes
-PrivateDevices=yes
-DevicePolicy=closed
-PrivateUsers=yes
-PrivateMounts=yes
-ProtectKernelTunables=yes
-ProtectKernelModules=yes
-ProtectKernelLogs=yes
-ProtectControlGroups=yes
-ProtectClock=yes
-ProtectHostname=yes
-ProtectProc=invisible
-RestrictNamespaces=yes
-RestrictRealtime=yes
-RestrictSUIDSGID=yes
-LockPersonality=yes
-RemoveIPC=yes
-RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6
-SystemCallArchitectures=native
-SystemCallFilter=@system-service
-SystemCallErrorNumber=EPERM
-
-[Install]
-WantedBy=multi-user.target orchd.target
-"""
+WORKER = _SERVICE.format(
+    description="orchd worker for pool %i",
+    after="network-online.target postgresql.service orchd-scheduler.service",
+    execution=(
+        "# No ExecReload=: a worker reads deployments from the database, so only the scheduler reloads;\n"
+        "# worker settings change with a restart, which lets running runs finish first.\n"
+        "ExecStart={bindir}/orchd-worker --pool %i\n"
+    ),
+    stopping=(
+        "# SIGTERM goes to the worker alone: it stops claiming, lets its runs finish for\n"
+        "# worker.shutdown_grace (30s), then stops the rest (worker.kill_grace, 10s) and hands them\n"
+        "# back.  Whatever is still there after TimeoutStopSec gets SIGKILL.\n"
+        "KillMode=mixed\n"
+        "TimeoutStopSec=60s\n"
+    ),
+    sandbox=(
+        "# Sandbox, which the runs (user code) share.  Runs may write only to /var/lib/orchd (their\n"
+        "# default working directory); relax in a drop-in (systemctl edit orchd-worker@POOL), e.g.\n"
+        "#   ReadWritePaths=/srv/backup    ProtectHome=read-only    PrivateDevices=no\n"
+        + "".join(f"{line}\n" for line in _HARDENING.splitlines() if line not in _NOT_FOR_RUNS)
+    ),
+)
 
 TARGET = """\
 [Unit]
