@@ -770,12 +770,12 @@ class Store:
         if limit <= 0:
             return []
         with self.engine.begin() as conn:
-            pool_rows = conn.execute(
-                select(pools.c.name, pools.c.concurrency_limit, pools.c.paused)
-                .where(pools.c.name.in_(list(pool_names)))
-                .order_by(pools.c.name)
-                .with_for_update()
-            ).all()
+            pool_info = select(pools.c.name, pools.c.concurrency_limit, pools.c.paused).order_by(pools.c.name)
+            pool_rows = conn.execute(pool_info.where(pools.c.name.in_(list(pool_names)))).all()
+            limited = [r.name for r in pool_rows if r.concurrency_limit]
+            if limited:  # only limited pools serialise their claimers, on their row
+                locked = conn.execute(pool_info.where(pools.c.name.in_(limited)).with_for_update()).all()
+                pool_rows = [r for r in pool_rows if r.name not in limited] + list(locked)
             open_pools = [p for p in pool_names if not any(r.name == p and r.paused for r in pool_rows)]
             pool_caps = {
                 r.name: r.concurrency_limit for r in pool_rows if r.concurrency_limit and not r.paused
