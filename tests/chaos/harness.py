@@ -1,0 +1,477 @@
+"""Chaos: real schedulers and workers on a real PostgreSQL, SIGKILLed at random, then audited.
+
+    python -m tests.chaos.harness --seconds 300     (make chaos; make test runs 60 s of it)
+
+orchd promises "nothing lost, nothing doubled" through crashes.  This harness tries to break that
+promise the way production does: a mix of deployments (fast, slow, serial with overlap = skip,
+failing with retries, timing out) runs while, every few seconds, a random daemon (sometimes the
+leading scheduler) is SIGKILLed and restarted, and PostgreSQL is restarted once.  Then it stops
+the chaos, lets the fleet drain, stops it with SIGTERM and checks the invariants of
+tests/chaos/checks.py straight from the database and from a ledger that every run's child
+appends to (a start and an end line with run id, attempt, pid, its worker's pid and a timestamp).
+
+Leases are short (a few seconds) so crashes are detected within the budget; catch-up is "all"
+and misfire_grace long, so every fire time in the window must have a run.  The summary is
+printed and written as JSON (default tests/chaos/results/latest.json); the exit status is 1 when
+any invariant was violated.  Everything the harness starts is stopped by PID, and its database
+and temp dir are removed, however it ends.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import tomli_w
+from sqlalchemy import Engine, func, select
+from sqlalchemy.exc import DBAPIError
+
+from orchd.config import load_config
+from orchd.db.engine import make_engine
+from orchd.db.schema import deployments, run_states, runs, schedulers, schedules
+from orchd.states import FINISHED, RunState
+from tests.chaos.checks import Job, Observed, Violation, check_all, read_ledger, unexplained_crashes
+from tests.chaos.fleet import KINDS, Daemon, Fleet
+from tests.pg import PgServer, postgres_server
+
+S = RunState
+RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
+LEASE = 3.0
+#: The command of every deployment: the ledger lines around the work.  A SIGTERM (timeout, lost
+#: lease, shutdown) still writes the end line; a SIGKILL (the child dies with its worker) does not.
+JOB_SCRIPT = """\
+ledger=$1 seconds=$2 status=$3
+echo "start $ORCHD_RUN_ID $ORCHD_ATTEMPT $$ $PPID $(date +%s.%N)" >> "$ledger"
+trap 'echo "end $ORCHD_RUN_ID $ORCHD_ATTEMPT $$ term $(date +%s.%N)" >> "$ledger"; exit 143' TERM
+[ "$seconds" = 0 ] || sleep "$seconds"
+echo "end $ORCHD_RUN_ID $ORCHD_ATTEMPT $$ $status $(date +%s.%N)" >> "$ledger"
+exit "$status"
+"""
+JOBS = (
+    Job("fast", "1s", 0, 0, retries=1, outcome=S.COMPLETED),
+    Job("slow", "2s", 3, 0, retries=1, outcome=S.COMPLETED),
+    Job("serial", "2s", 3, 0, retries=1, outcome=S.COMPLETED, overlap="skip"),
+    Job("failing", "3s", 0.2, 3, retries=2, outcome=S.FAILED),
+    Job("timeout", "4s", 30, 0, retries=1, outcome=S.TIMED_OUT, timeout="1s"),
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    seconds: float = 300.0
+    seed: int | None = None
+    schedulers: int = 2
+    workers: int = 3
+    #: Seconds between two kills, and before a killed daemon is started again (uniform ranges).
+    kill_every: tuple[float, float] = (2.0, 5.0)
+    restart_after: tuple[float, float] = (0.5, 4.0)
+    drain_timeout: float = 120.0
+    results: Path | None = RESULTS
+    keep: bool = False  # keep the temp dir (config, ledger, daemon logs) for a post-mortem
+
+
+@dataclass
+class Summary:
+    seconds: float
+    seed: int
+    wall_seconds: float = 0.0
+    runs: int = 0
+    runs_by_state: dict[str, int] = field(default_factory=dict)
+    runs_by_deployment: dict[str, dict[str, int]] = field(default_factory=dict)
+    executions: int = 0
+    kills: dict[str, int] = field(default_factory=dict)
+    leader_kills: int = 0
+    restarts: int = 0
+    pg_restarts: int = 0
+    unexplained_crashes: list[str] = field(default_factory=list)
+    violations: list[Violation] = field(default_factory=list)
+    work_dir: str | None = None
+
+    def render(self) -> str:
+        lines = [
+            f"chaos: {self.seconds:g}s of chaos, seed {self.seed}, {self.wall_seconds:.0f}s wall time",
+            f"runs: {self.runs} ({_counts(self.runs_by_state)}), executions in the ledger: {self.executions}",
+            *(f"  {dep}: {_counts(states)}" for dep, states in sorted(self.runs_by_deployment.items())),
+            f"kills: {_counts(self.kills)} (leader scheduler {self.leader_kills}), "
+            f"restarts: {self.restarts}, PostgreSQL restarts: {self.pg_restarts}",
+        ]
+        if self.unexplained_crashes:
+            lines.append(
+                f"crashes without a kill or outage (not violations): {len(self.unexplained_crashes)}"
+            )
+            lines += [f"  {note}" for note in self.unexplained_crashes[:20]]
+        lines.append(f"violations: {len(self.violations)}")
+        lines += [f"  [{v.check}] {v.detail}" for v in self.violations]
+        if self.work_dir:
+            lines.append(f"kept: {self.work_dir}")
+        return "\n".join(lines)
+
+
+def _counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{k} {n}" for k, n in sorted(counts.items())) or "none"
+
+
+def write_config(path: Path, url: str, ledger: Path, work: Path, tag: str) -> None:
+    body: dict[str, Any] = {
+        "database": {"url": url},
+        "scheduler": {"loop_interval": "250ms", "horizon": "10s", "catchup": "all", "misfire_grace": "10m"},
+        "worker": {
+            "concurrency": 4,
+            "heartbeat": "500ms",
+            "lease_timeout": f"{LEASE:g}s",
+            "poll_interval": "1s",
+            "shutdown_grace": "20s",
+            "kill_grace": "1s",
+            "work_dir": str(work),
+        },
+        "deployments": [
+            {
+                "name": job.name,
+                "command": [
+                    "sh",
+                    "-c",
+                    JOB_SCRIPT,
+                    "orchd-chaos-job",
+                    str(ledger),
+                    f"{job.seconds:g}",
+                    str(job.status),
+                ],
+                "env": {"CHAOS_TAG": tag},
+                "retries": job.retries,
+                "retry_delay": "1s",
+                "retry_backoff": 1.0,
+                "schedules": [job.schedule],
+                **({"timeout": job.timeout} if job.timeout else {}),
+                **({"overlap": job.overlap} if job.overlap != "allow" else {}),
+            }
+            for job in JOBS
+        ],
+    }
+    path.write_text(tomli_w.dumps(body))
+
+
+class Chaos:
+    """One chaos run: the database, the fleet, the kills, the drain and the audit."""
+
+    def __init__(self, settings: Settings, server: PgServer, url: str, work: Path) -> None:
+        self.settings = settings
+        self.seed = settings.seed if settings.seed is not None else random.randrange(2**32)
+        self.rng = random.Random(self.seed)
+        self.server = server
+        self.engine: Engine = make_engine(load_config("/dev/null", env={"ORCHD_DATABASE_URL": url}).database)
+        self.ledger = work / "ledger"
+        self.ledger.touch()
+        (work / "logs").mkdir()
+        config = work / "orchd.toml"
+        tag = uuid.uuid4().hex
+        write_config(config, url, self.ledger, work / "runs", tag)
+        self.fleet = Fleet.of(config, work / "logs", tag, settings.schedulers, settings.workers)
+        self.outages: list[tuple[float, float]] = []
+        self.leader_kills = 0
+        self.violations: list[Violation] = []
+        self.t0 = time.monotonic()
+
+    def say(self, message: str) -> None:
+        print(f"[{time.monotonic() - self.t0:6.1f}s] {message}", flush=True)
+
+    def run(self) -> Summary:
+        started = datetime.now(UTC)
+        for daemon in self.fleet.daemons:
+            self.fleet.start(daemon)
+        if not self._wait(
+            "a first completed run", lambda: self._count(runs.c.state == S.COMPLETED.value) > 0, 60
+        ):
+            raise RuntimeError(f"the fleet did not come up; newest daemon log:\n{self.fleet.last_log()}")
+        self.say(
+            f"fleet up: {self.settings.schedulers} schedulers, {self.settings.workers} workers; chaos begins"
+        )
+        self._chaos()
+        ended = datetime.now(UTC)
+        drained_at = self._drain(ended)
+        self.fleet.watch_orphans(force=True)
+        return self._audit((started, ended), drained_at)
+
+    # ------------------------------------------------------------------ chaos
+
+    def _chaos(self) -> None:
+        settings, rng = self.settings, self.rng
+        start = time.monotonic()
+        end = start + settings.seconds
+        pg_at = start + settings.seconds / 2 if self.server.data_dir is not None else None
+        if pg_at is None:
+            self.say("PostgreSQL is an external server (ORCHD_TEST_DATABASE_URL): it will not be restarted")
+        next_kill = start + rng.uniform(*settings.kill_every)
+        while (now := time.monotonic()) < end:
+            self._tend()
+            if pg_at is not None and now >= pg_at:
+                pg_at = None
+                self._restart_postgres()
+            elif now >= next_kill:
+                self._strike()
+                next_kill = now + rng.uniform(*settings.kill_every)
+            time.sleep(0.1)
+
+    def _strike(self) -> None:
+        """SIGKILL one daemon; the last one of its kind only now and then (a full outage)."""
+        kind = self.rng.choices(KINDS, weights=(2, 3))[0]
+        alive = self.fleet.alive(kind)
+        if not alive or (len(alive) == 1 and self.rng.random() > 0.25):
+            return
+        leader = self._leader_pid() if kind == "scheduler" else None
+        victim: Daemon = self.rng.choice(alive)
+        if leader is not None and self.rng.random() < 0.5:
+            victim = next((d for d in alive if d.pid == leader), victim)
+        is_leader = victim.pid == leader
+        self.leader_kills += int(is_leader)
+        restart_in = self.rng.uniform(*self.settings.restart_after)
+        kill = self.fleet.kill(victim, is_leader, restart_in)
+        self.say(
+            f"SIGKILL {victim.label} (pid {kill.pid}{', leader' if is_leader else ''}"
+            f"{f', {len(kill.run_groups)} runs' if kill.run_groups else ''}); restart in {restart_in:.1f}s"
+        )
+
+    def _leader_pid(self) -> int | None:
+        alive = [d.pid for d in self.fleet.alive("scheduler")]
+        try:
+            with self.engine.connect() as conn:
+                rows = conn.execute(
+                    select(schedulers.c.pid, schedulers.c.last_tick_at).where(
+                        schedulers.c.pid.in_(alive), schedulers.c.role == "leader"
+                    )
+                ).all()
+        except DBAPIError:  # the database is restarting: any victim will do
+            return None
+        return max(rows, key=lambda r: r.last_tick_at).pid if rows else None
+
+    def _restart_postgres(self) -> None:
+        """A clean fast shutdown: the test cluster runs without fsync, so an immediate stop could lose
+        commits, and what looked like an orchd bug would be the harness's doing."""
+        down_for = self.rng.uniform(1.0, 3.0)
+        self.say(f"PostgreSQL: fast shutdown, back in {down_for:.1f}s")
+        self.engine.dispose()
+        stopped = time.time()
+        self.server.stop()
+        self._idle(down_for)
+        self.server.start()
+        self.outages.append((stopped, time.time()))
+        self.say("PostgreSQL: up again")
+
+    def _tend(self) -> None:
+        before = len(self.fleet.unexpected_exits)
+        self.fleet.tend()
+        for kind, pid, status in self.fleet.unexpected_exits[before:]:
+            self.violations.append(Violation("daemon exit", f"{kind} pid {pid} exited on its own: {status}"))
+            self.say(f"{kind} pid {pid} exited on its own ({status}); restarting it")
+        self.fleet.watch_orphans()
+
+    def _idle(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            self._tend()
+            time.sleep(0.1)
+
+    # ------------------------------------------------------------------ drain
+
+    def _drain(self, chaos_end: datetime) -> datetime:
+        """Every daemon up until the window's runs are finished; then the schedulers stop (no new
+        runs), and once nothing is due or waiting to start the workers are stopped with SIGTERM
+        (what still runs finishes within their shutdown grace).  Returns when nothing was due.
+
+        A run PENDING for longer than a lease after its claim whose lease is still being extended
+        will not move on its own (the worker that claimed it keeps it alive without running it):
+        waiting for it would only time out, so the drain leaves it to the audit, which reports it."""
+        self.fleet.start_all_stopped()
+        self.say("chaos over: all daemons up, draining")
+        timeout = self.settings.drain_timeout
+        drained_at = datetime.now(UTC)
+
+        def settled(waiting: Callable[[datetime], Any]) -> Callable[[], bool]:
+            def done() -> bool:
+                nonlocal drained_at
+                now = datetime.now(UTC)
+                held = (
+                    (runs.c.state == S.PENDING.value)
+                    & (runs.c.claimed_at < now - timedelta(seconds=2 * LEASE))
+                    & (runs.c.lease_expires_at > now)
+                )
+                drained_at = now
+                return self._count(waiting(now) & ~held) == 0
+
+            return done
+
+        def window_open(now: datetime) -> Any:
+            return (runs.c.scheduled_for <= chaos_end) & runs.c.state.not_in([s.value for s in FINISHED])
+
+        def due_or_starting(now: datetime) -> Any:
+            due = (runs.c.state == S.SCHEDULED.value) & (runs.c.due_at <= now)
+            return due | (runs.c.state == S.PENDING.value)
+
+        self._wait("the window's runs to finish", settled(window_open), timeout)
+        self.fleet.stop_kind("scheduler", 30)
+        self._wait("nothing due or starting", settled(due_or_starting), timeout)
+        self.fleet.stop_kind("worker", 60)
+        for pid, (kind, status) in sorted(self.fleet.stop_status.items()):
+            if status != 0:
+                self.violations.append(
+                    Violation("daemon exit", f"{kind} pid {pid} exited {status} on SIGTERM")
+                )
+        self.say("drained and stopped")
+        return drained_at
+
+    def _wait(self, what: str, done: Callable[[], bool], timeout: float) -> bool:
+        """Poll ``done`` while tending the fleet; a timeout is a violation (the fleet did not drain)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self._tend()
+            try:
+                if done():
+                    return True
+            except DBAPIError:
+                pass  # the schema is not there yet, or the database is restarting
+            time.sleep(0.2)
+        self.violations.append(Violation("drain", f"timed out after {timeout:g}s waiting for {what}"))
+        self.say(f"timed out waiting for {what}")
+        return False
+
+    def _count(self, condition: Any) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(runs).where(condition)).scalar_one())
+
+    # ------------------------------------------------------------------ audit
+
+    def _audit(self, window: tuple[datetime, datetime], drained_at: datetime) -> Summary:
+        with self.engine.connect() as conn:
+            run_rows = conn.execute(
+                select(
+                    runs,
+                    deployments.c.name.label("deployment"),
+                ).join(deployments, deployments.c.id == runs.c.deployment_id)
+            ).all()
+            history: dict[int, list[Any]] = defaultdict(list)
+            for h in conn.execute(select(run_states).order_by(run_states.c.run_id, run_states.c.id)):
+                history[h.run_id].append(h)
+            schedule_rows = conn.execute(
+                select(deployments.c.name.label("deployment"), schedules.c.key, schedules.c.created_at).join(
+                    deployments, deployments.c.id == schedules.c.deployment_id
+                )
+            ).all()
+        executions, problems = read_ledger(self.ledger)
+        observed = Observed(
+            jobs=JOBS,
+            runs=run_rows,
+            history=history,
+            schedules=schedule_rows,
+            executions=executions,
+            worker_kills={k.pid: k.at for k in self.fleet.kills if k.kind == "worker"},
+            outages=self.outages,
+            window=window,
+            drained_at=drained_at,
+            lease=LEASE,
+            orphans=self.fleet.orphans,
+        )
+        by_deployment: dict[str, Counter[str]] = defaultdict(Counter)
+        for r in run_rows:
+            by_deployment[r.deployment][r.state] += 1
+        return Summary(
+            seconds=self.settings.seconds,
+            seed=self.seed,
+            runs=len(run_rows),
+            runs_by_state=dict(Counter(r.state for r in run_rows)),
+            runs_by_deployment={dep: dict(c) for dep, c in by_deployment.items()},
+            executions=len(executions),
+            kills=dict(Counter(k.kind for k in self.fleet.kills)),
+            leader_kills=self.leader_kills,
+            restarts=self.fleet.restarts,
+            pg_restarts=len(self.outages),
+            unexplained_crashes=unexplained_crashes(observed),
+            violations=[*self.violations, *problems, *check_all(observed)],
+        )
+
+    def close(self) -> None:
+        self.fleet.cleanup()
+        self.engine.dispose()
+
+
+@contextmanager
+def _database(server: PgServer) -> Iterator[str]:
+    name = server.create_database()
+    try:
+        yield server.url_for(name)
+    finally:
+        with suppress(Exception):  # the server may be the thing that failed
+            server.drop_database(name)
+
+
+def run(settings: Settings) -> Summary:
+    """One chaos run; its summary (also written to ``settings.results``)."""
+    clock = time.monotonic()
+    work = Path(tempfile.mkdtemp(prefix="orchd-chaos-"))
+    try:
+        with postgres_server() as server, _database(server) as url:
+            chaos = Chaos(settings, server, url, work)
+            try:
+                summary = chaos.run()
+            finally:
+                chaos.close()
+    finally:
+        if not settings.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    summary.wall_seconds = round(time.monotonic() - clock, 1)
+    summary.work_dir = str(work) if settings.keep else None
+    if settings.results is not None:
+        settings.results.parent.mkdir(parents=True, exist_ok=True)
+        report = {
+            "host": socket.gethostname(),
+            "finished_at": datetime.now(UTC).isoformat(),
+            **asdict(summary),
+        }
+        settings.results.write_text(json.dumps(report, indent=2) + "\n")
+    return summary
+
+
+def _stop_on_sigterm(signum: int, _frame: FrameType | None) -> None:
+    raise KeyboardInterrupt  # unwinds through every cleanup, as Ctrl-C does
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.chaos.harness", description=__doc__.split("\n")[0])
+    parser.add_argument("--seconds", type=float, default=300.0, help="chaos budget (default 300)")
+    parser.add_argument("--seed", type=int, help="random seed, to replay a run's choices")
+    parser.add_argument("--schedulers", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=3)
+    parser.add_argument("--results", type=Path, default=RESULTS, help=f"JSON summary (default {RESULTS})")
+    parser.add_argument("--keep", action="store_true", help="keep config, ledger and daemon logs")
+    args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    summary = run(
+        Settings(
+            seconds=args.seconds,
+            seed=args.seed,
+            schedulers=args.schedulers,
+            workers=args.workers,
+            results=args.results,
+            keep=args.keep,
+        )
+    )
+    print(summary.render())
+    return 1 if summary.violations else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
