@@ -123,18 +123,35 @@ def test_sigterm_lets_a_running_run_finish(tmp_path: Path, db_url: str) -> None:
     assert row is not None and row.state == "COMPLETED"
 
 
-def test_sigkilled_worker_leaves_no_child_running(tmp_path: Path, db_url: str) -> None:
-    config = _config(tmp_path, db_url, '[[deployments]]\nname = "long"\ncommand = ["sleep", "60"]\n')
+def test_sigkilled_worker_leaves_no_process_of_its_runs(tmp_path: Path, db_url: str) -> None:
+    """The run's child dies by PDEATHSIG, the grandchild it started by the worker's guardian."""
+    grandchild_file = tmp_path / "grandchild.pid"
+    config = _config(
+        tmp_path,
+        db_url,
+        f"""
+    [[deployments]]
+    name = "long"
+    command = ["sh", "-c", "sleep 60 & echo $! > {grandchild_file}; wait"]
+    """,
+    )
     store = _store(db_url)
     store.sync(load_config(config), datetime.now(UTC))
     run_id = store.create_run("long", datetime.now(UTC))
     with daemons(tmp_path) as group:
         worker = group.start("orchd-worker", "--config", str(config))
         row = wait_for(lambda: (r := store.get_run(run_id)) and r.state == "RUNNING" and r, what="RUNNING")
-        assert pid_alive(row.pid)
+        grandchild = int(
+            wait_for(
+                lambda: grandchild_file.exists() and grandchild_file.read_text().strip(),
+                what="the grandchild",
+            )
+        )
+        assert pid_alive(row.pid) and pid_alive(grandchild)
         worker.kill()
         worker.wait(timeout=10)
-        wait_for(lambda: not pid_alive(row.pid), timeout=10, what="the orphaned child to die")
+        wait_for(lambda: not pid_alive(row.pid), timeout=10, what="the run's child to die")
+        wait_for(lambda: not pid_alive(grandchild), timeout=10, what="the run's grandchild to die")
 
 
 def test_bad_config_exits_78_with_one_line(tmp_path: Path) -> None:

@@ -297,3 +297,15 @@ def test_retention_prunes_old_finished_runs_with_their_history(store: Store, mak
     assert store.run_history(old_done) == [] and store.run_logs(old_done) == []
     assert store.get_run(old_waiting) is not None  # never finished: not history yet
     assert store.get_run(recent) is not None
+
+
+def test_heartbeat_extends_only_the_runs_the_worker_holds(store: Store, make_config: MakeConfig) -> None:
+    """A run the worker lost track of (its RUNNING write failed, or a dead predecessor of the same
+    name held it) must not be kept alive by the worker's heartbeat: it expires and is reaped."""
+    store.sync(make_config('[[deployments]]\nname = "job"\ncommand = ["true"]\n'), T0)
+    held, forgotten = store.create_run("job", T0), store.create_run("job", T0)
+    assert len(store.claim("w", ["default"], 2, T0, T0 + timedelta(seconds=30))) == 2
+    later = T0 + timedelta(seconds=20)
+    assert store.heartbeat("w", later, later + timedelta(seconds=30), [held]) == {held: RunState.PENDING}
+    assert store.reap(T0 + timedelta(seconds=31)) == [forgotten]
+    assert state_of(store, held) == "PENDING"

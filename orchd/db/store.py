@@ -744,20 +744,28 @@ class Store:
             )
 
     def heartbeat(
-        self, worker: str, now: datetime, lease_until: datetime, running: int
+        self, worker: str, now: datetime, lease_until: datetime, run_ids: Sequence[int]
     ) -> dict[int, RunState]:
-        """Extend every lease ``worker`` holds in one statement; return the runs it still holds."""
+        """Extend, in one statement, the leases of the runs ``worker`` is executing (``run_ids``:
+        what it has in memory, not every row carrying its name, so a run it lost track of, or one
+        a dead predecessor of the same name held, expires and is reaped); return those still its."""
         with self.engine.begin() as conn:
-            held = conn.execute(
-                update(runs)
-                .where(runs.c.worker == worker, runs.c.state.in_([s.value for s in ACTIVE]))
-                .values(lease_expires_at=lease_until)
-                .returning(runs.c.id, runs.c.state)
-            ).all()
+            held: list[Row[Any]] = []
+            for chunk in _chunks(run_ids):
+                held += conn.execute(
+                    update(runs)
+                    .where(
+                        runs.c.id.in_(chunk),
+                        runs.c.worker == worker,
+                        runs.c.state.in_([s.value for s in ACTIVE]),
+                    )
+                    .values(lease_expires_at=lease_until)
+                    .returning(runs.c.id, runs.c.state)
+                ).all()
             conn.execute(
                 update(workers)
                 .where(workers.c.name == worker)
-                .values(last_heartbeat=now, running=running, status="online")
+                .values(last_heartbeat=now, running=len(run_ids), status="online")
             )
         return {r.id: RunState(r.state) for r in held}
 

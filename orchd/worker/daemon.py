@@ -30,7 +30,7 @@ from orchd.logging import get_logger
 from orchd.notify import Notifier
 from orchd.states import RunState
 from orchd.worker.command import invocation, read_result
-from orchd.worker.process import ExitEvent, OutputEvent, RunProcess
+from orchd.worker.process import ExitEvent, Guardian, OutputEvent, RunProcess
 from orchd.worker.wakeup import Listener, WakeEvent
 
 log = get_logger("orchd.worker")
@@ -54,6 +54,8 @@ class ActiveRun:
     deadline: float | None
     result_file: Path | None = None
     argv: Sequence[str] = ()
+    #: Whether its RUNNING state is written (its outcome is recorded only after that).
+    recorded: bool = False
     kill_at: float | None = None
     #: Why orchd ended it early: TIMED_OUT or CANCELLED (recorded as such), LOST (someone else's
     #: now, nothing to record) or RELEASED (handed back to the queue at shutdown).
@@ -120,18 +122,30 @@ class Worker:
 
     def run(self, stop: threading.Event, notifier: Notifier | None = None) -> None:
         """Work until ``stop`` is set (then drain) or, with ``burst``, until nothing is due."""
-        cfg = self.config.worker
         notify = notifier or Notifier()
         self.work_dir.mkdir(parents=True, exist_ok=True)  # default cwd of runs, and result files
         self.store.register_worker(
             self.name, self.host, os.getpid(), self.pools, self.concurrency, self.clock()
         )
+        self.guardian = Guardian()
         listener = None
         if self.store.engine.dialect.name == "postgresql" and not self.burst:
             listener = Listener(self.store.engine.url, self.pools, self.events)
             listener.start()
         log.info("worker started", worker=self.name, pools=",".join(self.pools), concurrency=self.concurrency)
         notify.ready(self._status())
+        try:
+            self._loop(stop, notify)
+        finally:
+            if listener is not None:
+                listener.stop()
+            self.guardian.close()
+        self._flush_logs()
+        self.store.worker_stopped(self.name, self.clock())
+        log.info("worker stopped", worker=self.name)
+
+    def _loop(self, stop: threading.Event, notify: Notifier) -> None:
+        cfg = self.config.worker
         next_heartbeat = time.monotonic() + cfg.heartbeat
         next_cancel_check = 0.0
         outage = Outage()
@@ -150,6 +164,7 @@ class Worker:
             if now >= outage.retry_at:
                 try:
                     self._flush_logs()
+                    self._record_starts()
                     if self._finish_exited():
                         self._next_claim = 0.0  # a slot freed: more may be due right now
                     if now >= next_heartbeat:
@@ -176,11 +191,6 @@ class Worker:
                 next_heartbeat, self._next_claim if len(self.active) < self.concurrency else next_heartbeat
             )
             self._handle_events(timeout=max(0.0, min(wake_at - time.monotonic(), _MAX_WAIT)))
-        if listener is not None:
-            listener.stop()
-        self._flush_logs()
-        self.store.worker_stopped(self.name, self.clock())
-        log.info("worker stopped", worker=self.name)
 
     def _status(self) -> str:
         return f"running {len(self.active)}/{self.concurrency} runs, pools {','.join(self.pools)}"
@@ -206,37 +216,50 @@ class Worker:
             self.name, self.pools, self.concurrency - len(self.active), now, now + self.lease
         )
         metrics.RUNS_CLAIMED.inc(len(runs))
-        spawned = [active for run in runs if (active := self._spawn(run)) is not None]
-        if spawned:
-            now = self.clock()
-            ours = set(self.store.start_many({a.run.id: a.process.pid for a in spawned}, self.name, now))
-            for active in spawned:
-                if active.run.id not in ours:
-                    active.end(LOST, "cancelled or reaped before it started", 0.0, active.started)
-                    continue
-                metrics.run_started(active.run, now)
-                active.bound.info("run started", pid=active.process.pid, command=" ".join(active.argv))
+        for run in runs:
+            self._spawn(run)
+        self._record_starts()
         return len(runs)
 
-    def _spawn(self, run: ClaimedRun) -> ActiveRun | None:
+    def _record_starts(self) -> None:
+        """PENDING -> RUNNING for spawned runs not yet recorded; if the database fails here the
+        runs keep running and this is retried on the next pass (before their outcome is)."""
+        waiting = [a for a in self.active.values() if not a.recorded and a.ending != LOST]
+        if not waiting:
+            return
+        now = self.clock()
+        ours = set(self.store.start_many({a.run.id: a.process.pid for a in waiting}, self.name, now))
+        for active in waiting:
+            active.recorded = True
+            if active.run.id not in ours:
+                active.end(LOST, "cancelled or reaped before it started", 0.0, active.started)
+                continue
+            metrics.run_started(active.run, now)
+            active.bound.info("run started", pid=active.process.pid, command=" ".join(active.argv))
+
+    def _spawn(self, run: ClaimedRun) -> None:
         how = invocation(run, self.work_dir)
         try:
             how.cwd.mkdir(parents=True, exist_ok=True)
             process = RunProcess(
-                run.id, how.argv, how.env, str(how.cwd), self.events, self.config.worker.log_max_bytes
+                run.id,
+                how.argv,
+                how.env,
+                str(how.cwd),
+                self.events,
+                self.config.worker.log_max_bytes,
+                self.guardian,
             )
         except OSError as exc:
             error = f"cannot start {how.argv[0]!r}: {exc.strerror or exc}"
             log.error("run failed to start", run_id=run.id, deployment=run.deployment, error=error)
             self.store.finish(run.id, self.name, S.FAILED, self.clock(), error=error, source=S.PENDING)
-            return None
+            return
         started = time.monotonic()
         timeout = run.spec.get("timeout")
-        active = ActiveRun(
+        self.active[run.id] = ActiveRun(
             run, process, started, started + timeout if timeout else None, how.result_file, argv=how.argv
         )
-        self.active[run.id] = active
-        return active
 
     def _handle_events(self, timeout: float) -> None:
         """Take what the pump and listen threads posted: output, exits, wake-ups."""
@@ -281,7 +304,9 @@ class Worker:
     def _finish_exited(self) -> int:
         """Record the runs whose process ended: plain successes in one statement, the rest one by
         one.  A run leaves ``active`` only once its outcome is written."""
-        ended = [a for a in self.active.values() if a.returncode is not None]
+        ended = [
+            a for a in self.active.values() if a.returncode is not None and (a.recorded or a.ending == LOST)
+        ]
         plain = [a for a in ended if a.returncode == 0 and a.ending is None and a.result_file is None]
         if plain:
             self.store.complete_many([a.run.id for a in plain], self.name, self.clock())
@@ -355,7 +380,7 @@ class Worker:
     def _heartbeat(self, now: float) -> None:
         """Extend our leases; a run we hold that the database no longer gives us was reaped: stop it."""
         clock = self.clock()
-        held = self.store.heartbeat(self.name, clock, clock + self.lease, len(self.active))
+        held = self.store.heartbeat(self.name, clock, clock + self.lease, list(self.active))
         metrics.HEARTBEATS.inc()
         for run_id, active in self.active.items():
             if active.returncode is None and run_id not in held:

@@ -16,10 +16,12 @@ import queue
 import selectors
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from orchd.worker.output import Line, OutputCapture
 
@@ -54,6 +56,39 @@ class ExitEvent:
     returncode: int
 
 
+class Guardian:
+    """The worker's side of orchd/worker/guardian.py: that helper kills the process groups of the
+    runs when the worker dies, so no grandchild of a run outlives it (PDEATHSIG covers only the
+    direct child)."""
+
+    SCRIPT = Path(__file__).with_name("guardian.py")
+
+    def __init__(self) -> None:
+        read_end, self._write_end = os.pipe()  # not inheritable: runs never hold it open
+        self._process = subprocess.Popen(
+            [sys.executable, str(self.SCRIPT)],
+            stdin=read_end,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            close_fds=True,
+        )
+        os.close(read_end)
+
+    def _say(self, line: str) -> None:
+        os.write(self._write_end, line.encode())  # one small write: atomic, no lock needed
+
+    def watch(self, pgid: int) -> None:
+        self._say(f"+{pgid}\n")
+
+    def forget(self, pgid: int) -> None:
+        self._say(f"-{pgid}\n")
+
+    def close(self) -> None:
+        os.close(self._write_end)
+        self._process.wait(timeout=10)
+
+
 def run_environment(extra: Mapping[str, str]) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(_PRIVATE_PREFIXES)}
     env.update(extra)
@@ -71,6 +106,7 @@ class RunProcess:
         cwd: str,
         events: queue.Queue[OutputEvent | ExitEvent],
         max_output: int,
+        guardian: Guardian,
     ) -> None:
         self.run_id = run_id
         self.events = events
@@ -87,6 +123,8 @@ class RunProcess:
             close_fds=True,
         )
         self.pid = self.proc.pid
+        self.guardian = guardian
+        guardian.watch(self.pid)
         self._pump = threading.Thread(target=self._pump_output, name=f"run-{run_id}", daemon=True)
         self._pump.start()
 
@@ -137,6 +175,7 @@ class RunProcess:
                 os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOWAIT)
             self.signal_group(signal.SIGKILL)
         returncode = self.proc.wait()
+        self.guardian.forget(self.pid)
         pending += self.capture.close()
         if pending:
             self.events.put(OutputEvent(self.run_id, pending))

@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import func, insert, select, text
+from sqlalchemy.exc import OperationalError
 
 from orchd.config import load_config
 from orchd.db.schema import deployments, runs, schedulers
@@ -213,11 +214,20 @@ def bench_queue_only(dbs: Databases, backend: str, tmp: Path, repeats: int, coun
             def drain(store: Store) -> None:
                 while True:
                     now = _now()
-                    claimed = store.claim(store.actor, ["default"], 16, now, now + timedelta(minutes=1))
+                    try:
+                        claimed = store.claim(store.actor, ["default"], 16, now, now + timedelta(minutes=1))
+                    except OperationalError:  # SQLite with many writers: back off like a worker does
+                        time.sleep(0.01)
+                        continue
                     if not claimed:
                         return
-                    started = store.start_many({run.id: 0 for run in claimed}, store.actor, now)
-                    store.complete_many(started, store.actor, now)
+                    pending = {run.id: 0 for run in claimed}
+                    while pending:
+                        try:
+                            store.complete_many(store.start_many(pending, store.actor, now), store.actor, now)
+                            pending = {}
+                        except OperationalError:
+                            time.sleep(0.01)
 
             began = time.perf_counter()
             threads = [threading.Thread(target=drain, args=(s,)) for s in stores]
@@ -527,6 +537,7 @@ def main() -> None:
     quick = args.quick
     chosen = set(args.only) or set(STEPS)
     figures: list[Figure] = []
+    failed: list[str] = []
     with tempfile.TemporaryDirectory(prefix="orchd-bench-") as tmp_name, postgres_server() as pg:
         tmp = Path(tmp_name)
         dbs = Databases(tmp, pg)
@@ -546,13 +557,20 @@ def main() -> None:
             for backend in args.backend:
                 for name in [n for n in STEPS if n in chosen]:
                     began = time.perf_counter()
-                    figures += run_step(
-                        name, dbs, backend, tmp, quick, transactions if backend == "postgresql" else None
-                    )
+                    try:
+                        figures += run_step(
+                            name, dbs, backend, tmp, quick, transactions if backend == "postgresql" else None
+                        )
+                    except Exception as exc:  # one broken step must not lose the other figures
+                        failed.append(f"{name} on {backend}: {exc!r}")
                     print(f"[bench] {name} on {backend}: {time.perf_counter() - began:.1f}s", flush=True)
         finally:
             dbs.drop_all()
     print(report(figures, RESULTS / "latest.json"))
+    for failure in failed:
+        print(f"[bench] FAILED {failure}")
+    if failed:
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":
