@@ -255,7 +255,8 @@ def test_a_hung_scheduler_loop_stops_the_watchdog(
     engine = create_engine(db_url)
     try:
         with engine.connect() as conn:
-            conn.execute(text("LOCK TABLE schedules IN ACCESS EXCLUSIVE MODE"))
+            # the upkeep (every 2 s) reads runs: the next one blocks on the lock
+            conn.execute(text("LOCK TABLE runs IN ACCESS EXCLUSIVE MODE"))
             waiting = (
                 "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
                 " AND datname = current_database() AND pid <> pg_backend_pid()"
