@@ -61,14 +61,7 @@ def _groups(group: click.Group, prefix: str) -> list[str]:
     ]
 
 
-NO_EXAMPLE_YET = pytest.mark.xfail(reason="the help of `orchd systemd` (built elsewhere) has no example yet")
-
-
-@pytest.mark.parametrize(
-    "command",
-    [pytest.param(g, marks=NO_EXAMPLE_YET) if g == "orchd systemd" else g for g in _groups(main, "orchd")]
-    + _commands(main, "orchd"),
-)
+@pytest.mark.parametrize("command", _groups(main, "orchd") + _commands(main, "orchd"))
 def test_every_command_and_group_has_an_example(command: str) -> None:
     result = CliRunner().invoke(main, [*command.split()[1:], "--help"])
     assert "Example:" in result.output

@@ -200,7 +200,13 @@ def next_steps(files: list[File], user: str) -> str:
 
 @main.group("systemd")
 def systemd_group() -> None:
-    """systemd units for orchd installed with pip (the Debian package ships its own)."""
+    """systemd units for orchd installed with pip (the Debian package ships its own).
+
+    \b
+    Example:
+      orchd systemd install --dry-run
+      sudo orchd systemd install --user orchd
+    """
 
 
 @systemd_group.command("install")
