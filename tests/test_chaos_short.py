@@ -16,6 +16,7 @@ from tests.chaos.harness import Settings, run
 
 pytestmark = pytest.mark.slow
 
+
 @pytest.mark.timeout(400)
 def test_short_chaos_run_loses_nothing_and_doubles_nothing(tmp_path: Path) -> None:
     summary = run(Settings(seconds=60, results=tmp_path / "chaos.json", drain_timeout=60))
