@@ -274,10 +274,10 @@ class Worker:
                 self._take_output(event)
             elif isinstance(event, WakeEvent):
                 self._next_claim = 0.0
-                return
+                deadline = 0.0  # act now, after taking what else is already there
             elif isinstance(event, ExitEvent) and (active := self.active.get(event.run_id)) is not None:
                 active.returncode = event.returncode
-                return  # let the loop record it promptly
+                deadline = 0.0  # record it promptly, with any other exit already posted
             if len(self._logs) >= _LOG_BATCH:
                 return
 

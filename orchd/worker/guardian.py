@@ -1,8 +1,8 @@
 """The guardian of a worker's runs: kills their process groups when the worker dies.
 
-PR_SET_PDEATHSIG reaches only a run's direct child; whatever that child started (a shell's
-``sleep``, a pipeline) would be re-parented and keep running next to the retry of the run.  The
-worker starts this small helper (standard library only, in a session of its own so a terminal's
+When a worker is SIGKILLed, its runs' processes (and whatever they started: a shell's ``sleep``,
+a pipeline) would be re-parented and keep running next to the retry of the run.  The worker
+starts this small helper (standard library only, in a session of its own so a terminal's
 Ctrl-C does not reach it) and tells it, through a pipe, the process group of every run it starts
 ("+PGID") and finishes ("-PGID").  When the pipe reaches end-of-file the worker is gone, however
 it died, and the groups still listed are killed.
