@@ -40,6 +40,7 @@ _CANCEL_CHECK = 1.0  # how often a worker with running runs looks for cancellati
 _CANCEL_GRACE = 1.0  # SIGTERM, then SIGKILL this much later, so a cancel lands within two seconds
 _LOG_BATCH = 500
 LOST, RELEASED = "lost", "released"
+_NEVER = datetime.min.replace(tzinfo=UTC)
 
 
 def utcnow() -> datetime:
@@ -110,6 +111,7 @@ class Worker:
     active: dict[int, ActiveRun] = field(default_factory=dict)
     _logs: list[dict[str, Any]] = field(default_factory=list)
     _next_claim: float = 0.0
+    _last_claim_at: datetime = _NEVER
 
     def __post_init__(self) -> None:
         self.host = socket.gethostname()
@@ -197,21 +199,22 @@ class Worker:
 
     def _idle_wait(self) -> float:
         """Seconds until the earliest known due run of our pools, capped by the poll interval.
-        A due run we could not take (a limit is full) is retried at the poll interval."""
+        A run that was already due when we last claimed and was not given to us is blocked (a
+        limit is full): it is retried at the poll interval, or when a wake-up comes.  One that
+        became due since is claimed at once."""
         poll = self.config.worker.poll_interval
         if self.burst:
             return 0.0
         due = self.store.next_due_at(self.pools)
-        if due is None:
+        if due is None or due <= self._last_claim_at:
             return poll
-        wait = (due - self.clock()).total_seconds()
-        return poll if wait <= 0 else min(poll, wait)
+        return max(0.0, min(poll, (due - self.clock()).total_seconds()))
 
     # ------------------------------------------------------------------ steps
 
     def _claim(self) -> int:
         """Claim, spawn, then mark every spawned run RUNNING in one statement."""
-        now = self.clock()
+        now = self._last_claim_at = self.clock()
         runs = self.store.claim(
             self.name, self.pools, self.concurrency - len(self.active), now, now + self.lease
         )

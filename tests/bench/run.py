@@ -7,7 +7,7 @@ tests/bench/results/latest.json.  Never part of `make test`: pass/fail tests do 
 from __future__ import annotations
 
 import argparse
-import os
+import contextlib
 import signal
 import subprocess
 import tempfile
@@ -287,10 +287,13 @@ def bench_scale(dbs: Databases, backend: str, tmp: Path, sizes: list[int]) -> li
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        _, status, usage = os.wait4(child.pid, 0)  # its own peak RSS, from the kernel
+        peak = 0.0
+        while child.poll() is None:  # VmHWM: its peak RSS since exec (wait4's would count the fork)
+            with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+                peak = max(peak, rss_mb(child.pid, "VmHWM"))
+            time.sleep(0.05)
         first = time.perf_counter() - began
-        assert os.waitstatus_to_exitcode(status) == 0, "orchd-scheduler --once failed"
-        peak = usage.ru_maxrss / 1024
+        assert child.returncode == 0, "orchd-scheduler --once failed"
         figures.append(
             Figure(
                 f"{size} schedules: start + first materialization",
@@ -423,13 +426,11 @@ def _settle(store: Store) -> None:
     """After a bulk insert, let the database reach the steady state a long-lived table is in
     (statistics, visibility map, no checkpoint pending), so autovacuum does not compete with the
     claims being timed on a 2-core machine."""
-    with store.engine.connect() as conn:
-        if store.engine.dialect.name == "postgresql":
+    if store.engine.dialect.name == "postgresql":
+        with store.engine.connect() as conn:
             conn = conn.execution_options(isolation_level="AUTOCOMMIT")
             conn.execute(text("VACUUM ANALYZE"))
             conn.execute(text("CHECKPOINT"))
-        else:
-            conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
 
 
 def bench_claim_vs_history(dbs: Databases, backend: str, tmp: Path, samples: int) -> list[Figure]:
@@ -498,8 +499,8 @@ def bench_crash(dbs: Databases, backend: str, tmp: Path, lease: float) -> list[F
             backend,
             "s",
             [detected],
-            "<= lease + 1 s",
-            lambda v: v <= lease + 1,
+            "<= lease + 2 s",  # the scheduler's upkeep runs every 2 s
+            lambda v: v <= lease + 2,
         )
     ]
 
