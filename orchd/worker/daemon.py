@@ -35,7 +35,7 @@ from orchd.worker.wakeup import Listener, WakeEvent
 
 log = get_logger("orchd.worker")
 S = RunState
-_MAX_WAIT = 0.25  # how quickly a stop request (signal) or a changed SQLite file is noticed
+_MAX_WAIT = 0.5  # how quickly a stop request (signal) or a changed SQLite file is noticed
 _CANCEL_CHECK = 1.0  # how often a worker with running runs looks for cancellations
 _CANCEL_GRACE = 1.0  # SIGTERM, then SIGKILL this much later, so a cancel lands within two seconds
 _LOG_BATCH = 500
