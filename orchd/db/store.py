@@ -778,26 +778,44 @@ class Store:
         if limit <= 0:
             return []
         with self.engine.begin() as conn:
-            pool_info = select(pools.c.name, pools.c.concurrency_limit, pools.c.paused).order_by(pools.c.name)
-            pool_rows = conn.execute(pool_info.where(pools.c.name.in_(list(pool_names)))).all()
-            limited = [r.name for r in pool_rows if r.concurrency_limit]
-            if limited:  # only limited pools serialise their claimers, on their row
-                locked = conn.execute(pool_info.where(pools.c.name.in_(limited)).with_for_update()).all()
-                pool_rows = [r for r in pool_rows if r.name not in limited] + list(locked)
-            open_pools = [p for p in pool_names if not any(r.name == p and r.paused for r in pool_rows)]
-            pool_caps = {
-                r.name: r.concurrency_limit for r in pool_rows if r.concurrency_limit and not r.paused
-            }
+            # One statement picks the candidates with everything needed to run them; paused pools
+            # are left out by the join, and limited pools show their limit.
             candidates = conn.execute(
-                select(runs.c.id, runs.c.deployment_id, runs.c.pool, deployments.c.spec)
+                select(
+                    runs.c.id,
+                    runs.c.deployment_id,
+                    runs.c.pool,
+                    runs.c.attempt,
+                    runs.c.max_attempts,
+                    runs.c.scheduled_for,
+                    runs.c.parameters,
+                    deployments.c.name.label("deployment"),
+                    deployments.c.spec,
+                    pools.c.concurrency_limit,
+                )
                 .join(deployments, deployments.c.id == runs.c.deployment_id)
-                .where(runs.c.state == S.SCHEDULED.value, runs.c.pool.in_(open_pools), runs.c.due_at <= now)
+                .outerjoin(pools, pools.c.name == runs.c.pool)
+                .where(
+                    runs.c.state == S.SCHEDULED.value,
+                    runs.c.pool.in_(list(pool_names)),
+                    runs.c.due_at <= now,
+                    or_(pools.c.paused.is_(None), pools.c.paused.is_(False)),
+                )
                 .order_by(runs.c.priority.desc(), runs.c.due_at)
                 .limit(max(limit * 4, 50))
                 .with_for_update(skip_locked=True, of=runs)
             ).all()
             if not candidates:
                 return []
+            pool_caps = {c.pool: c.concurrency_limit for c in candidates if c.concurrency_limit}
+            if pool_caps:  # only limited pools serialise their claimers, on their row: re-read it locked
+                locked = conn.execute(
+                    select(pools.c.name, pools.c.concurrency_limit)
+                    .where(pools.c.name.in_(list(pool_caps)))
+                    .order_by(pools.c.name)
+                    .with_for_update()
+                ).all()
+                pool_caps = {r.name: r.concurrency_limit for r in locked if r.concurrency_limit}
             dep_caps = {c.deployment_id: cap for c in candidates if (cap := active_cap(c.spec))}
             if dep_caps:
                 conn.execute(
@@ -847,25 +865,11 @@ class Store:
                 reason="claimed",
                 values={"worker": worker, "claimed_at": now, "lease_expires_at": lease_until},
             )
-            if not moved:
-                return []
-            rows = conn.execute(
-                select(
-                    runs.c.id,
-                    deployments.c.name,
-                    runs.c.attempt,
-                    runs.c.max_attempts,
-                    runs.c.scheduled_for,
-                    runs.c.parameters,
-                    deployments.c.spec,
-                )
-                .join(deployments, deployments.c.id == runs.c.deployment_id)
-                .where(runs.c.id.in_(moved))
-                .order_by(runs.c.priority.desc(), runs.c.due_at)
-            ).all()
+        ours = set(moved)
         return [
-            ClaimedRun(r.id, r.name, r.attempt, r.max_attempts, r.scheduled_for, r.parameters, r.spec)
-            for r in rows
+            ClaimedRun(c.id, c.deployment, c.attempt, c.max_attempts, c.scheduled_for, c.parameters, c.spec)
+            for c in candidates
+            if c.id in ours
         ]
 
     @staticmethod
@@ -915,15 +919,15 @@ class Store:
         if not pids:
             return []
         with self.engine.begin() as conn:
-            moved = transition(
-                conn, list(pids), S.PENDING, S.RUNNING, now=now, actor=worker, values={"started_at": now}
+            return transition(
+                conn,
+                list(pids),
+                S.PENDING,
+                S.RUNNING,
+                now=now,
+                actor=worker,
+                values={"started_at": now, "pid": case(dict(pids), value=runs.c.id)},
             )
-            if moved:
-                conn.execute(
-                    update(runs).where(runs.c.id == bindparam("rid")).values(pid=bindparam("process")),
-                    [{"rid": rid, "process": pids[rid]} for rid in moved],
-                )
-        return moved
 
     def complete_many(self, run_ids: Sequence[int], worker: str, now: datetime) -> list[int]:
         """RUNNING -> COMPLETED (exit code 0, no result) for several runs in one transaction: the
