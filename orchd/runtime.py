@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 from collections.abc import Callable
 from types import FrameType
+
+from sqlalchemy.exc import OperationalError
 
 from orchd.config import Config
 from orchd.db import migrate
@@ -50,11 +53,17 @@ def open_store(
         notify.status(f"waiting for database: {reason}")
         notify.watchdog()
 
-    if not wait_for_database(engine, should_stop=should_stop, on_wait=waiting):
-        return None
-    if config.database.migrate_on_start:
-        migrate.upgrade(engine)
-    else:
-        migrate.ensure_current(engine)
+    while True:
+        if not wait_for_database(engine, should_stop=should_stop, on_wait=waiting):
+            return None
+        try:
+            if config.database.migrate_on_start:
+                migrate.upgrade(engine)
+            else:
+                migrate.ensure_current(engine)
+            break
+        except OperationalError as exc:  # it went away again between the ping and the schema check
+            waiting(str(exc.orig).strip().splitlines()[-1] if str(exc.orig).strip() else "unreachable", 0.5)
+            time.sleep(0.5)
     log.info("database ready", url=mask(engine.url))
     return Store(engine, actor)
