@@ -21,23 +21,41 @@ log = get_logger("orchd")
 
 
 class Signals:
-    """SIGTERM/SIGINT set ``stop``; SIGHUP sets ``reload``.  Handlers only set flags: the loops act."""
+    """SIGTERM/SIGINT set ``stop``; SIGHUP sets ``reload``.
+
+    The handlers only assign plain attributes.  Setting a threading.Event from a handler takes the
+    Event's lock, and a second signal arriving while the first handler holds it (Ctrl-C pressed
+    twice, systemd's SIGTERM after a Ctrl-C) deadlocks the main thread; so a small relay thread
+    turns the flags into the events the loops wait on, within a tenth of a second.
+    """
 
     def __init__(self) -> None:
         self.stop = threading.Event()
         self.reload = threading.Event()
+        self._stop_requested = False
+        self._reload_requested = False
 
     def install(self) -> Signals:
         signal.signal(signal.SIGTERM, self._on_stop)
         signal.signal(signal.SIGINT, self._on_stop)
         signal.signal(signal.SIGHUP, self._on_reload)
+        threading.Thread(target=self._relay, name="signals", daemon=True).start()
         return self
 
     def _on_stop(self, signum: int, _frame: FrameType | None) -> None:
-        self.stop.set()
+        self._stop_requested = True
 
     def _on_reload(self, signum: int, _frame: FrameType | None) -> None:
-        self.reload.set()
+        self._reload_requested = True
+
+    def _relay(self) -> None:
+        while not self.stop.is_set():
+            if self._reload_requested:
+                self._reload_requested = False
+                self.reload.set()
+            if self._stop_requested:
+                self.stop.set()
+            time.sleep(0.1)
 
 
 def open_store(

@@ -180,3 +180,15 @@ def test_scheduler_once(tmp_path: Path, db_url: str) -> None:
     assert result.returncode == 0, result.stderr
     assert "runs created" in result.stdout
     assert len(_store(db_url).list_runs()) == 10
+
+
+def test_a_burst_of_signals_still_stops_cleanly(tmp_path: Path) -> None:
+    """Ctrl-C pressed again and again (or SIGTERM after SIGINT) must not deadlock the shutdown:
+    signal handlers take no lock."""
+    shutil.copy(ROOT / "etc/orchd/quickstart.toml", tmp_path / "quickstart.toml")
+    with daemons(tmp_path) as group:
+        up = group.start("orchd", "up", "--config", "quickstart.toml", cwd=tmp_path)
+        wait_for(lambda: "worker started" in group.output(), what="orchd up")
+        for sig in [signal.SIGINT] * 20 + [signal.SIGTERM] * 5:
+            up.send_signal(sig)
+        assert up.wait(timeout=30) == 0
