@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -14,11 +15,24 @@ from typing import TypeVar
 
 from sqlalchemy import func, select
 
+from orchd.config import load_config
+from orchd.db.engine import make_engine
 from orchd.db.schema import run_states, runs
 from orchd.db.store import Store
 
 T = TypeVar("T")
 BIN = Path(sys.executable).parent
+
+
+def store_for(url: str) -> Store:
+    """A Store of its own on the test database, as another process would have."""
+    return Store(make_engine(load_config("/dev/null", env={"ORCHD_DATABASE_URL": url}).database), "test")
+
+
+def write_config(path: Path, url: str, body: str) -> Path:
+    """An orchd.toml pointing at the test database, plus ``body`` (TOML, dedented)."""
+    path.write_text(f'[database]\nurl = "{url}"\n' + textwrap.dedent(body))
+    return path
 
 
 def wait_for(predicate: Callable[[], T], timeout: float = 20.0, interval: float = 0.05, what: str = "") -> T:

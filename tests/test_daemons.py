@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import shutil
 import signal
-import textwrap
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,23 +14,12 @@ from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
 from orchd.config import load_config
-from orchd.db.engine import make_engine
 from orchd.db.schema import runs
 from orchd.db.store import Store
-from tests.helpers import claims_per_run, daemons, pid_alive, run_cli, wait_for
+from tests.helpers import claims_per_run, daemons, pid_alive, run_cli, store_for, wait_for, write_config
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
-
-
-def _store(url: str) -> Store:
-    return Store(make_engine(load_config("/dev/null", env={"ORCHD_DATABASE_URL": url}).database), "test")
-
-
-def _config(tmp_path: Path, url: str, body: str) -> Path:
-    path = tmp_path / "orchd.toml"
-    path.write_text(f'[database]\nurl = "{url}"\n' + textwrap.dedent(body))
-    return path
 
 
 def _completed(store: Store) -> list[int]:
@@ -47,7 +35,7 @@ def test_quick_start_orchd_up(tmp_path: Path) -> None:
     with daemons(tmp_path) as group:
         up = group.start("orchd", "up", "--config", "quickstart.toml", cwd=tmp_path)
         wait_for(lambda: (tmp_path / ".state/orchd.db").exists(), what="the SQLite file")
-        store = _store(f"sqlite:///{tmp_path / '.state/orchd.db'}")
+        store = store_for(f"sqlite:///{tmp_path / '.state/orchd.db'}")
         wait_for(lambda: _completed(store), timeout=30, what="a COMPLETED run")
         assert group.stop(up, signal.SIGINT) == 0
         assert "hello from run" in group.output()
@@ -59,8 +47,8 @@ def test_quick_start_orchd_up(tmp_path: Path) -> None:
 
 
 def test_scheduler_and_two_workers_run_each_due_run_once(tmp_path: Path, db_url: str) -> None:
-    config = _config(
-        tmp_path,
+    config = write_config(
+        tmp_path / "orchd.toml",
         db_url,
         """
     [scheduler]
@@ -79,7 +67,7 @@ def test_scheduler_and_two_workers_run_each_due_run_once(tmp_path: Path, db_url:
     schedules = [{ cron = "* * * * * *" }]
     """,
     )
-    store = _store(db_url)
+    store = store_for(db_url)
     with daemons(tmp_path) as group:
         sched = group.start("orchd-scheduler", "--config", str(config))
         workers = [
@@ -101,8 +89,8 @@ def test_scheduler_and_two_workers_run_each_due_run_once(tmp_path: Path, db_url:
 
 
 def test_sigterm_lets_a_running_run_finish(tmp_path: Path, db_url: str) -> None:
-    config = _config(
-        tmp_path,
+    config = write_config(
+        tmp_path / "orchd.toml",
         db_url,
         """
     [worker]
@@ -112,7 +100,7 @@ def test_sigterm_lets_a_running_run_finish(tmp_path: Path, db_url: str) -> None:
     command = ["sh", "-c", "sleep 1; echo done"]
     """,
     )
-    store = _store(db_url)
+    store = store_for(db_url)
     store.sync(load_config(config), datetime.now(UTC))
     run_id = store.create_run("slow", datetime.now(UTC))
     with daemons(tmp_path) as group:
@@ -124,10 +112,10 @@ def test_sigterm_lets_a_running_run_finish(tmp_path: Path, db_url: str) -> None:
 
 
 def test_sigkilled_worker_leaves_no_process_of_its_runs(tmp_path: Path, db_url: str) -> None:
-    """The run's child dies by PDEATHSIG, the grandchild it started by the worker's guardian."""
+    """The worker's guardian kills the run's process group: its child and the grandchild it started."""
     grandchild_file = tmp_path / "grandchild.pid"
-    config = _config(
-        tmp_path,
+    config = write_config(
+        tmp_path / "orchd.toml",
         db_url,
         f"""
     [[deployments]]
@@ -135,7 +123,7 @@ def test_sigkilled_worker_leaves_no_process_of_its_runs(tmp_path: Path, db_url: 
     command = ["sh", "-c", "sleep 60 & echo $! > {grandchild_file}; wait"]
     """,
     )
-    store = _store(db_url)
+    store = store_for(db_url)
     store.sync(load_config(config), datetime.now(UTC))
     run_id = store.create_run("long", datetime.now(UTC))
     with daemons(tmp_path) as group:
@@ -166,8 +154,8 @@ def test_bad_config_exits_78_with_one_line(tmp_path: Path) -> None:
 
 
 def test_scheduler_once(tmp_path: Path, db_url: str) -> None:
-    config = _config(
-        tmp_path,
+    config = write_config(
+        tmp_path / "orchd.toml",
         db_url,
         """
     [[deployments]]
@@ -179,7 +167,7 @@ def test_scheduler_once(tmp_path: Path, db_url: str) -> None:
     result = run_cli(["--config", str(config), "--once"], command="orchd-scheduler")
     assert result.returncode == 0, result.stderr
     assert "runs created" in result.stdout
-    assert len(_store(db_url).list_runs()) == 10
+    assert len(store_for(db_url).list_runs()) == 10
 
 
 def test_a_burst_of_signals_still_stops_cleanly(tmp_path: Path) -> None:

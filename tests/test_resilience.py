@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import textwrap
 import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
@@ -16,22 +15,12 @@ from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
 from orchd.config import load_config
-from orchd.db.engine import make_engine
 from orchd.db.schema import runs, schedulers
 from orchd.db.store import Store
-from tests.helpers import daemons, history, pid_alive, wait_for
+from tests.helpers import daemons, history, pid_alive, store_for, wait_for, write_config
 from tests.pg import PgServer
 
 pytestmark = pytest.mark.slow
-
-
-def _store(url: str) -> Store:
-    return Store(make_engine(load_config("/dev/null", env={"ORCHD_DATABASE_URL": url}).database), "test")
-
-
-def _write(path: Path, url: str, body: str) -> Path:
-    path.write_text(f'[database]\nurl = "{url}"\n' + textwrap.dedent(body))
-    return path
 
 
 def _leaders(store: Store, since: datetime) -> list[str]:
@@ -66,8 +55,8 @@ schedules = [{ interval = "1s" }, { cron = "* * * * * *" , parameters = { second
 
 
 def test_three_schedulers_one_leader_and_fast_failover(tmp_path: Path, db_url: str, backend: str) -> None:
-    config = _write(tmp_path / "orchd.toml", db_url, SCHEDULE)
-    store = _store(db_url)
+    config = write_config(tmp_path / "orchd.toml", db_url, SCHEDULE)
+    store = store_for(db_url)
     with daemons(tmp_path) as group:
         procs = {}
         for _ in range(3):
@@ -95,7 +84,7 @@ def test_three_schedulers_one_leader_and_fast_failover(tmp_path: Path, db_url: s
 
 
 def test_killed_worker_run_is_crashed_and_retried(tmp_path: Path, db_url: str) -> None:
-    config = _write(
+    config = write_config(
         tmp_path / "orchd.toml",
         db_url,
         """
@@ -112,7 +101,7 @@ def test_killed_worker_run_is_crashed_and_retried(tmp_path: Path, db_url: str) -
     retry_delay = "0s"
     """,
     )
-    store = _store(db_url)
+    store = store_for(db_url)
     store.sync(load_config(config), datetime.now(UTC))
     run_id = store.create_run("victim", datetime.now(UTC))
     with daemons(tmp_path) as group:
@@ -133,12 +122,12 @@ def test_killed_worker_run_is_crashed_and_retried(tmp_path: Path, db_url: str) -
 
 
 def test_sighup_reloads_and_a_broken_config_is_ignored(tmp_path: Path, db_url: str) -> None:
-    path = _write(tmp_path / "orchd.toml", db_url, '[scheduler]\nloop_interval = "200ms"\n')
-    store = _store(db_url)
+    path = write_config(tmp_path / "orchd.toml", db_url, '[scheduler]\nloop_interval = "200ms"\n')
+    store = store_for(db_url)
     with daemons(tmp_path) as group:
         sched = group.start("orchd-scheduler", "--config", str(path))
         wait_for(lambda: _leaders(store, datetime.now(UTC) - timedelta(seconds=5)), what="the leader")
-        _write(path, db_url, SCHEDULE)
+        write_config(path, db_url, SCHEDULE)
         sched.send_signal(signal.SIGHUP)
         wait_for(lambda: store.list_runs(deployment="beat"), timeout=15, what="the new deployment's runs")
         path.write_text("[scheduler\nbroken")
@@ -156,10 +145,10 @@ def test_sighup_reloads_and_a_broken_config_is_ignored(tmp_path: Path, db_url: s
 
 def test_sqlite_second_scheduler_stands_by(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'orchd.db'}"
-    config = _write(tmp_path / "orchd.toml", url, SCHEDULE)
+    config = write_config(tmp_path / "orchd.toml", url, SCHEDULE)
     with daemons(tmp_path) as group:
         first = group.start("orchd-scheduler", "--config", str(config))
-        store = _store(url)
+        store = store_for(url)
         wait_for(lambda: _leaders(store, datetime.now(UTC) - timedelta(seconds=5)), what="the leader")
         second = group.start("orchd-scheduler", "--config", str(config))
         time.sleep(1.0)
@@ -180,7 +169,7 @@ def test_sqlite_second_scheduler_stands_by(tmp_path: Path) -> None:
 
 
 def test_worker_memory_stays_bounded_with_100mb_of_output(tmp_path: Path, db_url: str) -> None:
-    config = _write(
+    config = write_config(
         tmp_path / "orchd.toml",
         db_url,
         """
@@ -189,7 +178,7 @@ def test_worker_memory_stays_bounded_with_100mb_of_output(tmp_path: Path, db_url
     command = ["sh", "-c", "yes 'a line of output from a very chatty job' | head -c 100000000"]
     """,
     )
-    store = _store(db_url)
+    store = store_for(db_url)
     store.sync(load_config(config), datetime.now(UTC))
     run_id = store.create_run("firehose", datetime.now(UTC))
     with daemons(tmp_path) as group:
@@ -206,7 +195,7 @@ def test_worker_memory_stays_bounded_with_100mb_of_output(tmp_path: Path, db_url
 
 
 def test_a_new_run_starts_without_waiting_for_the_poll(tmp_path: Path, db_url: str, backend: str) -> None:
-    config = _write(
+    config = write_config(
         tmp_path / "orchd.toml",
         db_url,
         """
@@ -217,7 +206,7 @@ def test_a_new_run_starts_without_waiting_for_the_poll(tmp_path: Path, db_url: s
     command = ["true"]
     """,
     )
-    store = _store(db_url)
+    store = store_for(db_url)
     store.sync(load_config(config), datetime.now(UTC))
     with daemons(tmp_path) as group:
         group.start("orchd-worker", "--config", str(config))
@@ -240,7 +229,7 @@ def test_database_restart_while_runs_are_running(
         pytest.skip("a restart of the database server is a PostgreSQL scenario")
     if pg_server.data_dir is None:
         pytest.skip("ORCHD_TEST_DATABASE_URL points at a server this test must not restart")
-    config = _write(
+    config = write_config(
         tmp_path / "orchd.toml",
         db_url,
         """
@@ -252,7 +241,7 @@ def test_database_restart_while_runs_are_running(
     command = ["sh", "-c", "sleep 4; echo survived"]
     """,
     )
-    store = _store(db_url)
+    store = store_for(db_url)
     store.sync(load_config(config), datetime.now(UTC))
     run_id = store.create_run("steady", datetime.now(UTC))
     with daemons(tmp_path) as group:
