@@ -51,3 +51,15 @@ def format_duration(seconds: float) -> str:
             parts.append(f"{rest // size}{unit}")
             rest %= size
     return "".join(parts) or "0s"
+
+
+def duration_text(seconds: float) -> str:
+    """The exact duration as the config writes it, in its largest whole units: 60 -> "1m",
+    5400 -> "1h30m", 0.25 -> "250ms"; parse_duration reads it back to the same value."""
+    millis = round(seconds * 1000)
+    parts = []
+    for unit, size in (("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000), ("ms", 1)):
+        if millis >= size:
+            parts.append(f"{millis // size}{unit}")
+            millis %= size
+    return "".join(parts) or "0s"

@@ -4,7 +4,13 @@
   priority prefix (``<3>`` error ... ``<7>`` debug) so ``journalctl -p warning`` filters, then
   ``event key=value ...``, no timestamp (the journal has one);
 * a terminal: structlog's coloured console output;
-* anything else (a file, a pipe): ``ts=... level=... event key=value`` lines; ``json`` on request.
+* anything else (a file, a pipe): logfmt, ``timestamp=2026-05-01T14:02:10.123+02:00 level=info
+  event="run started" run_id=42``: every field ``key=value``, a value in double quotes (with
+  ``\"``, ``\\`` and C-style escapes of control characters) when it holds a space, ``=``, ``"``
+  or anything not printable; ``json`` on request, with the same keys.
+
+Timestamps are ISO 8601 on the local clock with their UTC offset, so lines from hosts in other
+zones (or from either side of a DST change) sort and compare without guessing.
 """
 
 from __future__ import annotations
@@ -12,9 +18,12 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from datetime import datetime
 from typing import Any, TextIO
 
 import structlog
+
+from orchd.printable import escape_nonprintable
 
 _PRIORITY = {"critical": 2, "error": 3, "warning": 4, "info": 6, "debug": 7}
 
@@ -45,26 +54,45 @@ def _drop_none(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in event.items() if v is not None}
 
 
+def _timestamp(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+    """ISO 8601 with milliseconds and the UTC offset: 2026-05-01T14:02:10.123+02:00."""
+    event["timestamp"] = datetime.now().astimezone().isoformat(timespec="milliseconds")
+    return event
+
+
 def _journald(_: Any, method: str, event: dict[str, Any]) -> str:
     """``<6>message key=value ...``: journald turns the prefix into the entry's priority."""
     level = event.pop("level", method)
-    message = _one_line(str(event.pop("event", "")))
+    message = escape_nonprintable(str(event.pop("event", "")))  # a newline would split the entry
     event.pop("timestamp", None)
-    fields = " ".join(f"{k}={_quote(v)}" for k, v in event.items())
+    fields = _pairs(event)
     return f"<{_PRIORITY.get(level, 6)}>{message}{' ' + fields if fields else ''}"
 
 
-def _one_line(text: str) -> str:
-    """journald splits entries at newlines: a multi-line value (a traceback) must stay one entry."""
-    return text.replace("\n", "\\n").replace("\r", "\\r")
+def _logfmt(_: Any, __: str, event: dict[str, Any]) -> str:
+    first: dict[str, Any] = {key: event.pop(key) for key in ("timestamp", "level", "event") if key in event}
+    return _pairs({**first, **event})
+
+
+def _pairs(event: dict[str, Any]) -> str:
+    return " ".join(f"{key}={_quote(value)}" for key, value in event.items())
 
 
 def _quote(value: Any) -> str:
-    """logfmt quoting: bare when unambiguous, else in double quotes with escapes."""
+    """A logfmt value: bare when unambiguous, else in double quotes with escapes."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
     text = str(value)
-    if text and not any(c in text for c in ' ="\\\n\r'):
+    if text and text.isprintable() and not any(c in text for c in ' ="\\'):
         return text
-    return '"' + _one_line(text.replace("\\", "\\\\").replace('"', '\\"')) + '"'
+    return '"' + escape_nonprintable(text.replace("\\", "\\\\").replace('"', '\\"')) + '"'
+
+
+def _printable_event(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+    """On a terminal, a run's output (logged as the event) must not drive the terminal."""
+    if isinstance(event.get("event"), str):
+        event["event"] = escape_nonprintable(event["event"])
+    return event
 
 
 def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
@@ -76,7 +104,7 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
         structlog.processors.add_log_level,
     ]
     if kind != "journald":
-        processors.append(structlog.processors.TimeStamper(fmt="iso", utc=False))
+        processors.append(_timestamp)
     processors.append(structlog.processors.format_exc_info)
     renderer: Any
     if kind == "journald":
@@ -84,9 +112,10 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
     elif kind == "json":
         renderer = structlog.processors.JSONRenderer()
     elif kind == "console":
+        processors.append(_printable_event)
         renderer = structlog.dev.ConsoleRenderer(colors=True)
     else:
-        renderer = structlog.processors.KeyValueRenderer(key_order=["timestamp", "level", "event"])
+        renderer = _logfmt
     structlog.configure(
         processors=[*processors, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),

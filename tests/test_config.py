@@ -594,7 +594,7 @@ def test_valid_config_through_the_cli(tmp_path: Path, state_dir: Path) -> None:
     path = write(tmp_path / "orchd.toml", deployment("a") + deployment("b") + '[[pools]]\nname = "p"\n')
     result = cli(["config", "validate", "--config", str(path)], state_dir)
     assert result.exit_code == 0, result.output
-    assert result.stdout == f"{path}: ok (2 deployments, 1 pools)\n"
+    assert result.stdout == f"{path}: ok (2 deployments, 1 pool)\n"
 
 
 # --- the shipped files ---------------------------------------------------------------------------
@@ -665,16 +665,16 @@ def test_show_masks_the_password_and_names_sources(tmp_path: Path, state_dir: Pa
     )
     assert result.exit_code == 0, result.output
     assert "secret" not in result.output
-    assert f"url = 'postgresql://u:***@h/db'  # {path}:2\n" in result.stdout
+    assert f'url = "postgresql://u:***@h/db"  # {path}:2\n' in result.stdout
     assert "concurrency = 8  # environment ORCHD_WORKER_CONCURRENCY\n" in result.stdout
-    assert "heartbeat = 10.0  # default\n" in result.stdout
+    assert 'heartbeat = "10s"  # default\n' in result.stdout
 
 
 def test_show_masks_a_password_from_the_environment_and_in_json(tmp_path: Path, state_dir: Path) -> None:
     url = "postgresql+psycopg://u:secret@h:5433/db"
     masked = "postgresql+psycopg://u:***@h:5433/db"
     for args, shown in (
-        (["--sources"], f"url = '{masked}'  # environment ORCHD_DATABASE_URL\n"),
+        (["--sources"], f'url = "{masked}"  # environment ORCHD_DATABASE_URL\n'),
         (["--json"], f'"url": "{masked}"'),
     ):
         result = cli(["config", "show", *args, "--config", "/dev/null"], state_dir, ORCHD_DATABASE_URL=url)
@@ -689,4 +689,32 @@ def test_show_masks_a_password_read_from_url_file(tmp_path: Path, state_dir: Pat
     result = cli(["config", "show", "--sources", "--config", str(path)], state_dir)
     assert result.exit_code == 0, result.output
     assert "secret" not in result.output
-    assert f"url = 'postgresql://u:***@h/db'  # file {secret}\n" in result.stdout
+    assert f'url = "postgresql://u:***@h/db"  # file {secret}\n' in result.stdout
+
+
+def test_show_prints_toml_in_the_files_own_units_that_loads_back_the_same(
+    tmp_path: Path, state_dir: Path, env: dict[str, str]
+) -> None:
+    """What `config show` prints can be pasted into a file: durations as "1m30s", not 90.0;
+    booleans and strings as TOML writes them; the empty misfire grace as ""."""
+    path = write(
+        tmp_path / "orchd.toml",
+        '[scheduler]\nhorizon = "1h30m"\nmisfire_grace = ""\n'
+        '[worker]\nheartbeat = "1500ms"\npools = ["a", "b"]\n',
+    )
+    result = cli(["config", "show", "--sources", "--config", str(path)], state_dir)
+    assert result.exit_code == 0, result.output
+    for line in (
+        f'horizon = "1h30m"  # {path}:2',
+        f'misfire_grace = ""  # {path}:3',
+        f'heartbeat = "1s500ms"  # {path}:5',
+        f'pools = [\n    "a",\n    "b",\n]  # {path}:6',
+        'retention = "30d"  # default',
+        "migrate_on_start = true  # default",
+        'url_file = ""  # default',
+    ):
+        assert f"\n{line}\n" in result.stdout, line
+    pasted = write(tmp_path / "pasted.toml", result.stdout)
+    again, first = load_config(pasted, env=env), load_config(path, env=env)
+    for section in SECTIONS:
+        assert getattr(again, section) == getattr(first, section), section

@@ -141,3 +141,30 @@ def test_a_real_worker_logs_run_output_with_its_run_id_to_the_journal(tmp_path: 
     [completed] = [line for line in lines if line.startswith("<6>run completed ")]
     assert f"run_id={run_id} deployment=hello attempt=1 exit_code=0" in completed
     assert not any(re.search(r"\d{4}-\d\d-\d\dT\d\d:", line) for line in lines if "run_id" in line)
+
+
+LOGFMT_PAIR = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|[^\s"=]+)(?: |$)')
+
+
+def test_logfmt_is_key_value_pairs_with_double_quotes_and_an_iso_8601_offset(tmp_path: Path) -> None:
+    """What a pipe or file gets: every field key=value, values quoted only when they must be, with
+    JSON-style escapes; the timestamp says its UTC offset."""
+    out = tmp_path / "log"
+    with open(out, "w") as stream:
+        configure("info", "logfmt", stream)
+        log = get_logger("test").bind(run_id=7, deployment="hello")
+        log.info("run started", command='/bin/sh -c echo "hi"', pid=12, retry=True, empty="")
+        log.info("bell\a and \x1b[31mred\x1b[0m", stream="stdout")
+    first, second = out.read_text().splitlines()
+    pairs = LOGFMT_PAIR.findall(first)
+    assert "".join(f"{k}={v} " for k, v in pairs).rstrip() == first  # nothing but pairs
+    fields = dict(pairs)
+    assert datetime.fromisoformat(fields.pop("timestamp")).utcoffset() is not None
+    assert first.split(" ", 1)[1] == (
+        'level=info event="run started" run_id=7 deployment=hello '
+        'command="/bin/sh -c echo \\"hi\\"" pid=12 retry=true empty=""'
+    )
+    assert second.endswith(
+        ' level=info event="bell\\a and \\x1b[31mred\\x1b[0m" run_id=7 deployment=hello stream=stdout'
+    )
+    assert "'" not in first  # no Python repr quoting

@@ -54,7 +54,9 @@ def test_healthy_is_exit_0(healthy: Orchd, store: Store) -> None:
     lines = result.stdout.splitlines()
     assert lines[0].startswith("orchd status at ")
     assert lines[1].startswith("ok    database   ") and "schema " in lines[1] and "(current)" in lines[1]
-    assert lines[2] == "ok    scheduler  leader host-a (pid 4242), last tick 0s ago; 1 standby"
+    assert (
+        lines[2] == "ok    scheduler  leader host-a (pid 4242), seen 0s ago (it reports every 10s); 1 standby"
+    )
     assert lines[3] == "ok    workers    1 online"
     assert lines[4:7] == [
         "ok    late runs  none due more than 1m ago",
@@ -110,7 +112,7 @@ def test_no_scheduler_or_a_silent_one(healthy: Orchd, store: Store) -> None:
     }
     store.scheduler_seen("sched-1", "host-a", 4242, "leader", at, at)
     assert failed_checks(healthy) == {
-        "scheduler": "no leader ticking: the last was host-a (pid 4242), last tick 5m ago"
+        "scheduler": "no leader seen for 2m: the last was host-a (pid 4242), seen 5m ago"
     }
 
 
@@ -132,9 +134,18 @@ def test_late_runs_and_failures(healthy: Orchd, store: Store) -> None:
     store.claim("w1", ["default"], 1, at, at + timedelta(minutes=1))
     store.start(late, "w1", 1, at)
     store.finish(late, "w1", RunState.FAILED, at, exit_code=1, error="exit code 1")
+    hint = "orchd run ls --since 1h --state FAILED --state TIMED_OUT --state CRASHED"
     assert failed_checks(healthy) == {
-        "failures": "1 run failed in the last hour (orchd run ls --state FAILED --since 1h)"
+        "failures": f"1 run failed, timed out or crashed in the last hour ({hint})"
     }
+    timed_out = store.create_run("job", now())
+    store.claim("w1", ["default"], 1, now(), now() + timedelta(minutes=1))
+    store.start(timed_out, "w1", 2, now())
+    store.finish(timed_out, "w1", RunState.TIMED_OUT, now(), error="timed out after 1s")
+    assert failed_checks(healthy)["failures"].startswith("2 runs failed, timed out or crashed")
+    # the command the hint gives lists exactly the runs it counted
+    listed = healthy(*hint.split()[1:], "--json")
+    assert sorted(r["id"] for r in json.loads(listed.stdout)) == sorted([late, timed_out])
 
 
 def test_an_old_schema_fails_the_database_check(empty_url: str, tmp_path: Path) -> None:

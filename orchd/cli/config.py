@@ -21,7 +21,7 @@ from orchd.cli.common import (
     load,
     usage_error,
 )
-from orchd.cli.output import print_json
+from orchd.cli.output import plural, print_json
 from orchd.config import default_config_path, fields, load_config
 from orchd.config.model import ARRAYS, SECTIONS
 from orchd.config.template import render
@@ -55,7 +55,8 @@ def config_validate(config_path: Path | None, as_json: bool) -> None:
         print_json({"path": path, "deployments": len(config.deployments), "pools": len(config.pools)})
         return
     where = config.path or "(no file: defaults)"
-    click.echo(f"{where}: ok ({len(config.deployments)} deployments, {len(config.pools)} pools)")
+    counts = f"{plural(len(config.deployments), 'deployment')}, {plural(len(config.pools), 'pool')}"
+    click.echo(f"{where}: ok ({counts})")
 
 
 @config_group.command("show")
@@ -86,9 +87,10 @@ def config_show(config_path: Path | None, as_json: bool, sources: bool) -> None:
         return
     for name, values in sections.items():
         click.echo(f"[{name}]")
-        for key, value in values.items():
-            origin = f"  # {config.sources.get(f'{name}.{key}', 'default')}" if sources else ""
-            click.echo(f"{key} = {value!r}{origin}")
+        for fd in dataclasses.fields(SECTIONS[name]):
+            line = tomli_w.dumps({fd.name: fields.as_written(fd, values[fd.name])}).rstrip()
+            origin = f"  # {config.sources.get(f'{name}.{fd.name}', 'default')}" if sources else ""
+            click.echo(f"{line}{origin}")
         click.echo()
     click.echo(
         f"# {len(config.deployments)} deployments: {', '.join(d.name for d in config.deployments) or '-'}"

@@ -10,6 +10,7 @@ import click
 
 from orchd import __version__, metrics
 from orchd.cli.common import OneLineErrors, config_option, friendly, load
+from orchd.cli.output import plural
 from orchd.config import Config
 from orchd.config.model import listen_address
 from orchd.errors import ConfigError
@@ -92,7 +93,8 @@ def scheduler_main(config_path: Path | None, once: bool, metrics_listen: str | N
         scheduler.sync()
         report = scheduler.tick()
         click.echo(
-            f"tick: {report.schedules} schedules, {report.created} runs created, {report.crashed} reaped"
+            f"tick: {plural(report.schedules, 'schedule')}, {plural(report.created, 'run')} created, "
+            f"{report.crashed} reaped"
         )
         return
     log.info("scheduler started", version=__version__)

@@ -17,7 +17,7 @@ from orchd.cli.common import (
     load,
     open_store,
 )
-from orchd.cli.output import coloured, iso, print_fields, print_json, print_table, relative
+from orchd.cli.output import coloured, iso, plural, print_fields, print_json, print_table, relative
 from orchd.config import Config, default_config_path, load_config
 from orchd.db.admin import Admin, NotFound
 from orchd.db.store import Store
@@ -214,7 +214,7 @@ def deployment_apply(config_path: Path | None, as_json: bool) -> None:
         print_json(result)
         return
     click.echo(
-        f"{config.path or 'defaults'}: {len(config.deployments)} deployments applied: "
+        f"{config.path or 'defaults'}: {plural(len(config.deployments), 'deployment')} applied: "
         f"{report.created} created, {report.updated} updated, {report.archived} archived; "
         f"schedules {report.schedules_added} added, {report.schedules_removed} removed"
     )
@@ -230,7 +230,8 @@ def _set_paused(deployment: str, paused: bool, config_path: Path | None, as_json
         click.echo(f"deployment {deployment} was already {word}")
     elif paused:
         click.echo(
-            f"deployment {deployment} paused: nothing new is scheduled; {dropped} planned runs dropped "
+            f"deployment {deployment} paused: nothing new is scheduled; "
+            f"{plural(dropped, 'planned run')} dropped "
             "(runs already due or running are left alone)"
         )
     else:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime, tzinfo
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 import click
 
 from orchd.durations import format_duration
+from orchd.printable import escape_nonprintable
 
 _STATE_COLOURS = {
     "COMPLETED": "green",
@@ -96,3 +98,17 @@ def print_fields(pairs: Sequence[tuple[str, Any]]) -> None:
     width = max(len(label) for label, _ in pairs) + 2
     for label, value in pairs:
         click.echo(f"{label + ':':<{width}}{'-' if value is None else value}")
+
+
+def plural(count: int, noun: str) -> str:
+    """'1 line', '2 lines', '0 lines'."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def echo_output(text: str, err: bool = False, raw: bool = False) -> None:
+    """Write a line a run printed: escaped on a terminal unless ``raw``; to a pipe or a file
+    exactly as the run wrote it (click would otherwise strip its colour codes)."""
+    stream = sys.stderr if err else sys.stdout
+    if not raw and stream.isatty():
+        text = escape_nonprintable(text)
+    click.echo(text, err=err, color=True)

@@ -14,7 +14,17 @@ from sqlalchemy import Row
 
 from orchd.cli.common import common_options, config_option, friendly, load, open_store
 from orchd.cli.deployments import deployment_argument, require_deployment
-from orchd.cli.output import coloured, duration, iso, print_fields, print_json, print_table, relative
+from orchd.cli.output import (
+    coloured,
+    duration,
+    echo_output,
+    iso,
+    plural,
+    print_fields,
+    print_json,
+    print_table,
+    relative,
+)
 from orchd.cli.params import JsonObject, KeyValue, When
 from orchd.db.admin import Admin, NotFound
 from orchd.db.store import Store
@@ -23,6 +33,9 @@ from orchd.states import FINISHED, RunState
 #: How often a followed run is looked at (the CLI polls: it has no LISTEN of its own).
 POLL = 0.3
 run_id_argument = click.argument("run_id", metavar="ID", type=click.IntRange(min=1))
+raw_option = click.option(
+    "--raw", is_flag=True, help="Write the output's control characters as they are, even to a terminal."
+)
 
 
 def run_json(row: Row[Any]) -> dict[str, Any]:
@@ -126,9 +139,13 @@ def run_ls(
 @run_group.command("show")
 @run_id_argument
 @click.option("--logs/--no-logs", default=True, help="Also print the run's captured output.")
+@raw_option
 @common_options
-def run_show(run_id: int, config_path: Path | None, as_json: bool, logs: bool) -> None:
+def run_show(run_id: int, config_path: Path | None, as_json: bool, logs: bool, raw: bool) -> None:
     """Show one run: its fields, its state history and its output.
+
+    On a terminal, control characters in the output are shown escaped (\\x1b, \\r): --raw
+    writes them as they are; piped, the output is always written as the run printed it.
 
     \b
     Example:
@@ -184,9 +201,9 @@ def run_show(run_id: int, config_path: Path | None, as_json: bool, logs: bool) -
         )
     if logs:
         lines = store.run_logs(run_id)
-        click.echo(f"\noutput ({len(lines)} lines):")
+        click.echo(f"\noutput ({plural(len(lines), 'line')}):")
         for line in lines:
-            click.echo(f"  {line.stream}: {line.line}")
+            echo_output(f"  {line.stream}: {line.line}", raw=raw)
 
 
 @run_group.command("create")
@@ -283,13 +300,17 @@ def run_retry(run_id: int, config_path: Path | None, as_json: bool) -> None:
 @run_group.command("logs")
 @run_id_argument
 @click.option("--follow", "-f", "follow_", is_flag=True, help="Keep printing output until the run finishes.")
+@raw_option
 @config_option
 @click.option(
     "--json", "as_json", is_flag=True, help="One JSON object per line: run_id, attempt, at, stream, line."
 )
 @friendly
-def run_logs(run_id: int, follow_: bool, config_path: Path | None, as_json: bool) -> None:
+def run_logs(run_id: int, follow_: bool, raw: bool, config_path: Path | None, as_json: bool) -> None:
     """Print a run's captured output, stderr lines on stderr.
+
+    On a terminal, control characters are shown escaped (\\x1b, \\r) so a run cannot drive it;
+    --raw writes them as they are (as a pipe or file always gets them).
 
     \b
     Example:
@@ -298,7 +319,7 @@ def run_logs(run_id: int, follow_: bool, config_path: Path | None, as_json: bool
     """
     store = open_store(load(config_path))
     get_run(store, run_id)
-    printer = _json_line if as_json else log_printer()
+    printer = _json_line if as_json else log_printer(raw)
     if follow_:
         follow(store, run_id, printer)
     else:
@@ -310,7 +331,7 @@ def _json_line(line: Row[Any]) -> None:
     click.echo(json.dumps({**fields, "line": line.line}))
 
 
-def log_printer() -> Callable[[Row[Any]], None]:
+def log_printer(raw: bool = False) -> Callable[[Row[Any]], None]:
     """Prints output lines as the run wrote them, with a marker where a new attempt begins."""
     attempt: int | None = None
 
@@ -319,7 +340,7 @@ def log_printer() -> Callable[[Row[Any]], None]:
         if attempt is not None and line.attempt != attempt:
             click.echo(f"--- attempt {line.attempt} ---", err=True)
         attempt = line.attempt
-        click.echo(line.line, err=line.stream == "stderr")
+        echo_output(line.line, err=line.stream == "stderr", raw=raw)
 
     return printer
 

@@ -15,7 +15,7 @@ from orchd.cli.common import (
     usage_error,
 )
 from orchd.cli.deployments import config_deployment, deployment_argument, require_deployment
-from orchd.cli.output import age, iso, print_json, print_table
+from orchd.cli.output import age, iso, plural, print_json, print_table
 from orchd.cli.params import When
 from orchd.db.admin import Admin
 from orchd.errors import OrchdError
@@ -156,6 +156,7 @@ def backfill(
         print_json(result)
     else:
         click.echo(
-            f"{deployment}: {created} runs created for {total} fire times between {iso(start)} and {iso(end)}"
+            f"{deployment}: {plural(created, 'run')} created for {plural(total, 'fire time')} "
+            f"between {iso(start)} and {iso(end)}"
             f" ({total - created} had a run already)"
         )

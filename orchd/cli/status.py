@@ -15,7 +15,7 @@ from typing import Any
 import click
 
 from orchd.cli.common import common_options, load, open_store
-from orchd.cli.output import age, iso, local, print_json
+from orchd.cli.output import age, iso, local, plural, print_json
 from orchd.cli.params import Duration
 from orchd.cli.pools import pool_json, print_pools
 from orchd.config import Config
@@ -24,9 +24,12 @@ from orchd.db.admin import Admin, Health
 from orchd.db.engine import describe, ping
 from orchd.durations import format_duration
 from orchd.errors import DatabaseUnavailable
+from orchd.scheduler.leader import SEEN_EVERY
+from orchd.states import RETRYABLE, RunState
 
 #: Failures counted by the check: those of the last hour.
 WINDOW = 3600.0
+FAILURES = [s.value for s in RunState if s in RETRYABLE]
 
 
 @dataclass(frozen=True)
@@ -34,10 +37,6 @@ class Check:
     name: str
     ok: bool
     detail: str
-
-
-def _runs(n: int) -> str:
-    return f"{n} run{'' if n == 1 else 's'}"
 
 
 def _ids(ids: list[int]) -> str:
@@ -52,38 +51,44 @@ def judge(health: Health, config: Config, late_after: float) -> list[Check]:
     else:
         fresh = (health.now - leader.last_tick_at).total_seconds() <= timeout
         standbys = f"; {health.standbys} standby" if health.standbys else ""
-        where = f"{leader.host} (pid {leader.pid}), last tick {age(leader.last_tick_at, health.now)}"
+        # the leader records itself every SEEN_EVERY, not every tick: say so, or 8s reads as a hang
+        seen = age(leader.last_tick_at, health.now)
+        where = f"{leader.host} (pid {leader.pid})"
         scheduler = Check(
             "scheduler",
             fresh,
-            f"leader {where}{standbys}" if fresh else f"no leader ticking: the last was {where}",
+            f"leader {where}, seen {seen} (it reports every {format_duration(SEEN_EVERY)}){standbys}"
+            if fresh
+            else f"no leader seen for {format_duration(timeout)}: the last was {where}, seen {seen}",
         )
     unserved = [p for p in health.pools if not p.paused and p.workers == 0 and (p.due or p.deployments)]
     workers = Check(
         "workers",
         not unserved,
-        "; ".join(f"pool {p.name}: no worker online ({_runs(p.due)} due)" for p in unserved)
+        "; ".join(f"pool {p.name}: no worker online ({plural(p.due, 'run')} due)" for p in unserved)
         or f"{health.workers_online} online",
     )
     after = format_duration(late_after)
     late = Check(
         "late runs",
         not health.late,
-        f"{_runs(len(health.late))} due more than {after} ago, still waiting: {_ids(health.late)}"
+        f"{plural(len(health.late), 'run')} due more than {after} ago, still waiting: {_ids(health.late)}"
         if health.late
         else f"none due more than {after} ago",
     )
     stuck = Check(
         "stuck runs",
         not health.stuck,
-        f"{_runs(len(health.stuck))} past their lease: {_ids(health.stuck)} (is a scheduler up to reap them?)"
+        f"{plural(len(health.stuck), 'run')} past their lease: {_ids(health.stuck)} "
+        "(is a scheduler up to reap them?)"
         if health.stuck
         else "none past their lease",
     )
     failures = Check(
         "failures",
         not health.failures,
-        f"{_runs(health.failures)} failed in the last hour (orchd run ls --state FAILED --since 1h)"
+        f"{plural(health.failures, 'run')} failed, timed out or crashed in the last hour "
+        f"(orchd run ls --since 1h {' '.join(f'--state {s}' for s in FAILURES)})"
         if health.failures
         else "none in the last hour",
     )

@@ -11,7 +11,7 @@ import math
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from orchd.durations import parse_duration
+from orchd.durations import duration_text, parse_duration
 
 T = TypeVar("T")
 Parser = Callable[[Any], Any]
@@ -127,4 +127,14 @@ def string_table(value: Any) -> dict[str, str]:
 
 def raw(value: Any) -> Any:
     """Values validated by their owner (e.g. schedules, parsed by orchd.schedules)."""
+    return value
+
+
+def as_written(fd: dataclasses.Field[Any], value: Any) -> Any:
+    """A parsed value as a config file writes it: durations back in their units ("1m", not 60.0),
+    "" for an optional one that is off; what its parser reads back to ``value``."""
+    if fd.metadata["parser"] is duration:
+        return duration_text(value)
+    if fd.metadata["parser"] is optional_duration:
+        return "" if value is None else duration_text(value)
     return value

@@ -25,13 +25,12 @@ from orchd.config import Config
 from orchd.db.store import Store
 from orchd.logging import get_logger
 from orchd.notify import Notifier
-from orchd.scheduler.leader import Leadership, leadership_for
+from orchd.scheduler.leader import SEEN_EVERY, Leadership, leadership_for
 from orchd.scheduler.plan import plan
 
 log = get_logger("orchd.scheduler")
 BATCH = 1000
 _PRUNE_EVERY = 60.0
-_SEEN_EVERY = 10.0
 _UPKEEP_EVERY = 2.0  # reaping, misfires, offline workers: a crash is seen within lease + this
 _RECHECK_EVERY = 30.0
 
@@ -141,7 +140,7 @@ class Scheduler:
         """Record this scheduler in the database (for `orchd status`), every few seconds only."""
         if force or time.monotonic() >= self._next_seen:
             self.store.scheduler_seen(self.name, self.host, os.getpid(), role, now, self.started_at)
-            self._next_seen = time.monotonic() + _SEEN_EVERY
+            self._next_seen = time.monotonic() + SEEN_EVERY
 
     def run(
         self,

@@ -23,6 +23,9 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
 _LOCK_KEY = 0x6F72636864  # "orchd"
+#: How often a scheduler records itself (leader or standby) in the schedulers table, seconds:
+#: what `orchd status` reads, so "seen 8s ago" is normal however short the tick.
+SEEN_EVERY = 10.0
 
 
 class Leadership(Protocol):
