@@ -44,6 +44,6 @@ def test_a_line_without_newline_is_split() -> None:
     assert [len(t) for t in _text(cap.close())] == [10]
 
 
-def test_invalid_utf8_is_replaced_not_fatal() -> None:
+def test_invalid_utf8_is_escaped_not_fatal() -> None:
     cap = OutputCapture(1_000)
-    assert _text(cap.feed("stdout", b"caf\xe9\r\n")) == ["caf\ufffd"]
+    assert _text(cap.feed("stdout", b"caf\xe9\r\n")) == ["caf\\xe9"]

@@ -140,6 +140,7 @@ def test_run_environment(
     store: Store, make_config: MakeConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("ORCHD_DATABASE_URL", "postgresql://user:secret@db/orchd")  # must not leak into runs
+    (tmp_path / "wd").mkdir()  # a working_dir must exist: never created, so a typo is not hidden
     config = _deploy(
         make_config,
         store,

@@ -84,7 +84,9 @@ class WorkerConfig:
     log_max_bytes: int = f.setting(
         1_000_000, f.integer(1024), "Output kept per run (head and tail); the rest is counted and dropped."
     )
-    work_dir: str = f.setting("", f.text, "Working directory of runs without working_dir; empty: state dir.")
+    work_dir: str = f.setting(
+        "", f.text, "Working directory of runs without working_dir (must exist); empty: the state dir."
+    )
 
 
 @dataclass(frozen=True)
@@ -140,7 +142,9 @@ class DeploymentConfig:
         {}, f.table, "Default parameters, passed as JSON in ORCHD_PARAMETERS."
     )
     env: dict[str, str] = f.setting({}, f.string_table, "Extra environment variables for the run.")
-    working_dir: str = f.setting("", f.text, "Working directory of the run; empty: worker.work_dir.")
+    working_dir: str = f.setting(
+        "", f.text, "Working directory of the run (must exist, never created); empty: worker.work_dir."
+    )
     timeout: float | None = f.setting(
         "", f.optional_duration, "Kill the run (TIMED_OUT) after this long; empty: no limit."
     )

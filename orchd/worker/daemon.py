@@ -26,11 +26,12 @@ from sqlalchemy.exc import OperationalError
 from orchd import metrics
 from orchd.config import Config
 from orchd.db.store import ClaimedRun, Store
+from orchd.errors import ConfigError
 from orchd.logging import get_logger
 from orchd.notify import Notifier
 from orchd.states import RunState
-from orchd.worker.command import invocation, read_result
-from orchd.worker.process import ExitEvent, Guardian, OutputEvent, RunProcess
+from orchd.worker.command import check_working_dir, invocation, read_result, start_error
+from orchd.worker.process import ExitEvent, Guardian, OutputEvent, RunProcess, describe_exit
 from orchd.worker.wakeup import Listener, WakeEvent
 
 log = get_logger("orchd.worker")
@@ -125,7 +126,7 @@ class Worker:
     def run(self, stop: threading.Event, notifier: Notifier | None = None) -> None:
         """Work until ``stop`` is set (then drain) or, with ``burst``, until nothing is due."""
         notify = notifier or Notifier()
-        self.work_dir.mkdir(parents=True, exist_ok=True)  # default cwd of runs, and result files
+        self._prepare_work_dir()
         self.store.register_worker(
             self.name, self.host, os.getpid(), self.pools, self.concurrency, self.clock()
         )
@@ -145,6 +146,17 @@ class Worker:
         self._flush_logs()
         self.store.worker_stopped(self.name, self.clock())
         log.info("worker stopped", worker=self.name)
+
+    def _prepare_work_dir(self) -> None:
+        """The default working directory of runs (and where entrypoint results are written): the
+        state directory is orchd's own and is created; a ``worker.work_dir`` that does not exist is
+        a typo to report, not a directory to create."""
+        if self.config.worker.work_dir:
+            if not self.work_dir.is_dir():
+                problem = "is not a directory" if self.work_dir.exists() else "does not exist"
+                raise ConfigError(f"worker.work_dir: {str(self.work_dir)!r} {problem}")
+            return
+        self.work_dir.mkdir(parents=True, exist_ok=True)
 
     def _loop(self, stop: threading.Event, notify: Notifier) -> None:
         cfg = self.config.worker
@@ -241,9 +253,13 @@ class Worker:
             active.bound.info("run started", pid=active.process.pid, command=" ".join(active.argv))
 
     def _spawn(self, run: ClaimedRun) -> None:
-        how = invocation(run, self.work_dir)
+        """Start the run's process.  Whatever goes wrong here (a missing program or directory, a
+        value the kernel refuses) fails this run alone, with the reason: never the worker."""
+        argv: list[str] = []
         try:
-            how.cwd.mkdir(parents=True, exist_ok=True)
+            how = invocation(run, self.work_dir)
+            argv = how.argv
+            check_working_dir(how.cwd, explicit=bool(run.spec.get("working_dir")))
             process = RunProcess(
                 run.id,
                 how.argv,
@@ -253,10 +269,13 @@ class Worker:
                 self.config.worker.log_max_bytes,
                 self.guardian,
             )
-        except OSError as exc:
-            error = f"cannot start {how.argv[0]!r}: {exc.strerror or exc}"
+        except Exception as exc:
+            error = start_error(argv, exc)
             log.error("run failed to start", run_id=run.id, deployment=run.deployment, error=error)
-            self.store.finish(run.id, self.name, S.FAILED, self.clock(), error=error, source=S.PENDING)
+            if not self.store.finish(
+                run.id, self.name, S.FAILED, self.clock(), error=error, source=S.PENDING
+            ):
+                _refused(log.bind(run_id=run.id, deployment=run.deployment), S.FAILED)
             return
         started = time.monotonic()
         timeout = run.spec.get("timeout")
@@ -312,10 +331,13 @@ class Worker:
         ]
         plain = [a for a in ended if a.returncode == 0 and a.ending is None and a.result_file is None]
         if plain:
-            self.store.complete_many([a.run.id for a in plain], self.name, self.clock())
+            recorded = set(self.store.complete_many([a.run.id for a in plain], self.name, self.clock()))
             for active in plain:
                 del self.active[active.run.id]
-                self._completed(active)
+                if active.run.id in recorded:
+                    self._completed(active)
+                else:
+                    _refused(active.bound, S.COMPLETED, exit_code=0)
         done = {a.run.id for a in plain}
         for active in ended:
             if active.run.id in done:
@@ -332,30 +354,36 @@ class Worker:
     def _record_end(self, active: ActiveRun) -> None:
         """Write the outcome; a database error leaves the run in ``active`` to be retried."""
         run, rc, bound = active.run, active.returncode, active.bound
+        assert rc is not None  # only runs whose process exited are recorded
         now = self.clock()
         result = read_result(active.result_file) if active.result_file else None
         if active.ending == LOST:
             bound.warning("run stopped: it is no longer ours", reason=active.reason, exit_code=rc)
             return
         if active.ending == RELEASED:
-            self.store.release([run.id], self.name, now, "worker shutting down: handed back")
-            bound.warning("run handed back to the queue", exit_code=rc)
+            if self.store.release([run.id], self.name, now, "worker shutting down: handed back"):
+                bound.warning("run handed back to the queue", exit_code=rc)
+            else:
+                _refused(bound, S.SCHEDULED, exit_code=rc)
             return
         if active.ending == S.CANCELLED:
-            self.store.finish(
+            if self.store.finish(
                 run.id, self.name, S.CANCELLED, now, exit_code=rc, error=active.reason, source=S.CANCELLING
-            )
-            bound.info("run cancelled", exit_code=rc)
+            ):
+                bound.info("run cancelled", exit_code=rc)
+            else:
+                _refused(bound, S.CANCELLED, exit_code=rc)
             return
         if active.ending == S.TIMED_OUT:
             outcome, error = S.TIMED_OUT, active.reason
         elif rc == 0:
             outcome, error = S.COMPLETED, None
-        elif rc is not None and rc < 0:
-            outcome, error = S.FAILED, f"killed by signal {signal.Signals(-rc).name}"
         else:
-            outcome, error = S.FAILED, f"exit code {rc}"
+            outcome, error = S.FAILED, describe_exit(rc)
         final = self.store.finish(run.id, self.name, outcome, now, exit_code=rc, error=error, result=result)
+        if final is None:
+            _refused(bound, outcome, exit_code=rc, error=error)
+            return
         level = bound.info if outcome == S.COMPLETED else bound.warning
         duration = round(time.monotonic() - active.started, 3)
         metrics.RUN_DURATION.labels(run.deployment, outcome.value).observe(duration)
@@ -398,3 +426,12 @@ class Worker:
         for run_id in run_ids:
             if (active := self.active.get(run_id)) is not None and active.returncode is None:
                 active.end(S.CANCELLED, "cancelled on request", _CANCEL_GRACE, now)
+
+
+def _refused(bound: Any, outcome: RunState, **fields: Any) -> None:
+    """The state machine refused the outcome: the run is not ours any more (its lease expired and
+    it was reaped, or it was cancelled meanwhile).  Said as a warning, never as if it were recorded."""
+    bound.warning(
+        f"run outcome not recorded: the run is no longer this worker's ({outcome.value.lower()} refused)",
+        **fields,
+    )

@@ -5,10 +5,15 @@ A run printing 100 MB therefore costs at most ``max_bytes`` of memory and storag
 thousand rows, and a person still sees how it started and how it ended.  Past the head, output
 is handled as raw blocks (bytes.count and slicing, no per-line Python work), so even gigabytes
 cost little more than reading them.
+
+A run may print any bytes, but a database text column holds only text, and PostgreSQL's none
+with a NUL in it: each line is stored by ``encode_line`` (see there), losslessly and the same way
+on both databases, so what a run prints can never fail the INSERT that would kill its worker.
 """
 
 from __future__ import annotations
 
+import re
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -109,4 +114,50 @@ class OutputCapture:
 
 
 def _decode(at: datetime, stream: str, raw: bytes) -> Line:
-    return Line(at, stream, raw.decode("utf-8", errors="replace").rstrip("\r"))
+    return Line(at, stream, encode_line(raw[:-1] if raw.endswith(b"\r") else raw))
+
+
+#: A byte to escape (NUL, or one that is not part of valid UTF-8, as surrogateescape decodes it) or
+#: a literal "xHH", each with the backslashes right before it.
+_TO_ESCAPE = re.compile("(\\\\*)([\x00\udc80-\udcff]|x[0-9A-Fa-f]{2})")
+_ESCAPED = re.compile(r"(\\+)(x[0-9A-Fa-f]{2})")
+
+
+def encode_line(raw: bytes) -> str:
+    """One line of output as text for the database, losslessly and the same on both databases.
+
+    Valid UTF-8 is kept as it is, control characters included.  A NUL byte, and each byte that
+    is not part of valid UTF-8, becomes the four characters ``\\xNN`` (hex).  So that the text
+    ``\\x41`` a run printed is not read back as the byte 0x41, the backslashes right before a
+    literal ``xNN`` are doubled; no other backslash is touched.  ``decode_line`` inverts it.
+    """
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        text = raw.decode("utf-8", errors="surrogateescape")
+    else:
+        if "\x00" not in text and "\\" not in text:
+            return text  # the common case: nothing to do
+    return _TO_ESCAPE.sub(_escape, text)
+
+
+def _escape(match: re.Match[str]) -> str:
+    backslashes, what = match.groups()
+    if len(what) == 1:  # a byte: NUL, or an undecodable one (U+DC80..U+DCFF stands for 0x80..0xFF)
+        code = ord(what)
+        return f"{backslashes * 2}\\x{code - 0xDC00 if code >= 0xDC00 else code:02x}"
+    return backslashes * 2 + what
+
+
+def decode_line(text: str) -> bytes:
+    """The bytes a run printed, from a line stored by ``encode_line``."""
+
+    def unescape(match: re.Match[str]) -> str:
+        backslashes, hexa = match.groups()
+        kept = "\\" * (len(backslashes) // 2)
+        if len(backslashes) % 2 == 0:
+            return kept + hexa
+        code = int(hexa[1:], 16)
+        return kept + chr(code if code < 0x80 else 0xDC00 + code)
+
+    return _ESCAPED.sub(unescape, text).encode("utf-8", errors="surrogateescape")

@@ -83,6 +83,20 @@ class Guardian:
         self._process.wait(timeout=10)
 
 
+def describe_exit(returncode: int) -> str:
+    """Why a run's process ended, for its ``error``: any exit status, any signal number (real-time
+    signals and the two glibc keeps for itself have no name in Python's ``signal.Signals``)."""
+    if returncode >= 0:
+        return f"exit code {returncode}"
+    number = -returncode
+    try:
+        name = signal.Signals(number).name
+    except ValueError:
+        low, high = signal.SIGRTMIN, signal.SIGRTMAX
+        name = f"SIGRTMIN+{number - low}" if low < number < high else ""
+    return f"killed by signal {number}" + (f" ({name})" if name else "")
+
+
 def run_environment(extra: Mapping[str, str]) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(_PRIVATE_PREFIXES)}
     env.update(extra)
