@@ -13,7 +13,9 @@ $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || { \
 	  echo "make: cannot create a virtualenv: install python3-venv (apt-get install python3-venv)" >&2; exit 1; }
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet --upgrade --upgrade-strategy eager -e '.[dev]'
+	@# setuptools' note that an editable install is one is not news to someone who asked for one
+	PYTHONWARNINGS="ignore:Editable installation" \
+	  $(BIN)/python -m pip install --quiet --upgrade --upgrade-strategy eager -e '.[dev]'
 	@touch $@
 
 run: $(STAMP)

@@ -184,6 +184,19 @@ def test_config_set_rewrites_what_it_cannot_edit_in_place(tmp_path: Path) -> Non
     assert tomllib.loads(path.read_text()) == {"worker": {"concurrency": 3}}
 
 
+def test_config_set_takes_a_negative_value_and_refuses_a_bad_one_as_a_config_error(tmp_path: Path) -> None:
+    """`config set worker.concurrency -1` needed `--`, and a bad value exited 2 where README says 78."""
+    path = tmp_path / "orchd.toml"
+    path.write_text("[worker]\nconcurrency = 2\n")
+    orchd = Orchd(path, tmp_path / "state")
+    for value, words in (("-1", "got -1"), ("abc", "got the string 'abc'")):
+        result = orchd("config", "set", "worker.concurrency", value)
+        message = f"orchd: error: worker.concurrency: expected an integer >= 1, {words}"
+        one_line_error(result, EX_CONFIG, message)
+    assert path.read_text() == "[worker]\nconcurrency = 2\n"
+    one_line_error(orchd("config", "set", "worker.concurency", "3"), 2, "did you mean 'worker.concurrency'?")
+
+
 def test_config_set_refuses_a_value_that_breaks_the_file(tmp_path: Path) -> None:
     path = tmp_path / "orchd.toml"
     path.write_text("[worker]\npools = ['a']\n")

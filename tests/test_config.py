@@ -228,6 +228,34 @@ def test_unknown_environment_key_is_an_error(tmp_path: Path, env: dict[str, str]
     )
 
 
+def test_a_misspelled_environment_section_is_an_error_too(env: dict[str, str]) -> None:
+    """ORCHD_WORKERS_CONCURRENCY=8 was silently ignored; orchd's own run variables are not keys."""
+    message = error_of(Path("/dev/null"), {**env, "ORCHD_WORKERS_CONCURRENCY": "8"})
+    assert message == (
+        "environment ORCHD_WORKERS_CONCURRENCY: unknown section 'workers' "
+        "(did you mean ORCHD_WORKER_CONCURRENCY?)"
+    )
+    assert "DATABSE" in error_of(Path("/dev/null"), {**env, "ORCHD_DATABSE_URL": "sqlite://"})
+    inside_a_run = {"ORCHD_SCHEDULED_FOR": "2026-05-01T00:00:00+00:00", "ORCHD_RUN_ID": "7", "ORCHD_X": "1"}
+    assert load_config("/dev/null", env={**env, **inside_a_run}).worker.concurrency == 4
+
+
+def test_a_relative_sqlite_path_is_relative_to_the_file_it_is_written_in(
+    tmp_path: Path, env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The quick start's `sqlite:///.state/orchd.db` worked only from the repository root."""
+    (tmp_path / "etc").mkdir()
+    path = write(tmp_path / "etc" / "orchd.toml", '[database]\nurl = "sqlite:///../state/orchd.db"\n')
+    monkeypatch.chdir("/")
+    assert load_config(path, env=env).database.url == f"sqlite:///{tmp_path}/state/orchd.db"
+    for url in ("sqlite:////srv/orchd.db", "sqlite:///:memory:", "postgresql://u@h/db"):
+        write(path, f'[database]\nurl = "{url}"\n')
+        assert load_config(path, env=env).database.url == url
+    # in the environment there is no file: relative to where the command runs, as SQLAlchemy has it
+    relative = load_config(path, env={**env, "ORCHD_DATABASE_URL": "sqlite:///x.db"})
+    assert relative.database.url == "sqlite:///x.db"
+
+
 def test_bad_environment_value_names_the_variable(env: dict[str, str]) -> None:
     message = error_of(Path("/dev/null"), {**env, "ORCHD_WORKER_CONCURRENCY": "0"})
     assert (
@@ -643,7 +671,7 @@ def test_shipped_examples_validate_when_uncommented(tmp_path: Path, env: dict[st
 
 def test_quickstart_validates(env: dict[str, str]) -> None:
     config = load_config(QUICKSTART, env=env)
-    assert config.database.url == "sqlite:///.state/orchd.db"
+    assert config.database.url == f"sqlite:///{QUICKSTART.parent.parent.parent / '.state' / 'orchd.db'}"
     assert [d.name for d in config.deployments] == ["hello", "disk-report"]
     assert all(d.schedules for d in config.deployments)
 

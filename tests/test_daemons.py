@@ -29,19 +29,24 @@ def _completed(store: Store) -> list[int]:
         return []
 
 
+def quick_start(tmp_path: Path) -> Path:
+    """A copy of the repository's quick-start config at the same place in ``tmp_path``."""
+    (tmp_path / "etc/orchd").mkdir(parents=True)
+    return Path(shutil.copy(ROOT / "etc/orchd/quickstart.toml", tmp_path / "etc/orchd/quickstart.toml"))
+
+
 def test_quick_start_orchd_up(tmp_path: Path) -> None:
-    """What `make run` does, in a temp dir: runs complete, Ctrl-C stops it with status 0."""
-    shutil.copy(ROOT / "etc/orchd/quickstart.toml", tmp_path / "quickstart.toml")
+    """What `make run` does, in a temp dir: runs complete, Ctrl-C stops it with status 0; the
+    SQLite file is ./.state/orchd.db, and other commands find it from any directory."""
+    config = quick_start(tmp_path)
     with daemons(tmp_path) as group:
-        up = group.start("orchd", "up", "--config", "quickstart.toml", cwd=tmp_path)
+        up = group.start("orchd", "up", "--config", "etc/orchd/quickstart.toml", cwd=tmp_path)
         wait_for(lambda: (tmp_path / ".state/orchd.db").exists(), what="the SQLite file")
         store = store_for(f"sqlite:///{tmp_path / '.state/orchd.db'}")
         wait_for(lambda: _completed(store), timeout=30, what="a COMPLETED run")
         assert group.stop(up, signal.SIGINT) == 0
         assert "hello from run" in group.output()
-        listing = run_cli(
-            ["run", "ls", "--config", str(tmp_path / "quickstart.toml"), "--json"], cwd=tmp_path
-        )
+        listing = run_cli(["run", "ls", "--config", str(config), "--json"], cwd=config.parent)
         assert listing.returncode == 0, listing.stderr
         assert '"state": "COMPLETED"' in listing.stdout
 
@@ -173,9 +178,9 @@ def test_scheduler_once(tmp_path: Path, db_url: str) -> None:
 def test_a_burst_of_signals_still_stops_cleanly(tmp_path: Path) -> None:
     """Ctrl-C pressed again and again (or SIGTERM after SIGINT) must not deadlock the shutdown:
     signal handlers take no lock."""
-    shutil.copy(ROOT / "etc/orchd/quickstart.toml", tmp_path / "quickstart.toml")
+    config = quick_start(tmp_path)
     with daemons(tmp_path) as group:
-        up = group.start("orchd", "up", "--config", "quickstart.toml", cwd=tmp_path)
+        up = group.start("orchd", "up", "--config", str(config), cwd=tmp_path)
         wait_for(lambda: "worker started" in group.output(), what="orchd up")
         for sig in [signal.SIGINT] * 20 + [signal.SIGTERM] * 5:
             up.send_signal(sig)

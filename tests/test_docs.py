@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import tomllib
 from pathlib import Path
 
 import click
@@ -65,3 +66,12 @@ def _groups(group: click.Group, prefix: str) -> list[str]:
 def test_every_command_and_group_has_an_example(command: str) -> None:
     result = CliRunner().invoke(main, [*command.split()[1:], "--help"])
     assert "Example:" in result.output
+
+
+def test_the_package_metadata_gives_setuptools_nothing_to_warn_about() -> None:
+    """`make run` printed three deprecation warnings about our license table before anything
+    useful: the license is an SPDX expression, which setuptools reads from version 77 on."""
+    pyproject = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())
+    assert pyproject["project"]["license"] == "Apache-2.0"
+    assert not any(c.startswith("License ::") for c in pyproject["project"].get("classifiers", []))
+    assert pyproject["build-system"]["requires"] == ["setuptools>=77"]

@@ -124,8 +124,8 @@ def _value(key: str, field: dataclasses.Field[Any], text: str) -> Any:
             value = tomllib.loads(f"v = {text}")["v"]
     try:
         parsed = field.metadata["parser"](value)
-    except ValueError as exc:
-        usage_error(f"{key}: {exc}")
+    except ValueError as exc:  # what the file would say with this value: a config error
+        raise ConfigError(f"{key}: {exc}") from None
     return parsed if isinstance(parsed, list) else value
 
 
@@ -184,7 +184,7 @@ def _validate(path: Path, text: str) -> None:
             raise ConfigError(str(exc).replace(str(candidate), str(path))) from None
 
 
-@config_group.command("set")
+@config_group.command("set", context_settings={"ignore_unknown_options": True})  # VALUE may be -1
 @click.argument("key")
 @click.argument("value")
 @common_options
@@ -192,7 +192,8 @@ def config_set(key: str, value: str, config_path: Path | None, as_json: bool) ->
     """Set KEY (SECTION.KEY) to VALUE in the config file, keeping its comments.
 
     VALUE is read as TOML when it is a TOML value (8, true, ["a", "b"]), else as text.  The file
-    is written only when the result validates; unknown keys are refused.
+    is written only when the result validates: an unknown key is a usage error (exit 2), a value
+    the key does not take leaves the file as it was and exits 78, as the file would.
 
     \b
     Example:

@@ -140,7 +140,21 @@ def _parse_fields(
     return values
 
 
-_ENV_KEY = re.compile(r"^ORCHD_(DATABASE|SCHEDULER|WORKER|LOGGING|METRICS)_([A-Z0-9_]+)$")
+_ENV_KEY = re.compile(rf"^ORCHD_({'|'.join(s.upper() for s in SECTIONS)})_([A-Z0-9_]+)$")
+#: orchd's own variables that are not config keys (ORCHD_SCHEDULED_FOR looks like a misspelled
+#: section): the CLI may run inside a run, which has the run's variables.
+_NOT_KEYS = {
+    "ORCHD_CONFIG",
+    "ORCHD_DEBUG",
+    "ORCHD_STATE_DIR",
+    "ORCHD_RUN_ID",
+    "ORCHD_DEPLOYMENT",
+    "ORCHD_ATTEMPT",
+    "ORCHD_SCHEDULED_FOR",
+    "ORCHD_PARAMETERS",
+    "ORCHD_RESULT_FILE",
+    "ORCHD_TEST_DATABASE_URL",
+}
 _TEXT_KEYS = {
     (section, fd.name)
     for section, cls in SECTIONS.items()
@@ -156,6 +170,7 @@ def _env_overrides(env: Mapping[str, str]) -> dict[str, dict[str, tuple[Any, str
     for var, text in env.items():
         match = _ENV_KEY.match(var)
         if not match:
+            _misspelled_section(var)
             continue
         section, key = match.group(1).lower(), match.group(2).lower()
         value: Any = text
@@ -164,6 +179,20 @@ def _env_overrides(env: Mapping[str, str]) -> dict[str, dict[str, tuple[Any, str
                 value = tomllib.loads(f"v = {text}")["v"]
         found.setdefault(section, {})[key] = (value, f"environment {var}")
     return found
+
+
+def _misspelled_section(var: str) -> None:
+    """ORCHD_WORKERS_CONCURRENCY would be ignored without a word, while ORCHD_WORKER_CONCURENCY
+    is refused: a section name close to a real one is refused too, with the right name."""
+    section, sep, key = var.removeprefix("ORCHD_").partition("_")
+    if not var.startswith("ORCHD_") or not sep or var in _NOT_KEYS:
+        return
+    close = difflib.get_close_matches(section.lower(), list(SECTIONS), n=1, cutoff=0.75)
+    if close:
+        raise ConfigError(
+            f"environment {var}: unknown section {section.lower()!r} "
+            f"(did you mean ORCHD_{close[0].upper()}_{key}?)"
+        )
 
 
 def _build(path: Path | None, documents: list[_Document], env: Mapping[str, str]) -> Config:
@@ -217,6 +246,9 @@ def _build(path: Path | None, documents: list[_Document], env: Mapping[str, str]
     state_dir = _state_dir(env)
     database = sections["database"]
     url = _resolve_url(database.url, database.url_file, state_dir, env, sources)
+    written_in = locators.get("database.url") if "url" not in overrides.get("database", {}) else None
+    if written_in is not None and database.url:
+        url = _beside(url, written_in.path.parent)
     sections["database"] = dataclasses.replace(database, url=url)
     return Config(
         path=path,
@@ -226,6 +258,22 @@ def _build(path: Path | None, documents: list[_Document], env: Mapping[str, str]
         sources=sources,
         **sections,
     )
+
+
+_SQLITE_PATH = re.compile(r"^(sqlite(?:\+\w+)?:///)([^?]*)(.*)$")
+
+
+def _beside(url: str, directory: Path) -> str:
+    """A relative SQLite path written in a config file is relative to that file, not to wherever
+    the command happens to run: `sqlite:///.state/orchd.db` in /srv/x/orchd.toml is
+    /srv/x/.state/orchd.db."""
+    match = _SQLITE_PATH.match(url)
+    if not match or not match.group(2) or match.group(2) == ":memory:":
+        return url
+    file = Path(match.group(2)).expanduser()
+    if file.is_absolute():
+        return url
+    return f"{match.group(1)}{os.path.normpath(directory.absolute() / file)}{match.group(3)}"
 
 
 def _named(doc: _Document, table: str, index: int, item: Mapping[str, Any]) -> str:

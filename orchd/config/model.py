@@ -20,7 +20,8 @@ class DatabaseConfig:
     url: str = f.setting(
         "",
         f.text,
-        "SQLAlchemy URL: sqlite:///PATH or postgresql+psycopg://USER@HOST/DB. "
+        "SQLAlchemy URL: sqlite:///PATH (a relative PATH is relative to this file) or "
+        "postgresql+psycopg://USER@HOST/DB. "
         "Empty: SQLite file orchd.db in /var/lib/orchd when writable, else $XDG_DATA_HOME/orchd.",
     )
     url_file: str = f.setting(
