@@ -12,6 +12,8 @@ from orchd.config import Config, load_config
 from orchd.db import migrate
 from orchd.db.engine import make_engine
 from orchd.db.store import Store
+from orchd.worker.containers import Engine
+from tests.containers import images
 from tests.pg import PgServer, postgres_server
 
 BACKENDS = ["sqlite", "postgresql"]
@@ -100,3 +102,22 @@ def worker_store(db_url: str) -> Iterator[Store]:
     engine = make_engine(load_config("/dev/null", env={"ORCHD_DATABASE_URL": db_url}).database)
     yield Store(engine, "worker")
     engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def podman() -> Engine:
+    return images.podman()
+
+
+@pytest.fixture(scope="session")
+def busybox(podman: Engine) -> Iterator[str]:
+    """A local busybox image (built once per session, removed at its end)."""
+    with images.built(podman, images.busybox_image, "busybox") as tag:
+        yield tag
+
+
+@pytest.fixture(scope="session")
+def python_image(podman: Engine) -> Iterator[str]:
+    """A local image with Python 3.11 (built once per session, removed at its end)."""
+    with images.built(podman, images.python_image, "python") as tag:
+        yield tag

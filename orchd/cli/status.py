@@ -26,6 +26,7 @@ from orchd.durations import format_duration
 from orchd.errors import DatabaseUnavailable
 from orchd.scheduler.leader import SEEN_EVERY
 from orchd.states import RETRYABLE, RunState
+from orchd.worker.containers import Engine, EngineUnavailable
 
 #: Failures counted by the check: those of the last hour.
 WINDOW = 3600.0
@@ -95,6 +96,23 @@ def judge(health: Health, config: Config, late_after: float) -> list[Check]:
     return [scheduler, workers, late, stuck, failures]
 
 
+def containers(config: Config) -> list[Check]:
+    """When deployments run in containers: does this host's engine answer?  (Each worker checks
+    its own at start and says so in its status line.)"""
+    pools = sorted({d.pool for d in config.deployments if d.image})
+    if not pools:
+        return []
+    one = len(pools) == 1
+    needing = f"pool{'' if one else 's'} {', '.join(pools)}"
+    try:
+        engine = Engine.find(config.worker.container_runtime, config.worker.container_binary)
+        version = engine.check()
+    except EngineUnavailable as exc:
+        verb = "runs" if one else "run"
+        return [Check("containers", False, f"{needing} {verb} containers, but on this host: {exc}")]
+    return [Check("containers", True, f"{version} ({engine.binary}) for {needing}")]
+
+
 def _show(checks: list[Check], as_json: bool, extra: dict[str, Any], body: Any = None) -> None:
     healthy = all(c.ok for c in checks)
     if as_json:
@@ -124,7 +142,8 @@ def _show(checks: list[Check], as_json: bool, extra: dict[str, Any], body: Any =
 @common_options
 def status(late_after: float, config_path: Path | None, as_json: bool) -> None:
     """Is orchd healthy?  Database, scheduler leader, workers per pool, queue, late and stuck runs,
-    failures of the last hour.  Exit status 0: healthy; 1: something needs attention.
+    failures of the last hour, and the container engine when deployments need one.
+    Exit status 0: healthy; 1: something needs attention.
 
     \b
     Example:
@@ -151,7 +170,7 @@ def status(late_after: float, config_path: Path | None, as_json: bool) -> None:
         now, worker_timeout=config.scheduler.worker_timeout, late_after=late_after, window=WINDOW
     )
     checks = [Check("database", True, f"{where}, {server}, schema {current} (current)")]
-    checks += judge(health, config, late_after)
+    checks += judge(health, config, late_after) + containers(config)
     leader = health.leader
     extra = {
         "database": database,

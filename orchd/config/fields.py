@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -123,6 +124,14 @@ def string_table(value: Any) -> dict[str, str]:
         if not isinstance(item, str):
             raise ValueError(f"expected string values, got {_kind(item)} for {key!r}")
     return items
+
+
+def size(value: Any) -> str:
+    """A byte size as container engines take it: "512m", "2g", "1.5g", "1048576"; "" for none."""
+    text_value = text(value).strip().lower()
+    if text_value and not re.fullmatch(r"\d+(\.\d+)?[bkmg]?", text_value):
+        raise ValueError(f'expected a size like "512m" or "2g", got {_kind(value)}')
+    return text_value
 
 
 def raw(value: Any) -> Any:

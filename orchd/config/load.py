@@ -18,7 +18,15 @@ from pathlib import Path
 from typing import Any
 
 from orchd.config import fields
-from orchd.config.model import ARRAYS, NAME_PATTERN, SECTIONS, Config, DeploymentConfig, PoolConfig
+from orchd.config.model import (
+    ARRAYS,
+    NAME_PATTERN,
+    SECTIONS,
+    Config,
+    ContainerConfig,
+    DeploymentConfig,
+    PoolConfig,
+)
 from orchd.errors import ConfigError
 from orchd.schedules import parse_schedule
 
@@ -202,6 +210,7 @@ def _build(path: Path | None, documents: list[_Document], env: Mapping[str, str]
     pools: list[PoolConfig] = []
     deployments: list[DeploymentConfig] = []
     first_defined: dict[tuple[str, str], str] = {}  # (pools|deployments, name) -> file:line
+    placed: dict[str, Any] = {}  # deployment name -> its locate(key)
     for doc in documents:
         for top, body in doc.data.items():
             if top in SECTIONS:
@@ -218,6 +227,7 @@ def _build(path: Path | None, documents: list[_Document], env: Mapping[str, str]
                         pools.append(_pool(doc, index, item, sources))
                     else:
                         deployments.append(_deployment(doc, index, item, sources))
+                        placed[deployments[-1].name] = _locator(doc, "deployments", index)
                     where, name = doc.where(top, "name", index), item["name"]
                     if (top, name) in first_defined:
                         raise ConfigError(
@@ -228,6 +238,7 @@ def _build(path: Path | None, documents: list[_Document], env: Mapping[str, str]
                 known = [*SECTIONS, *ARRAYS]
                 raise ConfigError(f"{doc.where(top, None)}: {top}: {_unknown(top, known)}")
 
+    deployments = _with_pool_defaults(deployments, pools, placed)
     overrides = _env_overrides(env)
     sections: dict[str, Any] = {}
     for name, cls in SECTIONS.items():
@@ -287,11 +298,22 @@ def _named(doc: _Document, table: str, index: int, item: Mapping[str, Any]) -> s
     return name
 
 
+def _locator(doc: _Document, table: str, index: int) -> Any:
+    return lambda key: doc.where(table, key, index)
+
+
+def _container(raw: Mapping[str, Any], locate: Any, label: str, sources: dict[str, str]) -> dict[str, Any]:
+    """The validated keys of a ``container = {...}`` table: only those given, so a deployment's
+    keys can override its pool's one by one (the rest default when the run starts)."""
+    values = _parse_fields(ContainerConfig, raw, locate, f"{label}.container", sources, {}, False)
+    return {key: values[key] for key in raw}
+
+
 def _pool(doc: _Document, index: int, item: Mapping[str, Any], sources: dict[str, str]) -> PoolConfig:
     name = _named(doc, "pools", index, item)
-    values = _parse_fields(
-        PoolConfig, item, lambda key: doc.where("pools", key, index), f"pools.{name}", sources, {}, False
-    )
+    locate = _locator(doc, "pools", index)
+    values = _parse_fields(PoolConfig, item, locate, f"pools.{name}", sources, {}, False)
+    values["container"] = _container(values["container"], locate, f"pools.{name}", sources)
     return PoolConfig(**values)
 
 
@@ -304,16 +326,12 @@ def _deployment(
     def locate(key: str) -> str:
         return doc.where("deployments", key, index)
 
-    if "command" not in item and "entrypoint" not in item:
-        raise ConfigError(
-            f'{locate("name")}: {label}.command: required (an argv list such as ["/bin/true"]), '
-            'or entrypoint = "package.module:function"'
-        )
     if "command" in item and "entrypoint" in item:
         raise ConfigError(
             f"{locate('entrypoint')}: {label}.entrypoint: give either command or entrypoint, not both"
         )
     values = _parse_fields(DeploymentConfig, item, locate, label, sources, {}, False)
+    values["container"] = _container(values["container"], locate, label, sources)
     if "command" in item and not values["command"]:
         raise ConfigError(f"{locate('command')}: {label}.command: expected a non-empty argv list")
     if values["entrypoint"] and not re.fullmatch(ENTRYPOINT_PATTERN, values["entrypoint"]):
@@ -340,6 +358,40 @@ def _deployment(
         raise ConfigError(f"{locate('schedules')}: {label}.schedules: the same schedule is listed twice")
     values["schedules"] = specs
     return DeploymentConfig(**values)
+
+
+def _with_pool_defaults(
+    deployments: list[DeploymentConfig], pools: list[PoolConfig], placed: Mapping[str, Any]
+) -> list[DeploymentConfig]:
+    """Give each deployment its pool's ``image`` and ``container`` defaults (its own keys win), then
+    check what depends on them: without an image a deployment needs a command or an entrypoint."""
+    by_name = {p.name: p for p in pools}
+    resolved = []
+    for dep in deployments:
+        locate, label = placed[dep.name], f"deployments.{dep.name}"
+        pool = by_name.get(dep.pool)
+        image = dep.image or (pool.image if pool else "")
+        if not image:
+            if not dep.command and not dep.entrypoint:
+                raise ConfigError(
+                    f'{locate("name")}: {label}.command: required (an argv list such as ["/bin/true"]), '
+                    'or entrypoint = "package.module:function", or an image'
+                )
+            if dep.container:
+                raise ConfigError(
+                    f"{locate('container')}: {label}.container: only used with an image "
+                    f"(set image here or in [[pools]] {dep.pool!r})"
+                )
+            resolved.append(dep)
+            continue
+        if dep.working_dir and not dep.working_dir.startswith("/"):
+            raise ConfigError(
+                f"{locate('working_dir')}: {label}.working_dir: expected an absolute path inside the "
+                f"container, got {dep.working_dir!r}"
+            )
+        container = {**(pool.container if pool else {}), **dep.container}
+        resolved.append(dataclasses.replace(dep, image=image, container=container))
+    return resolved
 
 
 def _state_dir(env: Mapping[str, str]) -> Path:

@@ -88,6 +88,14 @@ class WorkerConfig:
     work_dir: str = f.setting(
         "", f.text, "Working directory of runs without working_dir (must exist); empty: the state dir."
     )
+    container_runtime: str = f.setting(
+        "auto",
+        f.choice("auto", "podman", "docker"),
+        "Engine for runs with an image (through its CLI); auto: podman if installed, else docker.",
+    )
+    container_binary: str = f.setting(
+        "", f.text, "Path of the engine's command; empty: podman or docker found on the PATH."
+    )
 
 
 @dataclass(frozen=True)
@@ -119,6 +127,57 @@ class MetricsConfig:
     )
 
 
+def volume_list(value: Any) -> list[str]:
+    """Bind mounts and named volumes as the engines take them: SOURCE:DESTINATION[:OPTIONS]."""
+    volumes = f.string_list(value)
+    for item in volumes:
+        parts = item.split(":")
+        if not 2 <= len(parts) <= 3 or not parts[0] or not parts[1].startswith("/"):
+            raise ValueError(f'expected "SOURCE:/PATH/IN/CONTAINER[:ro]" entries, got {item!r}')
+    return volumes
+
+
+def gpu_request(value: Any) -> str:
+    """GPUs in docker's --gpus syntax: "all", a count, or "device=0,1"."""
+    text = f.text(value).strip()
+    if text and not re.fullmatch(r"all|\d+|device=\w+(,\w+)*", text):
+        raise ValueError(f'expected "all", a count such as "2", or "device=0,1", got {value!r}')
+    return text
+
+
+@dataclass(frozen=True)
+class ContainerConfig:
+    """How a run with an ``image`` is started: the keys of a deployment's (or pool's)
+    ``container = {...}``.  A deployment's keys override its pool's one by one."""
+
+    pull: str = f.setting(
+        "missing",
+        f.choice("missing", "always", "never"),
+        "Pull the image when it is missing, before every run, or never (local images only).",
+    )
+    network: str = f.setting(
+        "", f.text, 'Network: "bridge", "host", "none" or a named network; empty: the engine\'s default.'
+    )
+    volumes: list[str] = f.setting(
+        [], volume_list, 'Mounts, e.g. ["/srv/data:/data:ro", "cache:/cache"] (SOURCE:DEST[:OPTIONS]).'
+    )
+    memory: str = f.setting("", f.size, 'Memory limit, e.g. "2g": above it the run FAILS "out of memory".')
+    cpus: float = f.setting(0.0, f.number(0.0), "CPU limit, e.g. 1.5; 0: no limit.")
+    user: str = f.setting("", f.text, 'User inside the container, e.g. "1000:1000"; empty: the image\'s.')
+    gpus: str = f.setting(
+        "",
+        gpu_request,
+        '"all", a count, or "device=0,1" (docker --gpus; CDI nvidia.com/gpu devices with podman).',
+    )
+    shm_size: str = f.setting("", f.size, 'Size of /dev/shm, e.g. "1g"; empty: the engine\'s default.')
+    init: bool = f.setting(
+        True, f.boolean, "Run a tiny init as PID 1 that forwards signals (stop is then prompt)."
+    )
+    options: list[str] = f.setting(
+        [], f.argv, 'More options for the engine\'s run command, e.g. ["--cap-drop=ALL"].'
+    )
+
+
 @dataclass(frozen=True)
 class PoolConfig:
     name: str = f.setting("", f.text, "Pool name (workers serve pools by name).")
@@ -126,6 +185,10 @@ class PoolConfig:
         0, f.optional_integer(1), "Runs of this pool active at once across all workers; 0 = no limit."
     )
     paused: bool = f.setting(False, f.boolean, "A paused pool's runs are not claimed.")
+    image: str = f.setting("", f.text, "Default image of the pool's deployments (they run in containers).")
+    container: dict[str, Any] = f.setting(
+        {}, f.table, "Default container settings of the pool's deployments (see ContainerConfig)."
+    )
 
 
 @dataclass(frozen=True)
@@ -138,7 +201,15 @@ class DeploymentConfig:
     entrypoint: str = f.setting(
         "", f.text, 'Instead of command: "package.module:function", called with the parameters.'
     )
-    python: str = f.setting("", f.text, "Interpreter for entrypoint; empty: the worker's own.")
+    python: str = f.setting(
+        "", f.text, 'Interpreter for entrypoint; empty: the worker\'s own ("python3" in an image).'
+    )
+    image: str = f.setting(
+        "", f.text, "Run in a container of this image (podman or docker); empty: the pool's, else a process."
+    )
+    container: dict[str, Any] = f.setting(
+        {}, f.table, "Container settings: pull, network, volumes, memory, cpus, user, gpus, shm_size, ..."
+    )
     parameters: dict[str, Any] = f.setting(
         {}, f.table, "Default parameters, passed as JSON in ORCHD_PARAMETERS."
     )

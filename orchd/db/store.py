@@ -156,6 +156,8 @@ def deployment_spec(dep: DeploymentConfig, default_catchup: str) -> dict[str, An
         "python": dep.python,
         "max_active_runs": dep.max_active_runs,
         "overlap": dep.overlap,
+        # only for container runs, so the hash (and row) of every other deployment stays as it was
+        **({"image": dep.image, "container": dep.container} if dep.image else {}),
     }
 
 

@@ -7,15 +7,28 @@ small standalone runner in the deployment's interpreter and hands the result bac
 from __future__ import annotations
 
 import json
+import secrets
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from orchd.config.model import ContainerConfig
 from orchd.db.store import ClaimedRun
+from orchd.worker.containers import ContainerHost, Engine, EngineUnavailable, client_environment
 from orchd.worker.process import run_environment
 
 RUNNER = Path(__file__).with_name("entrypoint_runner.py")
 RESULT_MAX_BYTES = 64 * 1024
+#: Where the runner and the result file are mounted inside a container.
+IN_CONTAINER = "/orchd"
+
+
+@dataclass(frozen=True)
+class ContainerLaunch:
+    engine: Engine
+    name: str
+    memory: str
 
 
 @dataclass(frozen=True)
@@ -24,11 +37,19 @@ class Invocation:
     env: dict[str, str]
     cwd: Path
     result_file: Path | None
+    container: ContainerLaunch | None = None
+
+    def prepare(self) -> None:
+        """Create the result file a container's runner writes through a bind mount: writable by
+        any user the image runs as (it sits in the worker's own private directory)."""
+        if self.container is not None and self.result_file is not None:
+            self.result_file.touch(mode=0o666)
+            self.result_file.chmod(0o666)
 
 
-def invocation(run: ClaimedRun, work_dir: Path) -> Invocation:
+def invocation(run: ClaimedRun, work_dir: Path, containers: ContainerHost | None = None) -> Invocation:
+    """How to execute ``run``; EngineUnavailable if it needs a container engine there is not."""
     spec = run.spec
-    cwd = Path(spec.get("working_dir") or work_dir)
     extra = {
         **spec.get("env", {}),
         "ORCHD_RUN_ID": str(run.id),
@@ -40,6 +61,10 @@ def invocation(run: ClaimedRun, work_dir: Path) -> Invocation:
     result_file = None
     if spec.get("entrypoint"):
         result_file = work_dir / f".orchd-result-{run.id}-{run.attempt}.json"
+    if spec.get("image"):
+        return _in_container(run, extra, work_dir, result_file, containers)
+    cwd = Path(spec.get("working_dir") or work_dir)
+    if result_file is not None:
         extra["ORCHD_RESULT_FILE"] = str(result_file)
         argv = [spec.get("python") or sys.executable, str(RUNNER), spec["entrypoint"]]
     elif spec.get("shell"):
@@ -47,6 +72,53 @@ def invocation(run: ClaimedRun, work_dir: Path) -> Invocation:
     else:
         argv = list(spec["command"])
     return Invocation(argv, run_environment(extra), cwd, result_file)
+
+
+def _in_container(
+    run: ClaimedRun,
+    extra: dict[str, str],
+    work_dir: Path,
+    result_file: Path | None,
+    containers: ContainerHost | None,
+) -> Invocation:
+    """The engine's ``run`` command: the deployment's command (or the image's default), or the
+    standalone runner mounted read-only beside a result file, labelled for cleanup by label."""
+    if containers is None:
+        containers = ContainerHost(None, "no container engine configured", "", "")
+    engine = containers.usable()
+    spec: dict[str, Any] = dict(run.spec)
+    settings = ContainerConfig(**spec.get("container", {}))
+    mounts = []
+    if result_file is not None:
+        runner = f"{IN_CONTAINER}/{RUNNER.name}"
+        mounts = [f"{RUNNER}:{runner}:ro", f"{result_file}:{IN_CONTAINER}/result.json"]
+        extra["ORCHD_RESULT_FILE"] = f"{IN_CONTAINER}/result.json"
+        command = [spec.get("python") or "python3", runner, spec["entrypoint"]]
+    elif spec.get("shell"):
+        command = ["/bin/sh", "-c", " ".join(spec["command"])]
+    else:
+        command = list(spec.get("command") or [])
+    # unique, so a leftover of an earlier start can never block this one
+    name = f"orchd-{run.id}-{run.attempt}-{secrets.token_hex(3)}"
+    labels = {
+        "database": containers.database,
+        "run_id": str(run.id),
+        "attempt": str(run.attempt),
+        "worker": containers.worker,
+        "deployment": run.deployment,
+    }
+    argv = engine.run_argv(
+        name,
+        spec["image"],
+        command,
+        settings,
+        labels=labels,
+        env_names=sorted(extra),
+        working_dir=spec.get("working_dir", ""),
+        mounts=mounts,
+    )
+    launch = ContainerLaunch(engine, name, settings.memory)
+    return Invocation(argv, client_environment(extra), work_dir, result_file, launch)
 
 
 class CannotStart(Exception):
@@ -66,7 +138,7 @@ def check_working_dir(cwd: Path, explicit: bool) -> None:
 
 def start_error(argv: list[str], exc: BaseException) -> str:
     """Why spawning failed, in one line naming what was wrong (the program, or the directory)."""
-    if isinstance(exc, CannotStart):
+    if isinstance(exc, CannotStart | EngineUnavailable):
         return str(exc)
     program = repr(argv[0]) if argv else "the command"
     if isinstance(exc, OSError):
@@ -87,6 +159,8 @@ def read_result(path: Path) -> object:
         size = path.stat().st_size
         if size > RESULT_MAX_BYTES:
             return {"orchd_truncated": True, "size": size, "limit": RESULT_MAX_BYTES}
+        if not size:  # a container run's result file exists from the start: empty is no result
+            return None
         return json.loads(path.read_bytes().decode("utf-8"), parse_constant=str)
     except FileNotFoundError:
         return None

@@ -9,9 +9,9 @@ poll interval is only the safety net.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
-import signal
 import socket
 import threading
 import time
@@ -25,12 +25,22 @@ from sqlalchemy.exc import OperationalError
 
 from orchd import metrics
 from orchd.config import Config
+from orchd.db.admin import Admin
+from orchd.db.engine import mask
 from orchd.db.store import ClaimedRun, Store
 from orchd.errors import ConfigError
 from orchd.logging import get_logger
 from orchd.notify import Notifier
 from orchd.states import RunState
-from orchd.worker.command import check_working_dir, invocation, read_result, start_error
+from orchd.worker.command import Invocation, check_working_dir, invocation, read_result, start_error
+from orchd.worker.containers import (
+    ContainerHost,
+    ContainerRun,
+    Engine,
+    EngineUnavailable,
+    client_environment,
+    database_label,
+)
 from orchd.worker.process import ExitEvent, Guardian, OutputEvent, RunProcess, describe_exit
 from orchd.worker.wakeup import Listener, WakeEvent
 
@@ -46,6 +56,16 @@ _NEVER = datetime.min.replace(tzinfo=UTC)
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
 
 
 @dataclass
@@ -64,6 +84,9 @@ class ActiveRun:
     ending: RunState | str | None = None
     reason: str | None = None
     returncode: int | None = None
+    #: Why it failed beyond its exit status (a container out of memory, an engine error).
+    exit_error: str | None = None
+    container: str | None = None
 
     @property
     def bound(self) -> Any:
@@ -73,7 +96,7 @@ class ActiveRun:
         """Stop the run's process group: SIGTERM now, SIGKILL after ``grace``."""
         if self.ending is None:
             self.ending, self.reason = why, reason
-            self.process.signal_group(signal.SIGTERM)
+            self.process.terminate(grace)
             self.kill_at = now + grace
 
 
@@ -113,6 +136,9 @@ class Worker:
     _logs: list[dict[str, Any]] = field(default_factory=list)
     _next_claim: float = 0.0
     _last_claim_at: datetime = _NEVER
+    _next_sweep: float = float("inf")
+    _engine_problem: str = ""
+    _removals: list[threading.Thread] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.host = socket.gethostname()
@@ -120,6 +146,12 @@ class Worker:
         cfg = self.config.worker
         self.lease = timedelta(seconds=cfg.lease_timeout)
         self.work_dir = Path(cfg.work_dir or self.config.state_dir)
+        try:
+            engine, problem = Engine.find(cfg.container_runtime, cfg.container_binary), ""
+        except EngineUnavailable as exc:
+            engine, problem = None, str(exc)
+        database = database_label(mask(self.store.engine.url))
+        self.containers = ContainerHost(engine, problem, database, self.name)
 
     # ------------------------------------------------------------------ loop
 
@@ -130,7 +162,9 @@ class Worker:
         self.store.register_worker(
             self.name, self.host, os.getpid(), self.pools, self.concurrency, self.clock()
         )
-        self.guardian = Guardian()
+        engine = self.containers.engine
+        self.guardian = Guardian(engine.remove_argv() if engine else (), env=client_environment({}))
+        self._check_engine()
         listener = None
         if self.store.engine.dialect.name == "postgresql" and not self.burst:
             listener = Listener(self.store.engine.url, self.pools, self.events)
@@ -142,6 +176,8 @@ class Worker:
         finally:
             if listener is not None:
                 listener.stop()
+            for removal in self._removals:
+                removal.join(timeout=60)
             self.guardian.close()
         self._flush_logs()
         self.store.worker_stopped(self.name, self.clock())
@@ -184,6 +220,8 @@ class Worker:
                     if now >= next_heartbeat:
                         self._heartbeat(now)
                         next_heartbeat = now + cfg.heartbeat
+                    if now >= self._next_sweep:
+                        self._sweep()
                     if self.active and now >= next_cancel_check:
                         self._check_cancellations(now)
                         next_cancel_check = now + _CANCEL_CHECK
@@ -207,7 +245,89 @@ class Worker:
             self._handle_events(timeout=max(0.0, min(wake_at - time.monotonic(), _MAX_WAIT)))
 
     def _status(self) -> str:
-        return f"running {len(self.active)}/{self.concurrency} runs, pools {','.join(self.pools)}"
+        status = f"running {len(self.active)}/{self.concurrency} runs, pools {','.join(self.pools)}"
+        return f"{status}; {self._engine_problem}" if self._engine_problem else status
+
+    # ------------------------------------------------------------------ containers
+
+    def _needs_containers(self) -> list[str]:
+        """Pools of this worker whose runs (by this worker's config) execute in containers."""
+        pools = {p.name for p in self.config.pools if p.image and p.name in self.pools}
+        pools |= {d.pool for d in self.config.deployments if d.image and d.pool in self.pools}
+        return sorted(pools)
+
+    def _check_engine(self) -> None:
+        """At start, for pools that need containers: say (log, status line) when the engine is
+        missing or broken, and remove what dead workers of this host left behind."""
+        needing = self._needs_containers()
+        if not needing:
+            return
+        try:
+            version = self.containers.usable().check()
+        except EngineUnavailable as exc:
+            self._engine_problem = f"pools {','.join(needing)} need a container engine: {exc}"
+            log.error("container runs will fail", pools=",".join(needing), error=str(exc))
+            return
+        log.info("container engine ready", engine=version, pools=",".join(needing))
+        self._sweep()
+
+    def _sweep(self) -> None:
+        """Remove this database's containers on this host that no live worker holds: those whose
+        run is over or moved on (another attempt, another worker), and those of a worker of this
+        host whose process is gone.  Runs at start and then every lease timeout."""
+        engine = self.containers.engine
+        self._next_sweep = time.monotonic() + self.config.worker.lease_timeout
+        if engine is None:
+            return
+        try:
+            found = engine.leftovers(self.containers.database)
+        except EngineUnavailable as exc:
+            log.warning("cannot list containers", error=str(exc))
+            return
+        ours = {(a.run.id, a.run.attempt) for a in self.active.values()}
+        others = [c for c in found if c.worker != self.name]
+        hosts = {w.name: (w.host, w.pid) for w in Admin(self.store).workers()} if others else {}
+        stale = []
+        for box in found:
+            if box.worker == self.name:
+                if (box.run_id, box.attempt) not in ours:
+                    stale.append(box)
+                continue
+            row = self.store.get_run(box.run_id)
+            held = (
+                row is not None
+                and row.state in (S.PENDING.value, S.RUNNING.value, S.CANCELLING.value)
+                and (row.attempt, row.worker) == (box.attempt, box.worker)
+            )
+            host, pid = hosts.get(box.worker, ("", 0))
+            if not held or (host == self.host and not _alive(pid)):
+                stale.append(box)
+        if stale:
+            log.warning("removing leftover containers", runs=",".join(str(c.run_id) for c in stale))
+            try:
+                engine.remove([c.id for c in stale])
+            except EngineUnavailable as exc:
+                log.warning("cannot remove leftover containers", error=str(exc))
+
+    def _remove_after(self, active: ActiveRun) -> None:
+        """Remove a container run's container once its outcome is written (on a thread: the
+        engine takes a tenth of a second or more), then tell the guardian it is gone."""
+        if active.container is None:
+            return
+        name, engine = active.container, self.containers.engine
+        assert engine is not None
+
+        def remove() -> None:
+            try:
+                engine.remove([name])
+            except EngineUnavailable as exc:
+                log.warning("cannot remove container", container=name, error=str(exc))
+                return
+            self.guardian.forget(name)
+
+        thread = threading.Thread(target=remove, name=f"remove-{active.run.id}", daemon=True)
+        thread.start()
+        self._removals = [t for t in self._removals if t.is_alive()] + [thread]
 
     def _idle_wait(self) -> float:
         """Seconds until the earliest known due run of our pools, capped by the poll interval.
@@ -253,22 +373,17 @@ class Worker:
             active.bound.info("run started", pid=active.process.pid, command=" ".join(active.argv))
 
     def _spawn(self, run: ClaimedRun) -> None:
-        """Start the run's process.  Whatever goes wrong here (a missing program or directory, a
-        value the kernel refuses) fails this run alone, with the reason: never the worker."""
+        """Start the run's process (or container).  Whatever goes wrong here (a missing program or
+        directory, a value the kernel refuses, no container engine) fails this run alone, with the
+        reason: never the worker."""
         argv: list[str] = []
         try:
-            how = invocation(run, self.work_dir)
+            how = invocation(run, self.work_dir, self.containers)
             argv = how.argv
-            check_working_dir(how.cwd, explicit=bool(run.spec.get("working_dir")))
-            process = RunProcess(
-                run.id,
-                how.argv,
-                how.env,
-                str(how.cwd),
-                self.events,
-                self.config.worker.log_max_bytes,
-                self.guardian,
-            )
+            if how.container is None:  # a container's working_dir is a path inside it
+                check_working_dir(how.cwd, explicit=bool(run.spec.get("working_dir")))
+            how.prepare()
+            process = self._start(run, how)
         except Exception as exc:
             error = start_error(argv, exc)
             log.error("run failed to start", run_id=run.id, deployment=run.deployment, error=error)
@@ -280,8 +395,34 @@ class Worker:
         started = time.monotonic()
         timeout = run.spec.get("timeout")
         self.active[run.id] = ActiveRun(
-            run, process, started, started + timeout if timeout else None, how.result_file, argv=how.argv
+            run,
+            process,
+            started,
+            started + timeout if timeout else None,
+            how.result_file,
+            argv=how.argv,
+            container=how.container.name if how.container else None,
         )
+
+    def _start(self, run: ClaimedRun, how: Invocation) -> RunProcess:
+        args: dict[str, Any] = {
+            "run_id": run.id,
+            "argv": how.argv,
+            "env": how.env,
+            "cwd": str(how.cwd),
+            "events": self.events,
+            "max_output": self.config.worker.log_max_bytes,
+            "guardian": self.guardian,
+        }
+        if how.container is None:
+            return RunProcess(**args)
+        launch = how.container
+        if run.attempt > 1:  # a retry never runs next to what an earlier attempt left on this host
+            with contextlib.suppress(EngineUnavailable):
+                leftovers = launch.engine.leftovers(self.containers.database, run.id)
+                launch.engine.remove([c.id for c in leftovers])
+        self.guardian.watch(launch.name)  # before it exists: a death right after still removes it
+        return ContainerRun(launch.engine, launch.name, launch.memory, **args)
 
     def _handle_events(self, timeout: float) -> None:
         """Take what the pump and listen threads posted: output, exits, wake-ups."""
@@ -298,7 +439,7 @@ class Worker:
                 self._next_claim = 0.0
                 deadline = 0.0  # act now, after taking what else is already there
             elif isinstance(event, ExitEvent) and (active := self.active.get(event.run_id)) is not None:
-                active.returncode = event.returncode
+                active.returncode, active.exit_error = event.returncode, event.error
                 deadline = 0.0  # record it promptly, with any other exit already posted
             if len(self._logs) >= _LOG_BATCH:
                 return
@@ -338,12 +479,14 @@ class Worker:
                     self._completed(active)
                 else:
                     _refused(active.bound, S.COMPLETED, exit_code=0)
+                self._remove_after(active)
         done = {a.run.id for a in plain}
         for active in ended:
             if active.run.id in done:
                 continue
             self._record_end(active)
             del self.active[active.run.id]
+            self._remove_after(active)
         return len(ended)
 
     def _completed(self, active: ActiveRun) -> None:
@@ -378,6 +521,8 @@ class Worker:
             outcome, error = S.TIMED_OUT, active.reason
         elif rc == 0:
             outcome, error = S.COMPLETED, None
+        elif active.exit_error:
+            outcome, error = S.FAILED, active.exit_error
         else:
             outcome, error = S.FAILED, describe_exit(rc)
         final = self.store.finish(run.id, self.name, outcome, now, exit_code=rc, error=error, result=result)
@@ -402,7 +547,8 @@ class Worker:
             if active.returncode is not None:
                 continue
             if active.kill_at is not None and now >= active.kill_at:
-                active.process.signal_group(signal.SIGKILL)
+                active.process.kill()
+                active.kill_at = None  # once: a container is killed through its engine
             elif active.deadline is not None and now >= active.deadline:
                 active.end(S.TIMED_OUT, f"timed out after {round(now - active.started, 1)}s", kill_grace, now)
             elif drain_until is not None and now >= drain_until:

@@ -1,4 +1,5 @@
-"""Child processes of runs: spawning, output pumping, signalling.  The only module that forks.
+"""Child processes of runs: spawning, output pumping, signalling.  The only module that forks
+(besides containers.py, which runs the container engine's short commands).
 
 Each run gets its own process group (so a timeout or cancel reaches everything it started), and
 the worker's guardian process kills every run's group if the worker dies, so nothing a run
@@ -49,6 +50,8 @@ class OutputEvent:
 class ExitEvent:
     run_id: int
     returncode: int
+    #: Why it failed when the exit status alone does not say (e.g. a container out of memory).
+    error: str | None = None
 
 
 class Guardian:
@@ -57,10 +60,13 @@ class Guardian:
 
     SCRIPT = Path(__file__).with_name("guardian.py")
 
-    def __init__(self) -> None:
+    def __init__(self, remove_containers: Sequence[str] = (), env: Mapping[str, str] | None = None) -> None:
+        """``remove_containers``: the engine's force-remove command (run with ``env``), for the
+        containers it is told about."""
         read_end, self._write_end = os.pipe()  # not inheritable: runs never hold it open
         self._process = subprocess.Popen(
-            [sys.executable, str(self.SCRIPT)],
+            [sys.executable, str(self.SCRIPT), *remove_containers],
+            env=None if env is None else dict(env),
             stdin=read_end,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -72,11 +78,12 @@ class Guardian:
     def _say(self, line: str) -> None:
         os.write(self._write_end, line.encode())  # one small write: atomic, no lock needed
 
-    def watch(self, pgid: int) -> None:
-        self._say(f"+{pgid}\n")
+    def watch(self, what: int | str) -> None:
+        """A run's process group (int), or a container's name (str, before it is created)."""
+        self._say(f"+{what}\n")
 
-    def forget(self, pgid: int) -> None:
-        self._say(f"-{pgid}\n")
+    def forget(self, what: int | str) -> None:
+        self._say(f"-{what}\n")
 
     def close(self) -> None:
         os.close(self._write_end)
@@ -135,6 +142,17 @@ class RunProcess:
         self._pump = threading.Thread(target=self._pump_output, name=f"run-{run_id}", daemon=True)
         self._pump.start()
 
+    def terminate(self, grace: float) -> None:
+        """Ask the run to stop (SIGTERM to its group); ``grace`` is how long until ``kill``."""
+        self.signal_group(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.signal_group(signal.SIGKILL)
+
+    def exit_error(self, returncode: int, last_stderr: str) -> str | None:
+        """Why the run failed beyond its exit status, if this kind of run can tell."""
+        return None
+
     def signal_group(self, sig: int) -> None:
         """Signal every process of the run (its group); a group already gone is fine."""
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -155,6 +173,7 @@ class RunProcess:
         sel.register(self.proc.stdout, selectors.EVENT_READ, "stdout")
         sel.register(self.proc.stderr, selectors.EVENT_READ, "stderr")
         pending: list[Line] = []
+        last_stderr = ""
         last_flush = time.monotonic()
         eof_deadline: float | None = None
         while sel.get_map():
@@ -170,6 +189,7 @@ class RunProcess:
                 eof_deadline = time.monotonic() + _EOF_GRACE
             now = time.monotonic()
             if pending and now - last_flush >= _FLUSH_EVERY:
+                last_stderr = _last_stderr(pending, last_stderr)
                 self.events.put(OutputEvent(self.run_id, pending))
                 pending, last_flush = [], now
             if eof_deadline is not None and now > eof_deadline:
@@ -185,5 +205,16 @@ class RunProcess:
         self.guardian.forget(self.pid)
         pending += self.capture.close()
         if pending:
+            last_stderr = _last_stderr(pending, last_stderr)
             self.events.put(OutputEvent(self.run_id, pending))
-        self.events.put(ExitEvent(self.run_id, returncode))
+        error = self.exit_error(returncode, last_stderr) if returncode else None
+        self.events.put(ExitEvent(self.run_id, returncode, error))
+
+
+def _last_stderr(lines: list[Line], before: str) -> str:
+    """The last non-empty stderr line (docker's closing "See 'docker run --help'." skipped)."""
+    for line in reversed(lines):
+        text = line.text.strip()
+        if line.stream == "stderr" and text and not text.startswith("See '"):
+            return text[:300]
+    return before
