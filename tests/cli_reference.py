@@ -21,10 +21,16 @@ END = "<!-- end of the CLI reference -->\n"
 COMMON = {"config_path", "help"}
 
 
+def subcommands(group: click.Group) -> dict[str, click.Command]:
+    """A group's commands, also those of a group that imports them only when asked."""
+    ctx = click.Context(group)
+    return {name: command for name in group.list_commands(ctx) if (command := group.get_command(ctx, name))}
+
+
 def commands(command: click.Command, path: str) -> Iterator[tuple[str, click.Command]]:
     if isinstance(command, click.Group):
-        for name in sorted(command.commands):
-            yield from commands(command.commands[name], f"{path} {name}")
+        for name, sub in sorted(subcommands(command).items()):
+            yield from commands(sub, f"{path} {name}")
     else:
         yield path, command
 

@@ -22,7 +22,7 @@ KEYS = [f"{s}.{f.name}" for s, cls in SECTIONS.items() for f in dataclasses.fiel
 
 def _commands(group: click.Group, prefix: str) -> list[str]:
     found = []
-    for name, command in group.commands.items():
+    for name, command in cli_reference.subcommands(group).items():
         if isinstance(command, click.Group):
             found += _commands(command, f"{prefix} {name}")
         else:
@@ -56,7 +56,7 @@ def test_the_cli_reference_is_generated_from_the_click_tree() -> None:
 def _groups(group: click.Group, prefix: str) -> list[str]:
     return [prefix] + [
         found
-        for name, command in group.commands.items()
+        for name, command in cli_reference.subcommands(group).items()
         if isinstance(command, click.Group)
         for found in _groups(command, f"{prefix} {name}")
     ]

@@ -1,22 +1,74 @@
-"""The ``orchd`` command: the operator's view of and handle on everything."""
+"""The ``orchd`` command: the operator's view of and handle on everything.
+
+Commands are imported when they are run, not when ``orchd`` starts: most of them need SQLAlchemy,
+whose import alone takes longer than ``orchd --version`` should.  ``COMMANDS`` says where each one
+lives and its one-line help for ``orchd --help`` (tests/test_cli_startup.py keeps that line equal
+to the command's own).
+"""
 
 from __future__ import annotations
+
+import importlib
 
 import click
 
 from orchd import __version__
-from orchd.cli.common import OneLineErrorsGroup
-from orchd.cli.config import config_group
-from orchd.cli.daemons import up
-from orchd.cli.db import db_group
-from orchd.cli.deployments import deployment_group
-from orchd.cli.pools import pool_group, worker_group
-from orchd.cli.runs import run_group
-from orchd.cli.schedules import backfill, schedule_group
-from orchd.cli.status import status
+from orchd.cli.oneline import OneLineErrorsGroup
+
+#: name -> ("module:attribute", the command's short help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "backfill": (
+        "orchd.cli.schedules:backfill",
+        "Create the runs DEPLOYMENT's schedules would have fired between --from and --to.",
+    ),
+    "config": ("orchd.cli.config:config_group", "Check, show, change and create the configuration."),
+    "db": ("orchd.cli.db:db_group", "Manage the database schema."),
+    "deployment": (
+        "orchd.cli.deployments:deployment_group",
+        "What is deployed: list, inspect, apply the config now, pause and resume.",
+    ),
+    "pool": ("orchd.cli.pools:pool_group", "Pools: the queues workers serve."),
+    "run": ("orchd.cli.runs:run_group", "Look at runs and act on them."),
+    "schedule": ("orchd.cli.schedules:schedule_group", "Look at schedules before they fire."),
+    "status": (
+        "orchd.cli.status:status",
+        "Is orchd healthy? Database, scheduler leader, workers per pool, queue, late and stuck runs, "
+        "failures of the last hour.",
+    ),
+    "systemd": (
+        "orchd.cli.systemd:systemd_group",
+        "systemd units for orchd installed with pip (the Debian package ships its own).",
+    ),
+    "up": ("orchd.cli.daemons:up", "Scheduler and one worker together in the foreground: the quick start."),
+    "worker": ("orchd.cli.pools:worker_group", "Workers: the daemons that execute runs."),
+}
 
 
-@click.group("orchd", cls=OneLineErrorsGroup, context_settings={"help_option_names": ["-h", "--help"]})
+class LazyGroup(OneLineErrorsGroup):
+    """A group whose commands are imported only when one of them is looked up."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in COMMANDS:
+            return None
+        module, _, attribute = COMMANDS[cmd_name][0].partition(":")
+        command: click.Command = getattr(importlib.import_module(module), attribute)
+        return command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The list of commands from COMMANDS, laid out as click would, without importing them."""
+        width = formatter.width - 6 - max(len(name) for name in COMMANDS)
+        rows = [
+            (name, click.Command(name, help=COMMANDS[name][1]).get_short_help_str(width))
+            for name in sorted(COMMANDS)
+        ]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group("orchd", cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="orchd")
 def main() -> None:
     """orchd: a self-hosted, systemd-native workflow scheduler.
@@ -33,19 +85,3 @@ def main() -> None:
     Shell completion (bash; zsh and fish alike):
       eval "$(_ORCHD_COMPLETE=bash_source orchd)"
     """
-
-
-for command in (
-    up,
-    status,
-    config_group,
-    db_group,
-    deployment_group,
-    schedule_group,
-    run_group,
-    backfill,
-    pool_group,
-    worker_group,
-):
-    main.add_command(command)
-import orchd.cli.systemd  # noqa: E402, F401 (registers `orchd systemd`)

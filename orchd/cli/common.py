@@ -1,5 +1,5 @@
 """What every command shares: --config and --json, loading the config and the database, and
-turning every mistake into one line on stderr with the exit status a script can act on."""
+turning orchd's and the database's errors into one line on stderr (orchd.cli.oneline)."""
 
 from __future__ import annotations
 
@@ -7,20 +7,19 @@ import difflib
 import functools
 import getpass
 import os
-import sys
-import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any, TypeVar
 
 import click
 from sqlalchemy.exc import DBAPIError, OperationalError
 
+from orchd.cli.oneline import debug, fail
 from orchd.config import Config, load_config
 from orchd.db import migrate
 from orchd.db.engine import describe, make_engine, parse_url
 from orchd.db.store import Store
-from orchd.errors import EX_USAGE, ConfigError, DatabaseUnavailable, OrchdError
+from orchd.errors import ConfigError, DatabaseUnavailable, OrchdError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -39,16 +38,6 @@ def common_options(func: F) -> F:
     return config_option(json_option(friendly(func)))
 
 
-def fail(message: str, code: int = 1) -> NoReturn:
-    click.echo(f"orchd: error: {message}", err=True)
-    sys.exit(code)
-
-
-def _debug() -> None:
-    if os.environ.get("ORCHD_DEBUG"):
-        traceback.print_exc()
-
-
 def _last_line(exc: DBAPIError) -> str:
     lines = [ln.strip() for ln in str(exc.orig).splitlines() if ln.strip()]
     return lines[-1] if lines else exc.__class__.__name__
@@ -62,16 +51,16 @@ def friendly(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except OrchdError as exc:
-            _debug()
+            debug()
             fail(str(exc), exc.exit_code)
         except OperationalError as exc:
-            _debug()
+            debug()
             fail(f"database error: {_last_line(exc)}")
         except DBAPIError as exc:
-            _debug()
+            debug()
             fail(f"database error: {_last_line(exc)} (is the schema current? `orchd db status`)")
         except OSError as exc:  # a file orchd was told to use cannot be read or written
-            _debug()
+            debug()
             fail(f"{exc.filename}: {exc.strerror}" if exc.filename else str(exc))
 
     return wrapper  # type: ignore[return-value]
@@ -79,39 +68,6 @@ def friendly(func: F) -> F:
 
 class DatabaseMissing(DatabaseUnavailable):
     """The SQLite file of the config does not exist (yet)."""
-
-
-class OneLineErrors(click.Command):
-    """A usage mistake (unknown option, bad value) is one line too, naming the --help to read."""
-
-    def main(
-        self,
-        args: Sequence[str] | None = None,
-        prog_name: str | None = None,
-        complete_var: str | None = None,
-        standalone_mode: bool = True,
-        **extra: Any,
-    ) -> Any:
-        if not standalone_mode:
-            return super().main(args, prog_name, complete_var, False, **extra)
-        try:
-            code = super().main(args, prog_name, complete_var, False, **extra)
-        except click.exceptions.NoArgsIsHelpError as exc:  # `orchd run`: the help of the group
-            exc.show()
-            sys.exit(exc.exit_code)
-        except click.ClickException as exc:
-            _debug()
-            ctx = getattr(exc, "ctx", None)
-            hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
-            fail(f"{exc.format_message()}{hint}", exc.exit_code)
-        except click.Abort:
-            click.echo(err=True)
-            sys.exit(130)
-        sys.exit(code if isinstance(code, int) else 0)
-
-
-class OneLineErrorsGroup(OneLineErrors, click.Group):
-    pass
 
 
 def actor() -> str:
@@ -149,10 +105,6 @@ def open_store(config: Config, *, schema: bool = True, create: bool = False) -> 
     if schema:
         migrate.ensure_current(engine)
     return Store(engine, actor())
-
-
-def usage_error(message: str) -> NoReturn:
-    fail(message, EX_USAGE)
 
 
 def did_you_mean(name: str, known: Sequence[str]) -> str:

@@ -19,8 +19,8 @@ from orchd.cli.common import (
     common_options,
     did_you_mean,
     load,
-    usage_error,
 )
+from orchd.cli.oneline import usage_error
 from orchd.cli.output import plural, print_json
 from orchd.config import default_config_path, fields, load_config
 from orchd.config.model import ARRAYS, SECTIONS

@@ -9,7 +9,8 @@ from pathlib import Path
 import click
 
 from orchd import __version__, metrics
-from orchd.cli.common import OneLineErrors, config_option, friendly, load
+from orchd.cli.common import config_option, friendly, load
+from orchd.cli.oneline import OneLineErrors
 from orchd.cli.output import plural
 from orchd.config import Config
 from orchd.config.model import listen_address

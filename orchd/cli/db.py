@@ -11,8 +11,8 @@ from orchd.cli.common import (
     common_options,
     load,
     open_store,
-    usage_error,
 )
+from orchd.cli.oneline import usage_error
 from orchd.cli.output import print_json
 from orchd.db import migrate
 from orchd.db.admin import wipe

@@ -12,9 +12,9 @@ from orchd.cli.common import (
     common_options,
     load,
     open_store,
-    usage_error,
 )
 from orchd.cli.deployments import config_deployment, deployment_argument, require_deployment
+from orchd.cli.oneline import usage_error
 from orchd.cli.output import age, iso, plural, print_json, print_table
 from orchd.cli.params import When
 from orchd.db.admin import Admin

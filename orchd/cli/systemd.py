@@ -17,8 +17,7 @@ from pathlib import Path
 
 import click
 
-from orchd.cli import main
-from orchd.cli.common import fail
+from orchd.cli.oneline import fail
 
 MARKER = "orchd systemd install"
 #: The header of the files in the repository's systemd/, which the Debian package installs.
@@ -198,7 +197,7 @@ def next_steps(files: list[File], user: str) -> str:
     )
 
 
-@main.group("systemd")
+@click.group("systemd")
 def systemd_group() -> None:
     """systemd units for orchd installed with pip (the Debian package ships its own).
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import signal
 import subprocess
 import tempfile
@@ -505,7 +506,42 @@ def bench_crash(dbs: Databases, backend: str, tmp: Path, lease: float) -> list[F
     ]
 
 
-STEPS = ("latency", "throughput", "queue", "scale", "idle", "history", "crash")
+def bench_cli(dbs: Databases, backend: str, tmp: Path, repeats: int) -> list[Figure]:
+    """How long a person waits for the CLI: --version and --help import no command (the same on
+    either backend, measured once), a database command (`orchd run ls` of 50 runs) needs the
+    config, SQLAlchemy and its driver.  Wall time of the whole process, as a shell sees it."""
+    url = dbs.new(backend)
+    config = write_config(tmp / f"cli-{backend}.toml", url, NOOP)
+    store = store_for(url)
+    store.sync(config, _now())
+    for _ in range(50):
+        store.create_run("noop", _now())
+    store.engine.dispose()
+    # as on a user's machine: byte code cached (a first run writes it), no ORCHD_* of ours
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith("ORCHD_") and k != "PYTHONDONTWRITEBYTECODE"
+    }
+    commands = {"orchd run ls": ["run", "ls", "--config", str(config.path)]}
+    if backend == "sqlite":
+        commands = {"orchd --version": ["--version"], "orchd --help": ["--help"], **commands}
+    figures = []
+    for name, args in commands.items():
+        subprocess.run([str(BIN / "orchd"), *args], env=env, check=True, stdout=subprocess.DEVNULL)
+        samples = []
+        for _ in range(repeats):
+            began = time.perf_counter()
+            subprocess.run([str(BIN / "orchd"), *args], env=env, check=True, stdout=subprocess.DEVNULL)
+            samples.append(time.perf_counter() - began)
+        limit = 0.3 if "run ls" in name else 0.15
+        figures.append(
+            Figure(
+                f"{name}: start to exit", backend, "s", samples, f"<= {limit} s", lambda v, x=limit: v <= x
+            )
+        )
+    return figures
+
+
+STEPS = ("latency", "throughput", "queue", "scale", "idle", "history", "crash", "cli")
 
 
 def run_step(
@@ -523,6 +559,8 @@ def run_step(
         return bench_idle(dbs, backend, tmp, 10 if quick else 60, transactions)
     if name == "history":
         return bench_claim_vs_history(dbs, backend, tmp, 50 if quick else 200)
+    if name == "cli":
+        return bench_cli(dbs, backend, tmp, 5 if quick else 20)
     return bench_crash(dbs, backend, tmp, 5.0)
 
 
@@ -530,7 +568,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer repeats and smaller sizes (a smoke run)")
     parser.add_argument(
-        "--only", nargs="*", default=[], help="latency throughput queue scale idle history crash"
+        "--only", nargs="*", default=[], help="latency throughput queue scale idle history crash cli"
     )
     parser.add_argument("--backend", nargs="*", default=["postgresql", "sqlite"])
     args = parser.parse_args()
