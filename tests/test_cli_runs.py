@@ -190,6 +190,30 @@ def test_run_create_wait_prints_the_output_and_exits_with_the_outcome(orchd: Orc
     assert (final["state"], final["exit_code"]) == ("FAILED", 3)
 
 
+@pytest.mark.usefixtures("worker")
+def test_a_failed_entrypoint_says_why_in_one_line(orchd: Orchd, store: Store, tmp_path: Path) -> None:
+    """The exception's last line is the run's error, where `run create --wait`, `run show` and
+    `run ls` readers look first; the traceback stays in the output."""
+    (tmp_path / "flows.py").write_text(
+        "class NoData(Exception):\n    pass\n\n"
+        "def report(days):\n    print('loading', days)\n"
+        "    raise NoData(f'nothing for {days} days\\nsecond line')\n"
+    )
+    orchd.path.write_text(
+        orchd.path.read_text()
+        + f'[[deployments]]\nname = "report"\nentrypoint = "flows:report"\nworking_dir = "{tmp_path}"\n'
+    )
+    store.sync(orchd.config(), now())
+    waited = orchd("run", "create", "report", "--param", "days=3", "--wait")
+    assert waited.exit_code == 1
+    assert waited.stdout == "loading 3\n"
+    assert re.search(r"^run (\d+) FAILED: flows.NoData: nothing for 3 days after \d+ms$", waited.stderr, re.M)
+    run_id = int(waited.stderr.split()[1])
+    shown = orchd("run", "show", str(run_id)).stdout
+    assert "\nerror:         flows.NoData: nothing for 3 days\n" in shown
+    assert "  stderr:     raise NoData(" in shown  # the traceback is in the output
+
+
 def test_cancel_and_retry(orchd: Orchd, store: Store) -> None:
     waiting = store.create_run("hello", now())
     cancelled = orchd("run", "cancel", str(waiting))

@@ -216,5 +216,6 @@ def test_entrypoint_result_and_exception(store: Store, make_config: MakeConfig, 
     assert [r.line for r in store.run_logs(ok)] == ["adding"]
     failed = store.get_run(bad)
     assert failed is not None and failed.state == "FAILED" and failed.result is None
+    assert (failed.error, failed.exit_code) == ("RuntimeError: kaput", 1)  # not just "exit code 1"
     output = "\n".join(r.line for r in store.run_logs(bad))
     assert "Traceback" in output and "RuntimeError: kaput" in output

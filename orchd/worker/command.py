@@ -149,22 +149,28 @@ def start_error(argv: list[str], exc: BaseException) -> str:
     return f"cannot start {program}: {exc}"
 
 
-def read_result(path: Path) -> object:
-    """The stored result of an entrypoint run (None if it wrote none).  An oversized one, or one
-    that is not JSON (the runner was killed while writing it, or the function overwrote the file),
-    is replaced by a note saying so, so one run can neither bloat the runs table nor hand the
-    database something it refuses.  NaN and infinities (Python's json writes them, JSON has none)
-    are stored as strings."""
+def read_result(path: Path) -> tuple[object, str | None]:
+    """The result an entrypoint run stored and, when its function raised, the exception's line
+    (``None``, ``None`` if it wrote nothing).  An oversized result, or one that is not JSON (the
+    runner was killed while writing it, or the function overwrote the file), is replaced by a note
+    saying so, so one run can neither bloat the runs table nor hand the database something it
+    refuses.  NaN and infinities (Python's json writes them, JSON has none) are stored as strings."""
     try:
         size = path.stat().st_size
         if size > RESULT_MAX_BYTES:
-            return {"orchd_truncated": True, "size": size, "limit": RESULT_MAX_BYTES}
+            return {"orchd_truncated": True, "size": size, "limit": RESULT_MAX_BYTES}, None
         if not size:  # a container run's result file exists from the start: empty is no result
-            return None
-        return json.loads(path.read_bytes().decode("utf-8"), parse_constant=str)
+            return None, None
+        stored = json.loads(path.read_bytes().decode("utf-8"), parse_constant=str)
     except FileNotFoundError:
-        return None
+        return None, None
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
-        return {"orchd_unreadable": True, "error": str(exc)[:200]}
+        return {"orchd_unreadable": True, "error": str(exc)[:200]}, None
+    else:
+        if isinstance(stored, dict) and set(stored) == {"result"}:
+            return stored["result"], None
+        if isinstance(stored, dict) and set(stored) == {"error"} and isinstance(stored["error"], str):
+            return None, stored["error"]
+        return stored, None  # what the function itself wrote there
     finally:
         path.unlink(missing_ok=True)

@@ -499,7 +499,7 @@ class Worker:
         run, rc, bound = active.run, active.returncode, active.bound
         assert rc is not None  # only runs whose process exited are recorded
         now = self.clock()
-        result = read_result(active.result_file) if active.result_file else None
+        result, raised = read_result(active.result_file) if active.result_file else (None, None)
         if active.ending == LOST:
             bound.warning("run stopped: it is no longer ours", reason=active.reason, exit_code=rc)
             return
@@ -523,8 +523,8 @@ class Worker:
             outcome, error = S.COMPLETED, None
         elif active.exit_error:
             outcome, error = S.FAILED, active.exit_error
-        else:
-            outcome, error = S.FAILED, describe_exit(rc)
+        else:  # an entrypoint's exception says more than its runner's exit code
+            outcome, error = S.FAILED, raised or describe_exit(rc)
         final = self.store.finish(run.id, self.name, outcome, now, exit_code=rc, error=error, result=result)
         if final is None:
             _refused(bound, outcome, exit_code=rc, error=error)
