@@ -177,6 +177,23 @@ class ScheduleSpec:
             nxt = self.next_after(nxt)
 
 
+def never_fires(spec: ScheduleSpec, now: datetime) -> str | None:
+    """Why an active schedule will not fire again after ``now``, or None when it will.
+
+    Such a schedule validates (it is well-formed) yet does nothing: an ``at`` in the past, an
+    rrule whose occurrences are used up, a cron date that does not exist (``0 0 30 2 *``).  An
+    impossible cron costs a search up to the year 9999 (about half a second), so this is asked by
+    `config validate` and `schedule preview`, never on every load.
+    """
+    if not spec.active or spec.next_at_or_after(now) is not None:
+        return None
+    if spec.kind == "at":
+        return "never fires: its time is past"
+    if spec.kind == "rrule":
+        return "never fires: the rule has no occurrence left"
+    return "never fires: no date matches it"
+
+
 def _first(triggers: tuple[BaseTrigger, ...], start: datetime) -> datetime | None:
     candidates = [t.get_next_fire_time(None, start) for t in triggers]
     return min((c.astimezone(UTC) for c in candidates if c is not None and c >= start), default=None)

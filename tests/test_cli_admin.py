@@ -123,7 +123,7 @@ def test_config_init_writes_the_documented_file_that_validates(tmp_path: Path) -
     created = CliRunner().invoke(main, ["config", "init", str(tmp_path / "b.toml"), "--json"], env=env)
     assert json.loads(created.stdout) == {"path": str(tmp_path / "b.toml")}
     checked = CliRunner().invoke(main, ["config", "validate", "--config", str(path), "--json"], env=env)
-    assert json.loads(checked.stdout) == {"path": str(path), "deployments": 0, "pools": 0}
+    assert json.loads(checked.stdout) == {"path": str(path), "deployments": 0, "pools": 0, "warnings": []}
 
 
 def test_config_set_keeps_comments_and_validates(tmp_path: Path) -> None:

@@ -167,6 +167,53 @@ def test_preview_reads_only_the_config(tmp_path: Path) -> None:
     assert "has no active schedule" in none.stderr
 
 
+NEVER = """
+[[deployments]]
+name = "never"
+command = ["true"]
+schedules = [{ cron = "0 0 30 2 *" }, { at = 2020-01-01T00:00:00Z }, { interval = "1h", active = false }]
+
+[[deployments]]
+name = "monthly"
+command = ["true"]
+schedules = [{ rrule = "DTSTART:20260101T090000\\nRRULE:FREQ=MONTHLY;BYDAY=-1FR;BYHOUR=17" }]
+"""
+
+
+def test_schedules_that_can_never_fire_are_warned_about(tmp_path: Path) -> None:
+    """They validate and used to preview as an empty table with no word."""
+    orchd = Orchd(write_config(tmp_path / "orchd.toml", "sqlite:///x.db", NEVER), tmp_path / "state")
+    checked = orchd("config", "validate")
+    assert checked.exit_code == 0
+    assert checked.stdout == f"{orchd.path}: ok (2 deployments, 0 pools)\n"
+    assert checked.stderr.splitlines() == [
+        f"orchd: warning: {orchd.path}:7: deployments.never.schedules[0]: cron 0 0 30 2 * "
+        "never fires: no date matches it",
+        f"orchd: warning: {orchd.path}:7: deployments.never.schedules[1]: at 2020-01-01T00:00:00+00:00 "
+        "never fires: its time is past",
+    ]
+    assert len(json.loads(orchd("config", "validate", "--json").stdout)["warnings"]) == 2
+    preview = orchd("schedule", "preview", "never")
+    assert (preview.exit_code, preview.stdout) == (0, "")
+    assert preview.stderr.splitlines() == [
+        "orchd: warning: never: cron 0 0 30 2 * never fires: no date matches it",
+        "orchd: warning: never: at 2020-01-01T00:00:00+00:00 never fires: its time is past",
+    ]
+
+
+def test_an_rrule_previews_on_one_line(tmp_path: Path) -> None:
+    orchd = Orchd(write_config(tmp_path / "orchd.toml", "sqlite:///x.db", NEVER), tmp_path / "state")
+    preview = orchd("schedule", "preview", "monthly", "-n", "2", "--from", "2026-05-01")
+    assert preview.exit_code == 0, preview.output
+    _, *lines = preview.stdout.splitlines()
+    assert [line.split("  ")[0] for line in lines] == [
+        "Fri 2026-05-29 17:00:00 UTC",
+        "Fri 2026-06-26 17:00:00 UTC",
+    ]
+    for line in lines:
+        assert line.endswith("  rrule DTSTART:20260101T090000 RRULE:FREQ=MONTHLY;BYDAY=-1FR;BYHOUR=17")
+
+
 def test_backfill_is_idempotent_and_shares_the_scheduler_key(applied: Orchd, store: Store) -> None:
     end = datetime(2026, 1, 1, 0, 30, tzinfo=UTC)
     first = applied("backfill", "minutely", "--from", "2026-01-01T00:00:00Z", "--to", end.isoformat())

@@ -9,6 +9,7 @@ import os
 import re
 import tempfile
 import tomllib
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +21,14 @@ from orchd.cli.common import (
     did_you_mean,
     load,
 )
-from orchd.cli.oneline import usage_error
+from orchd.cli.oneline import usage_error, warn
 from orchd.cli.output import plural, print_json
-from orchd.config import default_config_path, fields, load_config
+from orchd.config import Config, default_config_path, fields, load_config
 from orchd.config.model import ARRAYS, SECTIONS
 from orchd.config.template import render
 from orchd.db.engine import mask
 from orchd.errors import ConfigError, OrchdError
+from orchd.schedules import never_fires
 
 
 @click.group("config")
@@ -45,18 +47,36 @@ def config_group() -> None:
 def config_validate(config_path: Path | None, as_json: bool) -> None:
     """Check the config file and its deployments.d drop-ins; exit 78 on the first error.
 
+    A schedule that is valid but can never fire again (an `at` in the past, `0 0 30 2 *`) is
+    a warning on stderr; the exit status stays 0.
+
     \b
     Example:
       orchd config validate --config /etc/orchd/orchd.toml && systemctl reload orchd-scheduler
     """
     config = load(config_path)
+    warnings = idle_schedules(config, datetime.now(UTC))
     if as_json:
         path = str(config.path) if config.path else None
-        print_json({"path": path, "deployments": len(config.deployments), "pools": len(config.pools)})
+        sizes = {"deployments": len(config.deployments), "pools": len(config.pools)}
+        print_json({"path": path, **sizes, "warnings": warnings})
         return
+    for warning in warnings:
+        warn(warning)
     where = config.path or "(no file: defaults)"
     counts = f"{plural(len(config.deployments), 'deployment')}, {plural(len(config.pools), 'pool')}"
     click.echo(f"{where}: ok ({counts})")
+
+
+def idle_schedules(config: Config, now: datetime) -> list[str]:
+    """A line for each active schedule that validates but will never fire."""
+    found = []
+    for dep in config.deployments:
+        for index, spec in enumerate(dep.schedules):
+            if (why := never_fires(spec, now)) is not None:
+                where = config.sources.get(f"deployments.{dep.name}.schedules", str(config.path))
+                found.append(f"{where}: deployments.{dep.name}.schedules[{index}]: {spec.describe()} {why}")
+    return found
 
 
 @config_group.command("show")

@@ -22,6 +22,11 @@ def fail(message: str, code: int = 1) -> NoReturn:
     sys.exit(code)
 
 
+def warn(message: str) -> None:
+    """Something that works but is likely not what was meant: one line, and no failure."""
+    click.echo(f"orchd: warning: {message}", err=True)
+
+
 def usage_error(message: str) -> NoReturn:
     fail(message, EX_USAGE)
 

@@ -81,7 +81,8 @@ def print_json(value: Any) -> None:
 
 def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     """Columns padded to their widest cell; cells may be styled (their colour does not count)."""
-    cells = [[("-" if c is None else str(c)) for c in row] for row in rows]
+    # a cell spanning lines (an rrule with its DTSTART) would break the columns: one line each
+    cells = [[("-" if c is None else " ".join(str(c).splitlines())) for c in row] for row in rows]
     widths = [max([len(h), *(len(click.unstyle(r[i])) for r in cells)]) for i, h in enumerate(headers)]
 
     def line(row: Sequence[str]) -> str:

@@ -14,12 +14,12 @@ from orchd.cli.common import (
     open_store,
 )
 from orchd.cli.deployments import config_deployment, deployment_argument, require_deployment
-from orchd.cli.oneline import usage_error
+from orchd.cli.oneline import usage_error, warn
 from orchd.cli.output import age, iso, plural, print_json, print_table
 from orchd.cli.params import When
 from orchd.db.admin import Admin
 from orchd.errors import OrchdError
-from orchd.schedules import ScheduleSpec
+from orchd.schedules import ScheduleSpec, never_fires
 
 _FAR = timedelta(days=366 * 100)
 _TICK = timedelta(microseconds=1)
@@ -79,6 +79,11 @@ def schedule_preview(
         return
     if not active:
         click.echo(f"deployment {deployment} has no active schedule", err=True)
+        return
+    for spec in active:
+        if (why := never_fires(spec, begin)) is not None:
+            warn(f"{deployment}: {spec.describe()} {why}")
+    if not upcoming:
         return
     print_table(
         ["AT (SCHEDULE'S TIMEZONE)", "FROM NOW", "SCHEDULE"],
