@@ -33,7 +33,8 @@ from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 from dateutil.rrule import rrule, rrulestr
 
-from orchd.durations import parse_duration
+from orchd.durations import format_duration, parse_duration
+from orchd.limits import check_year, json_safe
 
 Kind = Literal["cron", "interval", "rrule", "at"]
 KINDS: tuple[Kind, ...] = ("cron", "interval", "rrule", "at")
@@ -41,6 +42,9 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _TICK = timedelta(microseconds=1)
 _DAY = timedelta(days=1)
 _DOW_NAMES = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
+#: The ranges of a schedule's durations (README, "Schedules").
+MIN_INTERVAL, MAX_INTERVAL = 1.0, 3650 * 86400.0
+MAX_JITTER = 7 * 86400.0
 
 
 @dataclass(frozen=True)
@@ -251,6 +255,7 @@ def parse_schedule(raw: Mapping[str, Any]) -> ScheduleSpec:
     parameters = raw.get("parameters", {})
     if not isinstance(parameters, dict):
         raise ValueError(f"parameters: expected a table, got {parameters!r}")
+    parameters = json_safe(parameters, "parameters")
     anchor = _parse_time(raw["anchor"], timezone, "anchor") if "anchor" in raw else None
     if kind == "at":
         expr = _parse_time(expr, timezone, "at").isoformat()
@@ -260,6 +265,10 @@ def parse_schedule(raw: Mapping[str, Any]) -> ScheduleSpec:
         jitter = parse_duration(raw.get("jitter", 0))
     except ValueError as exc:
         raise ValueError(f"jitter: {exc}") from None
+    if jitter > MAX_JITTER:
+        raise ValueError(
+            f"jitter: expected a duration from 0s to {format_duration(MAX_JITTER)}, got {raw['jitter']!r}"
+        )
     spec = ScheduleSpec(kind, expr, timezone, anchor, active, dict(parameters), jitter)
     try:
         # validate without keeping the triggers: a config of 100,000 schedules must stay small
@@ -282,7 +291,7 @@ def _parse_time(value: object, timezone: str, key: str) -> datetime:
         raise ValueError(f"{key}: expected a date-time, got {value!r}")
     if value.tzinfo is None:
         value = value.replace(tzinfo=ZoneInfo(timezone))
-    return value.astimezone(UTC)
+    return check_year(value, key).astimezone(UTC)
 
 
 def _build_rrule(text: str, zone: ZoneInfo, anchor: datetime | None) -> tuple[rrule, bool]:
@@ -300,6 +309,7 @@ def _build_rrule(text: str, zone: ZoneInfo, anchor: datetime | None) -> tuple[rr
         raise ValueError(f"not an RFC 5545 rule: {exc}") from None
     if not isinstance(rule, rrule):
         raise ValueError("expected a single RRULE (with an optional DTSTART line)")
+    check_year(rule._dtstart, "DTSTART")  # type: ignore[attr-defined]  # not in the stubs
     first = next(iter(rule), None)
     return rule, first is not None and first.tzinfo is None
 
@@ -307,8 +317,11 @@ def _build_rrule(text: str, zone: ZoneInfo, anchor: datetime | None) -> tuple[rr
 def _build_triggers(spec: ScheduleSpec, zone: tzinfo) -> tuple[BaseTrigger, ...]:
     if spec.kind == "interval":
         seconds = parse_duration(spec.expr)
-        if seconds < 1:
-            raise ValueError(f"expected an interval of at least 1s, got {spec.expr!r}")
+        if not MIN_INTERVAL <= seconds <= MAX_INTERVAL:
+            raise ValueError(
+                f"expected an interval from {format_duration(MIN_INTERVAL)} to "
+                f"{format_duration(MAX_INTERVAL)}, got {spec.expr!r}"
+            )
         return (IntervalTrigger(seconds=seconds, start_date=spec.anchor or EPOCH, timezone=UTC),)
     if spec.kind == "at":
         return (DateTrigger(run_date=datetime.fromisoformat(spec.expr), timezone=UTC),)

@@ -1,7 +1,8 @@
-"""The README's CLI reference, generated from the click tree so it cannot fall behind the commands.
+"""The README's CLI reference, generated from the click tree so it cannot fall behind the commands
+(and the table of the config keys' ranges, generated from their declarations).
 
-``.venv/bin/python -m tests.cli_reference`` rewrites it in README.md; tests/test_docs.py fails
-while it is out of date.
+``.venv/bin/python -m tests.cli_reference`` rewrites both in README.md; tests/test_docs.py fails
+while one is out of date.
 """
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ import click
 
 from orchd.cli import main
 from orchd.cli.daemons import scheduler_main, worker_main
+from orchd.config.template import RANGES_BEGIN as ranges_begin
+from orchd.config.template import RANGES_END as ranges_end
+from orchd.config.template import ranges
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 BEGIN = "<!-- CLI reference: generated from the click tree by `python -m tests.cli_reference` -->\n"
@@ -64,5 +68,10 @@ def current() -> str:
     return text[text.index(BEGIN) : text.index(END) + len(END)]
 
 
+def current_ranges() -> str:
+    text = README.read_text()
+    return text[text.index(ranges_begin) : text.index(ranges_end) + len(ranges_end)]
+
+
 if __name__ == "__main__":
-    README.write_text(README.read_text().replace(current(), render()))
+    README.write_text(README.read_text().replace(current(), render()).replace(current_ranges(), ranges()))

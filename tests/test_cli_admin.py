@@ -191,7 +191,7 @@ def test_config_set_takes_a_negative_value_and_refuses_a_bad_one_as_a_config_err
     orchd = Orchd(path, tmp_path / "state")
     for value, words in (("-1", "got -1"), ("abc", "got the string 'abc'")):
         result = orchd("config", "set", "worker.concurrency", value)
-        message = f"orchd: error: worker.concurrency: expected an integer >= 1, {words}"
+        message = f"orchd: error: worker.concurrency: expected an integer from 1 to 10000, {words}"
         one_line_error(result, EX_CONFIG, message)
     assert path.read_text() == "[worker]\nconcurrency = 2\n"
     one_line_error(orchd("config", "set", "worker.concurency", "3"), 2, "did you mean 'worker.concurrency'?")

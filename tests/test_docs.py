@@ -12,6 +12,7 @@ from click.testing import CliRunner
 
 from orchd.cli import main
 from orchd.config.model import ARRAYS, SECTIONS
+from orchd.config.template import ranges
 from tests import cli_reference
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
@@ -50,6 +51,12 @@ def test_every_command_has_help(command: str) -> None:
 def test_the_cli_reference_is_generated_from_the_click_tree() -> None:
     assert cli_reference.current() == cli_reference.render(), (
         "README.md's CLI reference is out of date; regenerate it: .venv/bin/python -m tests.cli_reference"
+    )
+
+
+def test_the_ranges_table_is_generated_from_the_key_declarations() -> None:
+    assert cli_reference.current_ranges() == ranges(), (
+        "README.md's table of ranges is out of date; regenerate it: .venv/bin/python -m tests.cli_reference"
     )
 
 

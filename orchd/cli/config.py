@@ -139,7 +139,7 @@ def _value(key: str, field: dataclasses.Field[Any], text: str) -> Any:
     """The value as it will be written: a TOML literal when it is one (8, true, ["a"]) except for
     text keys, else the text; validated by the key's own parser."""
     value: Any = text
-    if field.metadata["parser"] is not fields.text:
+    if not field.metadata["text"]:
         with contextlib.suppress(tomllib.TOMLDecodeError):
             value = tomllib.loads(f"v = {text}")["v"]
     try:

@@ -12,8 +12,10 @@ from orchd import __version__, metrics
 from orchd.cli.common import config_option, friendly, load
 from orchd.cli.oneline import OneLineErrors
 from orchd.cli.output import plural
-from orchd.config import Config
-from orchd.config.model import listen_address
+from orchd.cli.params import Setting
+from orchd.config import Config, WorkerConfig
+from orchd.config.fields import parser_of
+from orchd.config.model import listen_address, pool_name, worker_name
 from orchd.errors import ConfigError
 from orchd.logging import configure, get_logger
 from orchd.notify import Notifier
@@ -105,11 +107,23 @@ def scheduler_main(config_path: Path | None, once: bool, metrics_listen: str | N
 
 @click.command("orchd-worker", cls=OneLineErrors)
 @config_option
-@click.option("--pool", "pools", multiple=True, help="Pool to serve (repeatable; default: worker.pools).")
 @click.option(
-    "--concurrency", type=click.IntRange(1, 10_000), help="Runs at once (default: worker.concurrency)."
+    "--pool",
+    "pools",
+    multiple=True,
+    type=Setting(pool_name, "NAME"),
+    help="Pool to serve (repeatable; default: worker.pools).",
 )
-@click.option("--name", help="Worker name (default: worker.name or HOSTNAME-PID).")
+@click.option(
+    "--concurrency",
+    type=Setting(parser_of(WorkerConfig, "concurrency"), "N"),
+    help="Runs at once (default: worker.concurrency).",
+)
+@click.option(
+    "--name",
+    type=Setting(worker_name, "NAME"),
+    help="Worker name (default: worker.name or HOSTNAME-PID).",
+)
 @click.option("--burst", is_flag=True, help="Run what is due now, then exit.")
 @metrics_option
 @click.version_option(__version__, prog_name="orchd-worker")

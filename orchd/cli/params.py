@@ -6,12 +6,15 @@ line is parsed, before anything is read or written.
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import click
 
+from orchd.config.fields import Bounded
 from orchd.durations import parse_duration
 
 TIME_HELP = "ISO 8601 (2026-05-01T14:00, local time unless an offset is given), 'now', or a duration"
@@ -81,6 +84,24 @@ class JsonObject(click.ParamType):  # type: ignore[type-arg]  # generic in newer
         if not isinstance(parsed, dict):
             self.fail(f"expected a JSON object like '{{\"days\": 7}}', got {value!r}", param, ctx)
         return parsed
+
+
+class Setting(click.ParamType):  # type: ignore[type-arg]  # generic in newer click
+    """A value checked by a config key's own parser (and range), so the command line accepts exactly
+    what the config file does: ``--limit`` of a pool as ``pools[].concurrency_limit``."""
+
+    def __init__(self, parser: Callable[[Any], Any], name: str) -> None:
+        self.parser, self.name = parser, name
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        raw = value
+        if isinstance(self.parser, Bounded) and self.parser.kind == "integer" and isinstance(value, str):
+            with contextlib.suppress(ValueError):
+                raw = int(value)
+        try:
+            return self.parser(raw)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
 
 
 class Duration(click.ParamType):  # type: ignore[type-arg]  # generic in newer click

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -12,8 +11,10 @@ from sqlalchemy import Row
 
 from orchd.cli.common import common_options, load, open_store
 from orchd.cli.output import iso, print_json, print_table, relative
+from orchd.cli.params import Setting
 from orchd.config import Config
-from orchd.config.model import NAME_PATTERN
+from orchd.config.fields import parser_of
+from orchd.config.model import PoolConfig, pool_name
 from orchd.db.admin import Admin, PoolReport
 
 
@@ -83,10 +84,9 @@ def print_pools(found: list[PoolReport], now: datetime) -> None:
     )
 
 
-def pool_name(ctx: click.Context, param: click.Parameter, value: str) -> str:
-    if not re.fullmatch(NAME_PATTERN, value):
-        raise click.BadParameter(f"{value!r} is not a pool name (letters, digits, '.', '_', '-')")
-    return value
+#: A pool's name and limit as the config accepts them.
+POOL_NAME = Setting(pool_name, "NAME")
+POOL_LIMIT = Setting(parser_of(PoolConfig, "concurrency_limit"), "LIMIT")
 
 
 def _done(config: Config, admin: Admin, name: str, as_json: bool, message: str, **changed: Any) -> None:
@@ -109,13 +109,11 @@ def _done(config: Config, admin: Admin, name: str, as_json: bool, message: str, 
 
 
 @pool_group.command("create")
-@click.argument("name", callback=pool_name)
-@click.option(
-    "--limit", type=click.IntRange(min=0), default=0, help="Runs of the pool active at once (0: no limit)."
-)
+@click.argument("name", type=POOL_NAME)
+@click.option("--limit", type=POOL_LIMIT, default=0, help="Runs of the pool active at once (0: no limit).")
 @click.option("--paused", is_flag=True, help="Create it paused.")
 @common_options
-def pool_create(name: str, limit: int, paused: bool, config_path: Path | None, as_json: bool) -> None:
+def pool_create(name: str, limit: int | None, paused: bool, config_path: Path | None, as_json: bool) -> None:
     """Create a pool (pools used by deployments or workers are created for you).
 
     \b
@@ -124,7 +122,7 @@ def pool_create(name: str, limit: int, paused: bool, config_path: Path | None, a
     """
     config = load(config_path)
     admin = Admin(open_store(config))
-    admin.create_pool(name, limit or None, paused, datetime.now(UTC))
+    admin.create_pool(name, limit, paused, datetime.now(UTC))
     _done(config, admin, name, as_json, f"pool {name} created")
 
 
@@ -169,9 +167,9 @@ def pool_resume(name: str, config_path: Path | None, as_json: bool) -> None:
 
 @pool_group.command("set-limit")
 @click.argument("name")
-@click.argument("limit", type=click.IntRange(min=0))
+@click.argument("limit", type=POOL_LIMIT)
 @common_options
-def pool_set_limit(name: str, limit: int, config_path: Path | None, as_json: bool) -> None:
+def pool_set_limit(name: str, limit: int | None, config_path: Path | None, as_json: bool) -> None:
     """Limit how many runs of the pool are active at once, across all workers (0: no limit).
 
     \b
@@ -179,7 +177,7 @@ def pool_set_limit(name: str, limit: int, config_path: Path | None, as_json: boo
       orchd pool set-limit gpu 2
     """
     message = f"pool {name}: " + (f"at most {limit} runs active at once" if limit else "no limit")
-    _update(name, config_path, as_json, message, concurrency_limit=limit or None)
+    _update(name, config_path, as_json, message, concurrency_limit=limit)
 
 
 @click.group("worker")

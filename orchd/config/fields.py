@@ -10,21 +10,31 @@ import dataclasses
 import math
 import re
 from collections.abc import Callable
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
 
 from orchd.durations import duration_text, parse_duration
+from orchd.limits import INT32_MAX, json_safe
 
 T = TypeVar("T")
 Parser = Callable[[Any], Any]
 
 
-def setting(default: Any, parser: Parser, doc: str) -> Any:
-    """A config key: its default, the function that validates a raw TOML value, and what it means."""
-    meta = {"parser": parser, "doc": doc}
+def setting(default: Any, parser: Parser, doc: str, *, as_text: bool = False) -> Any:
+    """A config key: its default, the function that validates a raw TOML value, and what it means.
+    A text key (``text``, or ``as_text``) takes an environment override or a `config set` value as
+    written: ORCHD_WORKER_NAME=42 is the name "42", not a TOML integer."""
+    meta = {"parser": parser, "doc": doc, "text": as_text or parser is text}
     if isinstance(default, list | dict):
         factory = default.copy
         return dataclasses.field(default_factory=factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
+
+
+def parser_of(cls: type, name: str) -> Parser:
+    """The parser of a key, for a command-line option that takes the same values."""
+    parser: Parser = next(fd for fd in dataclasses.fields(cls) if fd.name == name).metadata["parser"]
+    return parser
 
 
 def _kind(value: object) -> str:
@@ -43,47 +53,82 @@ def boolean(value: Any) -> bool:
     return value
 
 
-def integer(minimum: int = 0) -> Parser:
-    def parse(value: Any) -> int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"expected an integer >= {minimum}, got {_kind(value)}")
-        if value < minimum:
-            raise ValueError(f"expected an integer >= {minimum}, got {value}")
-        return value
+@dataclass(frozen=True)
+class Bounded:
+    """The parser of a number or duration key, with the range it accepts: chosen so that every value
+    in it works everywhere the key goes (a PostgreSQL integer column, ``timedelta``, a sleep), so
+    a config that validates cannot crash a daemon later.  ``optional``: 0 (or "") means "none"."""
 
-    return parse
+    kind: Literal["integer", "number", "duration"]
+    low: float
+    high: float
+    optional: bool = False
+
+    def __call__(self, value: Any) -> Any:
+        if self.optional and (value is None or value == "" or (value == 0 and not isinstance(value, bool))):
+            return None
+        if self.kind == "duration":
+            try:
+                parsed: float = parse_duration(value)
+            except ValueError as exc:
+                raise ValueError(f"{exc}{self._in_range()}") from None
+        elif (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or (self.kind == "integer" and not isinstance(value, int))
+        ):
+            raise ValueError(f"expected {self.describe()}, got {_kind(value)}")
+        else:
+            parsed = value
+        # TOML has nan and inf; NaN compares false with everything, so it fails the range too
+        if (isinstance(parsed, float) and not math.isfinite(parsed)) or not self.low <= parsed <= self.high:
+            shown = repr(value) if isinstance(value, str) else value
+            raise ValueError(f"expected {self.describe()}, got {shown}")
+        return float(parsed) if self.kind != "integer" else int(parsed)
+
+    def describe(self) -> str:
+        """What the key accepts, as the docs and the error messages say it."""
+        low, high = self.bounds()
+        kind = {"integer": "an integer", "number": "a number", "duration": "a duration"}[self.kind]
+        text = f"{kind} from {low} to {high}"
+        if self.optional:
+            text += ' (or "" for none)' if self.kind == "duration" else " (or 0 for none)"
+        return text
+
+    def bounds(self) -> tuple[str, str]:
+        if self.kind == "duration":
+            return duration_text(self.low), duration_text(self.high)
+        return _number(self.low), _number(self.high)
+
+    def _in_range(self) -> str:
+        low, high = self.bounds()
+        return f" (from {low} to {high})"
 
 
-def optional_integer(minimum: int = 0) -> Parser:
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+def integer(low: int, high: int = INT32_MAX) -> Bounded:
+    return Bounded("integer", low, high)
+
+
+def optional_integer(low: int, high: int = INT32_MAX) -> Bounded:
     """An integer, or 0/absent for "no limit"."""
-    inner = integer(minimum)
-
-    def parse(value: Any) -> int | None:
-        return None if value is None or (value == 0 and not isinstance(value, bool)) else inner(value)
-
-    return parse
+    return Bounded("integer", low, high, optional=True)
 
 
-def number(minimum: float = 0.0) -> Parser:
-    def parse(value: Any) -> float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ValueError(f"expected a number >= {minimum}, got {_kind(value)}")
-        if value < minimum or not math.isfinite(value):  # TOML has nan and inf
-            raise ValueError(f"expected a number >= {minimum}, got {value}")
-        return float(value)
-
-    return parse
+def number(low: float, high: float) -> Bounded:
+    return Bounded("number", low, high)
 
 
-def duration(value: Any) -> float:
-    return parse_duration(value)
+def duration(low: str, high: str) -> Bounded:
+    return Bounded("duration", parse_duration(low), parse_duration(high))
 
 
-def optional_duration(value: Any) -> float | None:
+def optional_duration(low: str, high: str) -> Bounded:
     """A duration, or "" / 0 for "none"."""
-    if value is None or value == "" or (value == 0 and not isinstance(value, bool)):
-        return None
-    return parse_duration(value)
+    return Bounded("duration", parse_duration(low), parse_duration(high), optional=True)
 
 
 def choice(*options: str) -> Parser:
@@ -134,6 +179,22 @@ def size(value: Any) -> str:
     return text_value
 
 
+def environment(value: Any) -> dict[str, str]:
+    """Environment variables: string values, and names the kernel takes (not empty, no '=')."""
+    items = string_table(value)
+    for key in items:
+        if not key or "=" in key:
+            raise ValueError(
+                f"{key!r} is not an environment variable name (it must be non-empty, without '=')"
+            )
+    return items
+
+
+def json_table(value: Any) -> dict[str, Any]:
+    """A table stored as JSON (parameters): TOML date-times become ISO 8601 strings; NaN is refused."""
+    return dict(json_safe(table(value)))
+
+
 def raw(value: Any) -> Any:
     """Values validated by their owner (e.g. schedules, parsed by orchd.schedules)."""
     return value
@@ -142,8 +203,7 @@ def raw(value: Any) -> Any:
 def as_written(fd: dataclasses.Field[Any], value: Any) -> Any:
     """A parsed value as a config file writes it: durations back in their units ("1m", not 60.0),
     "" for an optional one that is off; what its parser reads back to ``value``."""
-    if fd.metadata["parser"] is duration:
-        return duration_text(value)
-    if fd.metadata["parser"] is optional_duration:
+    parser = fd.metadata["parser"]
+    if isinstance(parser, Bounded) and parser.kind == "duration":
         return "" if value is None else duration_text(value)
     return value

@@ -17,7 +17,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from orchd.config import fields
 from orchd.config.model import (
     ARRAYS,
     NAME_PATTERN,
@@ -27,7 +26,9 @@ from orchd.config.model import (
     DeploymentConfig,
     PoolConfig,
 )
+from orchd.durations import format_duration
 from orchd.errors import ConfigError
+from orchd.limits import nul_path
 from orchd.schedules import parse_schedule
 
 DEFAULT_PATH = Path("/etc/orchd/orchd.toml")
@@ -91,6 +92,13 @@ class _Document:
         except tomllib.TOMLDecodeError as exc:
             at = re.search(r"\(at line (\d+), column \d+\)", str(exc))
             raise ConfigError(f"{path}{':' + at.group(1) if at else ''}: invalid TOML: {exc}") from None
+        if (key := nul_path(data)) is not None:
+            lines = enumerate(text.splitlines(), 1)
+            line = next((n for n, ln in lines if "\\u0000" in ln or "\\U00000000" in ln), 0)
+            raise ConfigError(
+                f"{path}{f':{line}' if line else ''}: {key}: a NUL character (\\u0000) cannot be stored "
+                "in a database or passed to a run"
+            )
         return cls(path, text, data)
 
     def where(self, table: str, key: str | None, index: int = 0) -> str:
@@ -167,7 +175,7 @@ _TEXT_KEYS = {
     (section, fd.name)
     for section, cls in SECTIONS.items()
     for fd in dataclasses.fields(cls)
-    if fd.metadata["parser"] is fields.text
+    if fd.metadata["text"]
 }
 
 
@@ -254,6 +262,7 @@ def _build(path: Path | None, documents: list[_Document], env: Mapping[str, str]
 
         sections[name] = cls(**_parse_fields(cls, raw, locate, name, sources, origin))
 
+    _check_timing(sections, locators, path)
     state_dir = _state_dir(env)
     database = sections["database"]
     url = _resolve_url(database.url, database.url_file, state_dir, env, sources)
@@ -285,6 +294,33 @@ def _beside(url: str, directory: Path) -> str:
     if file.is_absolute():
         return url
     return f"{match.group(1)}{os.path.normpath(directory.absolute() / file)}{match.group(3)}"
+
+
+def _check_timing(sections: Mapping[str, Any], locators: Mapping[str, Any], path: Path | None) -> None:
+    """Settings that are each in range but break runs together.  A lease shorter than two heartbeats
+    expires between two of them, so healthy runs are CRASHED (and a retry may start next to the
+    still-running original); a worker shown offline between two heartbeats looks dead."""
+    worker, scheduler = sections["worker"], sections["scheduler"]
+    rules = [
+        (
+            "worker.lease_timeout",
+            worker.lease_timeout >= 2 * worker.heartbeat,
+            f"must be at least twice worker.heartbeat ({format_duration(worker.heartbeat)}), "
+            "or healthy runs are reaped as CRASHED between two heartbeats",
+        ),
+        (
+            "scheduler.worker_timeout",
+            scheduler.worker_timeout >= 2 * worker.heartbeat,
+            f"must be at least twice worker.heartbeat ({format_duration(worker.heartbeat)}), "
+            "or live workers are shown offline between two heartbeats",
+        ),
+    ]
+    for key, ok, problem in rules:
+        if not ok:
+            section, _, name = key.partition(".")
+            doc = locators.get(key) or locators.get("worker.heartbeat")
+            where = doc.where(section, name) if doc else (str(path) if path else "config")
+            raise ConfigError(f"{where}: {key}: {problem}")
 
 
 def _named(doc: _Document, table: str, index: int, item: Mapping[str, Any]) -> str:
@@ -332,8 +368,10 @@ def _deployment(
         )
     values = _parse_fields(DeploymentConfig, item, locate, label, sources, {}, False)
     values["container"] = _container(values["container"], locate, label, sources)
-    if "command" in item and not values["command"]:
-        raise ConfigError(f"{locate('command')}: {label}.command: expected a non-empty argv list")
+    if "command" in item and not (values["command"] and values["command"][0]):
+        raise ConfigError(
+            f"{locate('command')}: {label}.command: expected a non-empty argv list, starting with the program"
+        )
     if values["entrypoint"] and not re.fullmatch(ENTRYPOINT_PATTERN, values["entrypoint"]):
         raise ConfigError(
             f'{locate("entrypoint")}: {label}.entrypoint: expected "package.module:function", '

@@ -15,14 +15,26 @@ NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}"
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
+def database_url(value: Any) -> str:
+    """Empty (the SQLite default) or a URL of a supported database: checked here so `config
+    validate` refuses what every other command would refuse (the driver parses it later)."""
+    text = f.text(value).strip()
+    if text and not re.match(r"(sqlite|postgres|postgresql)(\+\w+)?://", text):
+        scheme = text.partition("://")[0] if "://" in text else ""
+        got = f"the unsupported database {scheme!r}" if scheme else "no URL"
+        raise ValueError(f"expected sqlite:///PATH or postgresql://USER@HOST/DB, got {got}")
+    return text
+
+
 @dataclass(frozen=True)
 class DatabaseConfig:
     url: str = f.setting(
         "",
-        f.text,
+        database_url,
         "SQLAlchemy URL: sqlite:///PATH (a relative PATH is relative to this file) or "
         "postgresql+psycopg://USER@HOST/DB. "
         "Empty: SQLite file orchd.db in /var/lib/orchd when writable, else $XDG_DATA_HOME/orchd.",
+        as_text=True,
     )
     url_file: str = f.setting(
         "", f.text, "Read the URL from this file instead (keeps a password out of orchd.toml)."
@@ -30,60 +42,99 @@ class DatabaseConfig:
     migrate_on_start: bool = f.setting(
         True, f.boolean, "Apply pending schema migrations when a daemon starts."
     )
-    pool_size: int = f.setting(5, f.integer(1), "Connections kept per process (PostgreSQL).")
-    connect_timeout: float = f.setting("10s", f.duration, "How long one connection attempt may take.")
-    busy_timeout: float = f.setting("5s", f.duration, "SQLite: how long a writer waits for the lock.")
+    pool_size: int = f.setting(5, f.integer(1, 1000), "Connections kept per process (PostgreSQL).")
+    connect_timeout: float = f.setting(
+        "10s", f.duration("0s", "1h"), "How long one connection attempt may take."
+    )
+    busy_timeout: float = f.setting(
+        "5s", f.duration("0s", "1h"), "SQLite: how long a writer waits for the lock."
+    )
 
 
 @dataclass(frozen=True)
 class SchedulerConfig:
-    loop_interval: float = f.setting("1s", f.duration, "Time between two scheduler ticks.")
-    horizon: float = f.setting("10m", f.duration, "How far ahead runs are materialized.")
-    max_scheduled_runs: int = f.setting(100, f.integer(1), "At most this many future runs per schedule.")
+    loop_interval: float = f.setting("1s", f.duration("100ms", "1h"), "Time between two scheduler ticks.")
+    horizon: float = f.setting("10m", f.duration("0s", "365d"), "How far ahead runs are materialized.")
+    max_scheduled_runs: int = f.setting(
+        100, f.integer(1, 100_000), "At most this many future runs per schedule."
+    )
     catchup: str = f.setting(
         "latest",
         f.choice("none", "latest", "all"),
         "Default for deployments: after downtime run none, the latest, or all missed fire times.",
     )
-    catchup_limit: int = f.setting(100, f.integer(1), 'Cap on missed runs materialized by catchup = "all".')
+    catchup_limit: int = f.setting(
+        100, f.integer(1, 100_000), 'Cap on missed runs materialized by catchup = "all".'
+    )
     misfire_grace: float | None = f.setting(
         "1h",
-        f.optional_duration,
+        f.optional_duration("1s", "3650d"),
         "A run still waiting this long after its due time becomes MISSED; empty: never.",
     )
     retention: float | None = f.setting(
         "30d",
-        f.optional_duration,
+        f.optional_duration("1m", "36500d"),
         "Finished runs (with history and output) older than this are deleted; empty: never.",
     )
-    worker_timeout: float = f.setting("2m", f.duration, "A worker silent this long is shown offline.")
-    backfill_limit: int = f.setting(
-        1000, f.integer(1), "`orchd backfill` refuses more runs than this without --yes."
+    worker_timeout: float = f.setting(
+        "2m", f.duration("1s", "30d"), "A worker silent this long is shown offline."
     )
+    backfill_limit: int = f.setting(
+        1000, f.integer(1, 1_000_000), "`orchd backfill` refuses more runs than this without --yes."
+    )
+
+
+def pool_name(value: Any) -> str:
+    """A pool name, wherever it comes from (config, --pool, a pool command): the rule `pool create`
+    enforces, so a pool cannot be born with a name that cannot be typed back."""
+    if not isinstance(value, str) or not re.fullmatch(NAME_PATTERN, value):
+        raise ValueError(f"expected a pool name (letters, digits, '.', '_', '-'), got {value!r}")
+    return value
+
+
+def pool_names(value: Any) -> list[str]:
+    names = [pool_name(name) for name in f.string_list(value)]
+    if not names:
+        raise ValueError("expected at least one pool name")
+    return names
+
+
+def worker_name(value: Any) -> str:
+    """Empty (HOSTNAME-PID), or a name of printable characters that fits the database's column."""
+    text = f.text(value)
+    if len(text) > 200 or not text.isprintable():
+        raise ValueError(f"expected a name of at most 200 printable characters, got {text!r}")
+    return text
 
 
 @dataclass(frozen=True)
 class WorkerConfig:
-    pools: list[str] = f.setting(["default"], f.string_list, "Pools served when --pool is not given.")
-    concurrency: int = f.setting(4, f.integer(1), "Runs executed at once by one worker.")
-    name: str = f.setting("", f.text, "Worker name; empty: HOSTNAME-PID.")
-    heartbeat: float = f.setting("10s", f.duration, "How often a worker extends its leases.")
+    pools: list[str] = f.setting(["default"], pool_names, "Pools served when --pool is not given.")
+    concurrency: int = f.setting(4, f.integer(1, 10_000), "Runs executed at once by one worker.")
+    name: str = f.setting("", worker_name, "Worker name; empty: HOSTNAME-PID.", as_text=True)
+    heartbeat: float = f.setting("10s", f.duration("100ms", "1h"), "How often a worker extends its leases.")
     lease_timeout: float = f.setting(
-        "60s", f.duration, "A run whose lease is not extended for this long is CRASHED and retried."
+        "60s",
+        f.duration("2s", "1d"),
+        "A run whose lease is not extended for this long is CRASHED and retried.",
     )
     poll_interval: float = f.setting(
         "30s",
-        f.duration,
+        f.duration("100ms", "1h"),
         "Safety-net poll: workers are woken by NOTIFY (PostgreSQL) or file changes (SQLite).",
     )
     shutdown_grace: float = f.setting(
         "30s",
-        f.duration,
+        f.duration("0s", "1d"),
         "On SIGTERM, how long running runs may finish before they are killed and re-queued.",
     )
-    kill_grace: float = f.setting("10s", f.duration, "Between SIGTERM and SIGKILL of a run's process group.")
+    kill_grace: float = f.setting(
+        "10s", f.duration("0s", "1h"), "Between SIGTERM and SIGKILL of a run's process group."
+    )
     log_max_bytes: int = f.setting(
-        1_000_000, f.integer(1024), "Output kept per run (head and tail); the rest is counted and dropped."
+        1_000_000,
+        f.integer(1024, 1 << 30),
+        "Output kept per run (head and tail); the rest is counted and dropped.",
     )
     work_dir: str = f.setting(
         "", f.text, "Working directory of runs without working_dir (must exist); empty: the state dir."
@@ -162,7 +213,7 @@ class ContainerConfig:
         [], volume_list, 'Mounts, e.g. ["/srv/data:/data:ro", "cache:/cache"] (SOURCE:DEST[:OPTIONS]).'
     )
     memory: str = f.setting("", f.size, 'Memory limit, e.g. "2g": above it the run FAILS "out of memory".')
-    cpus: float = f.setting(0.0, f.number(0.0), "CPU limit, e.g. 1.5; 0: no limit.")
+    cpus: float = f.setting(0.0, f.number(0.0, 1024.0), "CPU limit, e.g. 1.5; 0: no limit.")
     user: str = f.setting("", f.text, 'User inside the container, e.g. "1000:1000"; empty: the image\'s.')
     gpus: str = f.setting(
         "",
@@ -182,7 +233,9 @@ class ContainerConfig:
 class PoolConfig:
     name: str = f.setting("", f.text, "Pool name (workers serve pools by name).")
     concurrency_limit: int | None = f.setting(
-        0, f.optional_integer(1), "Runs of this pool active at once across all workers; 0 = no limit."
+        0,
+        f.optional_integer(1, 1_000_000),
+        "Runs of this pool active at once across all workers; 0 = no limit.",
     )
     paused: bool = f.setting(False, f.boolean, "A paused pool's runs are not claimed.")
     image: str = f.setting("", f.text, "Default image of the pool's deployments (they run in containers).")
@@ -211,25 +264,29 @@ class DeploymentConfig:
         {}, f.table, "Container settings: pull, network, volumes, memory, cpus, user, gpus, shm_size, ..."
     )
     parameters: dict[str, Any] = f.setting(
-        {}, f.table, "Default parameters, passed as JSON in ORCHD_PARAMETERS."
+        {}, f.json_table, "Default parameters, passed as JSON in ORCHD_PARAMETERS (date-times as ISO 8601)."
     )
-    env: dict[str, str] = f.setting({}, f.string_table, "Extra environment variables for the run.")
+    env: dict[str, str] = f.setting({}, f.environment, "Extra environment variables for the run.")
     working_dir: str = f.setting(
         "", f.text, "Working directory of the run (must exist, never created); empty: worker.work_dir."
     )
     timeout: float | None = f.setting(
-        "", f.optional_duration, "Kill the run (TIMED_OUT) after this long; empty: no limit."
+        "", f.optional_duration("100ms", "365d"), "Kill the run (TIMED_OUT) after this long; empty: no limit."
     )
-    retries: int = f.setting(0, f.integer(0), "Extra attempts after FAILED, TIMED_OUT or CRASHED.")
-    retry_delay: float = f.setting("10s", f.duration, "Delay before the first retry.")
-    retry_backoff: float = f.setting(2.0, f.number(1.0), "Each further retry waits this factor longer.")
+    retries: int = f.setting(0, f.integer(0, 1000), "Extra attempts after FAILED, TIMED_OUT or CRASHED.")
+    retry_delay: float = f.setting("10s", f.duration("0s", "1d"), "Delay before the first retry.")
+    retry_backoff: float = f.setting(
+        2.0, f.number(1.0, 100.0), "Each further retry waits this factor longer."
+    )
     catchup: str = f.setting(
         "", f.choice("", "none", "latest", "all"), "Overrides scheduler.catchup for this deployment."
     )
-    priority: int = f.setting(0, f.integer(-1000), "Higher runs are claimed first within a pool.")
+    priority: int = f.setting(
+        0, f.integer(-1_000_000, 1_000_000), "Higher runs are claimed first within a pool."
+    )
     max_active_runs: int | None = f.setting(
         0,
-        f.optional_integer(1),
+        f.optional_integer(1, 10_000),
         "Runs of this deployment active at once; 0 = no limit (1 when overlap is set).",
     )
     overlap: str = f.setting(

@@ -9,7 +9,11 @@ import textwrap
 
 import tomli_w
 
-from orchd.config.model import SECTIONS
+from orchd.config.fields import Bounded
+from orchd.config.model import ARRAYS, SECTIONS, ContainerConfig
+
+RANGES_BEGIN = "<!-- ranges: generated from the key declarations by `python -m tests.cli_reference` -->\n"
+RANGES_END = "<!-- end of the ranges -->\n"
 
 HEADER = """\
 # /etc/orchd/orchd.toml: read by orchd-scheduler, every orchd-worker and the orchd CLI.
@@ -70,9 +74,27 @@ def render() -> str:
         parts.append(f"\n[{name}]")
         for fd in dataclasses.fields(cls):
             default = fd.default_factory() if fd.default_factory is not dataclasses.MISSING else fd.default
-            for line in textwrap.wrap(fd.metadata["doc"], 96):
+            doc = fd.metadata["doc"]
+            if isinstance(fd.metadata["parser"], Bounded):
+                doc += f" Accepts {fd.metadata['parser'].describe()}."
+            for line in textwrap.wrap(doc, 96):
                 parts.append(f"# {line}")
             parts.append(tomli_w.dumps({fd.name: default}).rstrip())
     parts.append("")
     parts.append(EXAMPLES)
     return "\n".join(parts)
+
+
+def ranges() -> str:
+    """The README's table of what each number and duration key accepts (kept current by a test)."""
+    rows = ["| key | accepts |", "|---|---|"]
+    tables = [
+        *SECTIONS.items(),
+        *((f"{name}[]", cls) for name, cls in ARRAYS.items()),
+        ("deployments[].container", ContainerConfig),
+    ]
+    for label, cls in tables:
+        for fd in dataclasses.fields(cls):
+            if isinstance(parser := fd.metadata["parser"], Bounded):
+                rows.append(f"| `{label}.{fd.name}` | {parser.describe()} |")
+    return RANGES_BEGIN + "\n".join(rows) + "\n" + RANGES_END
