@@ -81,7 +81,7 @@ CASES: list[tuple[str, int, str]] = [
     ("run create hello --params-json [1,2]", EX_USAGE, "expected a JSON object"),
     ("run create hello --at next-tuesday", EX_USAGE, "'next-tuesday' is not a time"),
     ("run create hello --at 2026-13-01", EX_USAGE, "'2026-13-01' is not a time"),
-    ("run create", EX_USAGE, "Missing argument 'DEPLOYMENT'"),
+    ("run create", EX_USAGE, "which deployment? give DEPLOYMENT, or --like ID"),
     ("run cancel", EX_USAGE, "Missing argument 'ID'"),
     ("run logs x", EX_USAGE, "'x' is not a valid integer"),
     ("run retry -1", EX_USAGE, "No such option '-1'"),

@@ -15,6 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from orchd.cli import main
+from orchd.db.schema import runs
 from orchd.db.store import Store
 from orchd.states import RunState
 from tests.cli_support import Orchd, clean_env, now, write_config
@@ -212,6 +213,62 @@ def test_a_failed_entrypoint_says_why_in_one_line(orchd: Orchd, store: Store, tm
     shown = orchd("run", "show", str(run_id)).stdout
     assert "\nerror:         flows.NoData: nothing for 3 days\n" in shown
     assert "  stderr:     raise NoData(" in shown  # the traceback is in the output
+
+
+def test_waiting_says_when_no_worker_can_take_the_run_and_gives_up_at_the_timeout(
+    orchd: Orchd, store: Store
+) -> None:
+    """`run create --wait` with no worker for the pool used to wait forever in silence."""
+    waited = orchd("run", "create", "hello", "--wait", "--timeout", "1s")
+    assert waited.exit_code == 1
+    run_id = store.list_runs(limit=1)[0].id
+    assert waited.stderr.splitlines() == [
+        f"run {run_id} of hello created; following it (Ctrl-C stops following)",
+        "no worker is online for pool default: start one (orchd-worker --pool default); "
+        "still waiting (Ctrl-C stops following)",
+        f"orchd: error: run {run_id} is still SCHEDULED after 1s: stopped waiting "
+        f"(the run is not stopped: `orchd run cancel {run_id}` does that)",
+    ]
+    assert orchd("pool", "pause", "default").exit_code == 0
+    paused = orchd("run", "create", "hello", "--wait", "--timeout", "1s", "--json")
+    assert paused.exit_code == 1 and json.loads(paused.stdout)["state"] == "SCHEDULED"
+    assert "pool default is paused: its runs wait until `orchd pool resume default`" in paused.stderr
+    lonely = orchd("run", "create", "hello", "--timeout", "1s")
+    assert lonely.exit_code == 2 and "--timeout goes with --wait" in lonely.stderr
+
+
+def test_a_rerun_with_other_parameters_is_a_new_run_like_the_old(orchd: Orchd, store: Store) -> None:
+    first = store.create_run("hello", now(), parameters={"days": 7, "mode": "full"})
+    again = orchd("run", "create", "--like", str(first), "--param", "days=2", "--json")
+    assert again.exit_code == 0, again.output
+    created = json.loads(again.stdout)
+    assert created["deployment"] == "hello" and created["id"] != first
+    row = store.get_run(created["id"])
+    assert row is not None and row.parameters == {"greeting": "hi", "days": 2, "mode": "full"}
+    wrong = orchd("run", "create", "fail", "--like", str(first))
+    assert wrong.exit_code == 2 and f"run {first} is of deployment hello, not fail" in wrong.stderr
+    neither = orchd("run", "create")
+    assert neither.exit_code == 2 and "give DEPLOYMENT, or --like ID" in neither.stderr
+
+
+def test_each_attempt_has_its_own_output(orchd: Orchd, store: Store) -> None:
+    run_id = store.create_run("hello", now())
+    store.append_logs(
+        [
+            {"run_id": run_id, "attempt": a, "at": now(), "stream": "stdout", "line": f"try {a}"}
+            for a in (1, 2)
+        ]
+    )
+    with store.engine.begin() as conn:  # as after a retry
+        conn.execute(runs.update().where(runs.c.id == run_id).values(attempt=2, max_attempts=2))
+    shown = orchd("run", "show", str(run_id)).stdout
+    assert shown.endswith(
+        "\noutput of attempt 1 (1 line):\n  stdout: try 1\n\noutput of attempt 2 (1 line):\n  stdout: try 2\n"
+    )
+    assert orchd("run", "logs", str(run_id), "--attempt", "2").stdout == "try 2\n"
+    assert orchd("run", "logs", str(run_id), "--attempt", "1").stdout == "try 1\n"
+    beyond = orchd("run", "logs", str(run_id), "--attempt", "3")
+    assert beyond.exit_code == 1 and f"run {run_id} has had 2 attempts, not 3" in beyond.stderr
 
 
 def test_cancel_and_retry(orchd: Orchd, store: Store) -> None:

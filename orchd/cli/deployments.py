@@ -24,7 +24,7 @@ from orchd.db.store import Store
 from orchd.errors import OrchdError
 
 
-def _complete(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[str]:
+def complete_deployment(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[str]:
     """Shell completion of deployment names, from the config (the database may be far away)."""
     try:
         config = load_config(ctx.params.get("config_path") or default_config_path(os.environ))
@@ -33,7 +33,7 @@ def _complete(ctx: click.Context, param: click.Parameter, incomplete: str) -> li
     return [d.name for d in config.deployments if d.name.startswith(incomplete)]
 
 
-deployment_argument = click.argument("deployment", shell_complete=_complete)
+deployment_argument = click.argument("deployment", shell_complete=complete_deployment)
 
 
 def require_deployment(store: Store, config: Config, name: str) -> Row[Any]:

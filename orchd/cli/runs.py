@@ -13,7 +13,8 @@ import click
 from sqlalchemy import Row
 
 from orchd.cli.common import common_options, config_option, friendly, load, open_store
-from orchd.cli.deployments import deployment_argument, require_deployment
+from orchd.cli.deployments import complete_deployment, require_deployment
+from orchd.cli.oneline import fail, usage_error
 from orchd.cli.output import (
     coloured,
     duration,
@@ -25,9 +26,11 @@ from orchd.cli.output import (
     print_table,
     relative,
 )
-from orchd.cli.params import JsonObject, KeyValue, When
+from orchd.cli.params import Duration, JsonObject, KeyValue, When
+from orchd.config import Config
 from orchd.db.admin import Admin, NotFound
 from orchd.db.store import Store
+from orchd.durations import format_duration
 from orchd.states import FINISHED, RunState
 
 #: How often a followed run is looked at (the CLI polls: it has no LISTEN of its own).
@@ -201,47 +204,82 @@ def run_show(run_id: int, config_path: Path | None, as_json: bool, logs: bool, r
         )
     if logs:
         lines = store.run_logs(run_id)
-        click.echo(f"\noutput ({plural(len(lines), 'line')}):")
-        for line in lines:
-            echo_output(f"  {line.stream}: {line.line}", raw=raw)
+        attempts = sorted({line.attempt for line in lines})
+        for attempt in attempts or [row.attempt]:
+            own = [line for line in lines if line.attempt == attempt]
+            of = f" of attempt {attempt}" if len(attempts) > 1 else ""
+            click.echo(f"\noutput{of} ({plural(len(own), 'line')}):")
+            for line in own:
+                echo_output(f"  {line.stream}: {line.line}", raw=raw)
 
 
 @run_group.command("create")
-@deployment_argument
+@click.argument("deployment", required=False, shell_complete=complete_deployment)
 @click.option(
     "--param", "params", multiple=True, type=KeyValue(), help="A parameter (repeatable); JSON values."
 )
 @click.option("--params-json", type=JsonObject(), help="Parameters as one JSON object (--param wins).")
+@click.option(
+    "--like",
+    metavar="ID",
+    type=click.IntRange(min=1),
+    help="Start from run ID: its deployment and parameters (--params-json and --param change them).",
+)
 @click.option("--at", type=When(past=False), help="Due at TIME instead of now (e.g. 10m, 2026-05-01T02:00).")
 @click.option(
     "--wait", is_flag=True, help="Follow the run, print its output, exit 0 if it COMPLETED, else 1."
 )
+@click.option(
+    "--timeout",
+    type=Duration(),
+    help="With --wait: stop waiting after DURATION (exit 1; the run goes on).",
+)
 @common_options
 def run_create(
-    deployment: str,
+    deployment: str | None,
     params: tuple[tuple[str, Any], ...],
     params_json: dict[str, Any] | None,
+    like: int | None,
     at: datetime | None,
     wait: bool,
+    timeout: float | None,
     config_path: Path | None,
     as_json: bool,
 ) -> None:
     """Create a run of DEPLOYMENT by hand, due now or --at a time.
 
     Its parameters are the deployment's, updated with --params-json, then with each --param
-    (a value that is valid JSON is read as JSON: days=7 is a number, name=x is text).
+    (a value that is valid JSON is read as JSON: days=7 is a number, name=x is text).  With
+    --like ID the run is a new one of run ID's deployment, with run ID's parameters to start
+    from: a re-run with other parameters (`orchd run retry` re-runs ID itself, as it was).
+
+    With --wait, a run that no worker can take (none online for its pool, or the pool paused) is
+    said so once; the wait goes on until --timeout.
 
     \b
     Example:
       orchd run create nightly-backup
       orchd run create refresh-report --param days=30 --at 22:00 --json
-      orchd run create nightly-backup --wait && echo done
+      orchd run create nightly-backup --wait --timeout 1h && echo done
+      orchd run create --like 42 --param days=2 --wait
     """
+    if timeout is not None and not wait:
+        usage_error("--timeout goes with --wait")
+    if deployment is None and like is None:
+        usage_error("which deployment? give DEPLOYMENT, or --like ID")
     config = load(config_path)
     store = open_store(config)
+    base: dict[str, Any] = {}
+    if like is not None:
+        model = get_run(store, like)
+        if deployment is not None and deployment != model.deployment:
+            usage_error(f"run {like} is of deployment {model.deployment}, not {deployment}")
+        deployment, base = model.deployment, dict(model.parameters)
+    assert deployment is not None
     require_deployment(store, config, deployment)
     now = datetime.now(UTC)
-    run_id = store.create_run(deployment, now, at=at, parameters={**(params_json or {}), **dict(params)})
+    parameters = {**base, **(params_json or {}), **dict(params)}
+    run_id = store.create_run(deployment, now, at=at, parameters=parameters)
     if not wait:
         row = get_run(store, run_id)
         if as_json:
@@ -251,9 +289,15 @@ def run_create(
         return
     if not as_json:
         click.echo(f"run {run_id} of {deployment} created; following it (Ctrl-C stops following)", err=True)
-    final = follow(store, run_id, None if as_json else log_printer())
+    deadline = None if timeout is None else time.monotonic() + timeout
+    final = follow(store, run_id, None if as_json else log_printer(), deadline, WorkerWatch(store, config))
     if as_json:
         print_json(run_json(final))
+    elif final.state not in FINISHED:
+        fail(
+            f"run {run_id} is still {final.state} after {format_duration(timeout or 0)}: stopped waiting "
+            f"(the run is not stopped: `orchd run cancel {run_id}` does that)"
+        )
     else:
         report_outcome(final)
     raise SystemExit(0 if final.state == RunState.COMPLETED else 1)
@@ -300,14 +344,18 @@ def run_retry(run_id: int, config_path: Path | None, as_json: bool) -> None:
 @run_group.command("logs")
 @run_id_argument
 @click.option("--follow", "-f", "follow_", is_flag=True, help="Keep printing output until the run finishes.")
+@click.option("--attempt", type=click.IntRange(min=1), help="Only the output of attempt N (see `run show`).")
 @raw_option
 @config_option
 @click.option(
     "--json", "as_json", is_flag=True, help="One JSON object per line: run_id, attempt, at, stream, line."
 )
 @friendly
-def run_logs(run_id: int, follow_: bool, raw: bool, config_path: Path | None, as_json: bool) -> None:
-    """Print a run's captured output, stderr lines on stderr.
+def run_logs(
+    run_id: int, follow_: bool, attempt: int | None, raw: bool, config_path: Path | None, as_json: bool
+) -> None:
+    """Print a run's captured output, stderr lines on stderr; a retried run's attempts one after
+    the other, each new one after a `--- attempt N ---` line on stderr.
 
     On a terminal, control characters are shown escaped (\\x1b, \\r) so a run cannot drive it;
     --raw writes them as they are (as a pipe or file always gets them).
@@ -316,10 +364,15 @@ def run_logs(run_id: int, follow_: bool, raw: bool, config_path: Path | None, as
     Example:
       orchd run logs 42
       orchd run logs 42 --follow
+      orchd run logs 42 --attempt 2
     """
     store = open_store(load(config_path))
-    get_run(store, run_id)
+    row = get_run(store, run_id)
+    if attempt is not None and attempt > row.attempt:
+        raise NotFound(f"run {run_id} has had {plural(row.attempt, 'attempt')}, not {attempt}")
     printer = _json_line if as_json else log_printer(raw)
+    if attempt is not None:
+        printer = _only(attempt, printer)
     if follow_:
         follow(store, run_id, printer)
     else:
@@ -329,6 +382,14 @@ def run_logs(run_id: int, follow_: bool, raw: bool, config_path: Path | None, as
 def _json_line(line: Row[Any]) -> None:
     fields = {"run_id": line.run_id, "attempt": line.attempt, "at": iso(line.at), "stream": line.stream}
     click.echo(json.dumps({**fields, "line": line.line}))
+
+
+def _only(attempt: int, printer: Callable[[Row[Any]], None]) -> Callable[[Row[Any]], None]:
+    def only(line: Row[Any]) -> None:
+        if line.attempt == attempt:
+            printer(line)
+
+    return only
 
 
 def log_printer(raw: bool = False) -> Callable[[Row[Any]], None]:
@@ -356,8 +417,46 @@ def print_logs(store: Store, run_id: int, after: int, printer: Callable[[Row[Any
             return after
 
 
-def follow(store: Store, run_id: int, printer: Callable[[Row[Any]], None] | None) -> Row[Any]:
-    """Print the run's output as it comes until the run is finished; return its final row.
+class WorkerWatch:
+    """While a followed run waits to be claimed, says once why nothing takes it: no worker online
+    for its pool, or the pool paused (a silent wait looks like a hang)."""
+
+    EVERY = 5.0
+
+    def __init__(self, store: Store, config: Config) -> None:
+        self.admin, self.timeout = Admin(store), config.scheduler.worker_timeout
+        self.next_look = 0.0
+        self.said: str | None = None
+
+    def __call__(self, row: Row[Any]) -> None:
+        now = time.monotonic()
+        if row.state != RunState.SCHEDULED or row.due_at > datetime.now(UTC) or now < self.next_look:
+            return
+        self.next_look = now + self.EVERY
+        pool = next(
+            (p for p in self.admin.pools(datetime.now(UTC), self.timeout) if p.name == row.pool), None
+        )
+        if pool is None:
+            return
+        why = None
+        if pool.paused:
+            why = f"pool {pool.name} is paused: its runs wait until `orchd pool resume {pool.name}`"
+        elif not pool.workers:
+            why = f"no worker is online for pool {pool.name}: start one (orchd-worker --pool {pool.name})"
+        if why is not None and why != self.said:
+            click.echo(f"{why}; still waiting (Ctrl-C stops following)", err=True)
+        self.said = why
+
+
+def follow(
+    store: Store,
+    run_id: int,
+    printer: Callable[[Row[Any]], None] | None,
+    deadline: float | None = None,
+    watch: Callable[[Row[Any]], None] | None = None,
+) -> Row[Any]:
+    """Print the run's output as it comes until the run is finished, or ``deadline``
+    (time.monotonic()) passes; return its last row.  ``watch`` sees the row at each look.
 
     The state is read before the output, and a worker stores a run's output before its outcome,
     so once a finished state is seen the output read next is complete.  A FAILED run seen here is
@@ -369,8 +468,10 @@ def follow(store: Store, run_id: int, printer: Callable[[Row[Any]], None] | None
             row = get_run(store, run_id)
             if printer is not None:
                 after = print_logs(store, run_id, after, printer)
-            if RunState(row.state) in FINISHED:
+            if RunState(row.state) in FINISHED or (deadline is not None and time.monotonic() >= deadline):
                 return row
+            if watch is not None:
+                watch(row)
             time.sleep(POLL)
     except KeyboardInterrupt:
         click.echo(
