@@ -216,7 +216,7 @@ def test_version_help_and_completion(tmp_path: Path) -> None:
     version = runner.invoke(main, ["--version"])
     assert (version.exit_code, version.stdout) == (0, f"orchd, version {__version__}\n")
     assert (
-        "Usage: orchd run create [OPTIONS] DEPLOYMENT" in runner.invoke(main, ["run", "create", "-h"]).stdout
+        "Usage: orchd run create [OPTIONS] [DEPLOYMENT]" in runner.invoke(main, ["run", "create", "-h"]).stdout
     )
     script = runner.invoke(main, [], env={"_ORCHD_COMPLETE": "bash_source"}, prog_name="orchd")
     assert script.exit_code == 0 and "_orchd_completion()" in script.stdout
