@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from orchd.cli import main
-from orchd.cli.daemons import scheduler_main, worker_main
+from orchd.cli.daemons import scheduler_main, web_main, worker_main
 from orchd.config.template import RANGES_BEGIN as ranges_begin
 from orchd.config.template import RANGES_END as ranges_end
 from orchd.config.template import ranges
@@ -59,7 +59,12 @@ def entry(path: str, command: click.Command) -> str:
 
 
 def render() -> str:
-    tree = [*commands(main, "orchd"), ("orchd-scheduler", scheduler_main), ("orchd-worker", worker_main)]
+    tree = [
+        *commands(main, "orchd"),
+        ("orchd-scheduler", scheduler_main),
+        ("orchd-web", web_main),
+        ("orchd-worker", worker_main),
+    ]
     return BEGIN + "\n" + "\n".join(entry(path, command) for path, command in tree) + "\n" + END
 
 

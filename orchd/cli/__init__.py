@@ -39,7 +39,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "orchd.cli.systemd:systemd_group",
         "systemd units for orchd installed with pip (the Debian package ships its own).",
     ),
-    "up": ("orchd.cli.daemons:up", "Scheduler and one worker together in the foreground: the quick start."),
+    "up": (
+        "orchd.cli.daemons:up",
+        "Scheduler, one worker and the dashboard (web.listen) together in the foreground: the quick start.",
+    ),
+    "web": ("orchd.cli.web:web_group", "Users of orchd-web (the dashboard and HTTP API) and their roles."),
     "worker": ("orchd.cli.pools:worker_group", "Workers: the daemons that execute runs."),
 }
 

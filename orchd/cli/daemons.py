@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -16,11 +17,13 @@ from orchd.cli.params import Setting
 from orchd.config import Config, WorkerConfig
 from orchd.config.fields import parser_of
 from orchd.config.model import listen_address, pool_name, worker_name
-from orchd.errors import ConfigError
+from orchd.errors import ConfigError, OrchdError
 from orchd.logging import configure, get_logger
 from orchd.notify import Notifier
 from orchd.runtime import Signals, open_store
 from orchd.scheduler.daemon import Scheduler
+from orchd.web.auth import Auth
+from orchd.web.server import bind, check_exposure, make_server, serve, url_of
 from orchd.worker.daemon import Worker
 
 log = get_logger("orchd")
@@ -160,12 +163,74 @@ def worker_main(
     worker.run(signals.stop, notifier)
 
 
+def _web_listen(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    value = _listen(ctx, param, value)
+    if value == "":
+        raise click.BadParameter("expected HOST:PORT such as 127.0.0.1:4200")
+    return value
+
+
+@click.command("orchd-web", cls=OneLineErrors)
+@config_option
+@click.option("--listen", metavar="HOST:PORT", callback=_web_listen, help="Serve here (default: web.listen).")
+@metrics_option
+@click.version_option(__version__, prog_name="orchd-web")
+@friendly
+def web_main(config_path: Path | None, listen: str | None, metrics_listen: str | None) -> None:
+    """Serve the dashboard and the HTTP API (http://127.0.0.1:4200/ by default).
+
+    A non-loopback address is refused (exit 78) until users (`orchd web passwd`) or a token
+    (web.token_file) are configured.
+
+    \b
+    Example:
+      orchd-web --config /etc/orchd/orchd.toml
+      orchd-web --listen 127.0.0.1:8080
+    """
+    config = _configured(config_path, metrics_listen)
+    if listen:
+        config = dataclasses.replace(config, web=dataclasses.replace(config.web, listen=listen))
+    if not config.web.listen:
+        raise ConfigError('web.listen: empty: orchd-web needs an address such as "127.0.0.1:4200"')
+    auth = Auth(config)
+    check_exposure(config.web.listen, auth)
+    sock = bind(config.web.listen)
+    signals = Signals().install()
+    notifier = Notifier()
+    store = open_store(config, "web", signals.stop.is_set, notifier)
+    if store is None:
+        return
+    log.info("orchd-web started", version=__version__)
+    serve(config, store, auth, sock, signals.stop, notifier)
+
+
+def _start_web(config: Config, stop: threading.Event) -> threading.Thread | None:
+    """orchd up's dashboard, in a thread; a busy port is a warning, not a reason to stop."""
+    if not config.web.listen:
+        return None
+    auth = Auth(config)
+    check_exposure(config.web.listen, auth)
+    try:
+        sock = bind(config.web.listen)
+    except OrchdError as exc:
+        log.warning("no dashboard", error=str(exc))
+        return None
+    web_store = open_store(config, "web", stop.is_set)
+    if web_store is None:
+        return None
+    server = make_server(config, web_store, auth, sock, stop, Notifier())
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="web", daemon=True)
+    thread.start()
+    click.echo(f"dashboard: {url_of(config, sock)}")
+    return thread
+
+
 @click.command("up")
 @config_option
 @metrics_option
 @friendly
 def up(config_path: Path | None, metrics_listen: str | None) -> None:
-    """Scheduler and one worker together in the foreground: the quick start.
+    """Scheduler, one worker and the dashboard (web.listen) together in the foreground: the quick start.
 
     \b
     Example:
@@ -187,7 +252,10 @@ def up(config_path: Path | None, metrics_listen: str | None) -> None:
         daemon=True,
     )
     thread.start()
+    web = _start_web(config, signals.stop)
     log.info("orchd up: scheduler and worker running; Ctrl-C stops both", database=config.database.url)
     Worker(config, worker_store, list(config.worker.pools), config.worker.concurrency).run(signals.stop)
     thread.join(timeout=10)
+    if web is not None:
+        web.join(timeout=10)
     log.info("orchd stopped")

@@ -19,7 +19,7 @@ from orchd.cli.common import (
 )
 from orchd.cli.output import coloured, iso, plural, print_fields, print_json, print_table, relative
 from orchd.config import Config, default_config_path, load_config
-from orchd.db.admin import Admin, NotFound
+from orchd.db.admin import Admin, DeploymentReport, NotFound
 from orchd.db.store import Store
 from orchd.errors import OrchdError
 
@@ -56,6 +56,50 @@ def status_of(row: Row[Any]) -> str:
     return "archived" if row.archived_at is not None else "paused" if row.paused else "active"
 
 
+def deployment_json(d: DeploymentReport) -> dict[str, Any]:
+    """A deployment as `orchd deployment ls --json` prints it."""
+    return {
+        "name": d.row.name,
+        "pool": d.row.pool,
+        "status": status_of(d.row),
+        "priority": d.row.priority,
+        "schedules": d.schedules,
+        "next_run_at": iso(d.next_run_at),
+        "last_run": d.last_run
+        and {"id": d.last_run.id, "state": d.last_run.state, "finished_at": iso(d.last_run.finished_at)},
+    }
+
+
+def deployment_detail_json(
+    row: Row[Any], schedules: list[Row[Any]], recent: list[Row[Any]]
+) -> dict[str, Any]:
+    """A deployment as `orchd deployment show --json` prints it."""
+    return {
+        "name": row.name,
+        "pool": row.pool,
+        "status": status_of(row),
+        "priority": row.priority,
+        "archived_at": iso(row.archived_at),
+        "updated_at": iso(row.updated_at),
+        "spec": row.spec,
+        "schedules": [
+            {
+                "id": s.id,
+                "key": s.key,
+                "kind": s.kind,
+                "expr": s.expr,
+                "timezone": s.timezone,
+                "active": s.active,
+                "next_fire_at": iso(s.next_fire_at),
+            }
+            for s in schedules
+        ],
+        "recent_runs": [
+            {"id": r.id, "state": r.state, "scheduled_for": iso(r.scheduled_for)} for r in recent
+        ],
+    }
+
+
 @click.group("deployment")
 def deployment_group() -> None:
     """What is deployed: list, inspect, apply the config now, pause and resume.
@@ -80,25 +124,7 @@ def deployment_ls(include_archived: bool, config_path: Path | None, as_json: boo
     store = open_store(load(config_path))
     found = Admin(store).deployments(include_archived)
     if as_json:
-        print_json(
-            [
-                {
-                    "name": d.row.name,
-                    "pool": d.row.pool,
-                    "status": status_of(d.row),
-                    "priority": d.row.priority,
-                    "schedules": d.schedules,
-                    "next_run_at": iso(d.next_run_at),
-                    "last_run": d.last_run
-                    and {
-                        "id": d.last_run.id,
-                        "state": d.last_run.state,
-                        "finished_at": iso(d.last_run.finished_at),
-                    },
-                }
-                for d in found
-            ]
-        )
+        print_json([deployment_json(d) for d in found])
         return
     now = datetime.now(UTC)
     print_table(
@@ -133,32 +159,7 @@ def deployment_show(deployment: str, config_path: Path | None, as_json: bool) ->
     schedules = admin.schedules_of(row.id)
     recent = store.list_runs(deployment=deployment, limit=5)
     if as_json:
-        print_json(
-            {
-                "name": row.name,
-                "pool": row.pool,
-                "status": status_of(row),
-                "priority": row.priority,
-                "archived_at": iso(row.archived_at),
-                "updated_at": iso(row.updated_at),
-                "spec": row.spec,
-                "schedules": [
-                    {
-                        "id": s.id,
-                        "key": s.key,
-                        "kind": s.kind,
-                        "expr": s.expr,
-                        "timezone": s.timezone,
-                        "active": s.active,
-                        "next_fire_at": iso(s.next_fire_at),
-                    }
-                    for s in schedules
-                ],
-                "recent_runs": [
-                    {"id": r.id, "state": r.state, "scheduled_for": iso(r.scheduled_for)} for r in recent
-                ],
-            }
-        )
+        print_json(deployment_detail_json(row, schedules, recent))
         return
     spec = row.spec
     print_fields(

@@ -198,6 +198,22 @@ def worker_status(row: Row[Any], now: datetime, timeout: float) -> str:
     return str(row.status)
 
 
+def worker_json(w: Row[Any], now: datetime, timeout: float) -> dict[str, Any]:
+    """A worker as `orchd worker ls --json` prints it."""
+    return {
+        "name": w.name,
+        "host": w.host,
+        "pid": w.pid,
+        "pools": w.pools,
+        "last_heartbeat": iso(w.last_heartbeat),
+        "status": worker_status(w, now, timeout),
+        "concurrency": w.concurrency,
+        "running": w.running,
+        "version": w.version,
+        "started_at": iso(w.started_at),
+    }
+
+
 @worker_group.command("ls")
 @common_options
 def worker_ls(config_path: Path | None, as_json: bool) -> None:
@@ -212,23 +228,7 @@ def worker_ls(config_path: Path | None, as_json: bool) -> None:
     now = datetime.now(UTC)
     timeout = config.scheduler.worker_timeout
     if as_json:
-        print_json(
-            [
-                {
-                    "name": w.name,
-                    "host": w.host,
-                    "pid": w.pid,
-                    "pools": w.pools,
-                    "last_heartbeat": iso(w.last_heartbeat),
-                    "status": worker_status(w, now, timeout),
-                    "concurrency": w.concurrency,
-                    "running": w.running,
-                    "version": w.version,
-                    "started_at": iso(w.started_at),
-                }
-                for w in rows
-            ]
-        )
+        print_json([worker_json(w, now, timeout) for w in rows])
         return
     print_table(
         ["NAME", "HOST", "PID", "POOLS", "STATUS", "RUNNING", "HEARTBEAT", "VERSION"],

@@ -59,6 +59,27 @@ def run_json(row: Row[Any]) -> dict[str, Any]:
     }
 
 
+def run_detail_json(row: Row[Any], history: list[Row[Any]]) -> dict[str, Any]:
+    """`orchd run show --json`: the run object plus parameters, error, result and its states."""
+    return {
+        **run_json(row),
+        "parameters": row.parameters,
+        "error": row.error,
+        "result": row.result,
+        "states": [
+            {
+                "from": h.from_state,
+                "to": h.to_state,
+                "at": iso(h.at),
+                "attempt": h.attempt,
+                "actor": h.actor,
+                "reason": h.reason,
+            }
+            for h in history
+        ],
+    }
+
+
 def get_run(store: Store, run_id: int) -> Row[Any]:
     row = store.get_run(run_id)
     if row is None:
@@ -159,25 +180,7 @@ def run_show(run_id: int, config_path: Path | None, as_json: bool, logs: bool, r
     row = get_run(store, run_id)
     history = store.run_history(run_id)
     if as_json:
-        print_json(
-            {
-                **run_json(row),
-                "parameters": row.parameters,
-                "error": row.error,
-                "result": row.result,
-                "states": [
-                    {
-                        "from": h.from_state,
-                        "to": h.to_state,
-                        "at": iso(h.at),
-                        "attempt": h.attempt,
-                        "actor": h.actor,
-                        "reason": h.reason,
-                    }
-                    for h in history
-                ],
-            }
-        )
+        print_json(run_detail_json(row, history))
         return
     print_fields(
         [

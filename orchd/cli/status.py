@@ -20,8 +20,9 @@ from orchd.cli.params import Duration
 from orchd.cli.pools import pool_json, print_pools
 from orchd.config import Config
 from orchd.db import migrate
-from orchd.db.admin import Admin, Health
+from orchd.db.admin import Admin, Health, PoolReport
 from orchd.db.engine import describe, ping
+from orchd.db.store import Store
 from orchd.durations import format_duration
 from orchd.errors import DatabaseUnavailable
 from orchd.scheduler.leader import SEEN_EVERY
@@ -154,17 +155,29 @@ def status(late_after: float, config_path: Path | None, as_json: bool) -> None:
     config = load(config_path)
     try:
         store = open_store(config, schema=False)
-        server = ping(store.engine)
     except DatabaseUnavailable as exc:
         _show([Check("database", False, str(exc))], as_json, {})
         return
+    checks, extra, pools = report(config, store, late_after)
+    body = None if pools is None else (lambda: print_pools(pools, datetime.now(UTC)))
+    _show(checks, as_json, extra, body)
+
+
+def report(
+    config: Config, store: Store, late_after: float
+) -> tuple[list[Check], dict[str, Any], list[PoolReport] | None]:
+    """The checks, the JSON beside them (`orchd status --json` less ``healthy`` and ``checks``),
+    and the pools (None when the database is not usable): shared by `orchd status` and the web."""
+    try:
+        server = ping(store.engine)
+    except DatabaseUnavailable as exc:
+        return [Check("database", False, str(exc))], {}, None
     current, head = migrate.current_revision(store.engine), migrate.head_revision()
     where = describe(store.engine.url)
     database = {"where": where, "server": server, "revision": current, "head": head}
     if current != head:
         detail = f"{where}: schema {current or 'empty'}, orchd needs {head}: run `orchd db upgrade`"
-        _show([Check("database", False, detail)], as_json, {"database": database})
-        return
+        return [Check("database", False, detail)], {"database": database}, None
     now = datetime.now(UTC)
     health = Admin(store).health(
         now, worker_timeout=config.scheduler.worker_timeout, late_after=late_after, window=WINDOW
@@ -187,4 +200,4 @@ def status(late_after: float, config_path: Path | None, as_json: bool) -> None:
         "stuck_runs": health.stuck,
         "failures_last_hour": health.failures,
     }
-    _show(checks, as_json, extra, lambda: print_pools(health.pools, now))
+    return checks, extra, health.pools

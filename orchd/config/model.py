@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -229,6 +230,74 @@ class ContainerConfig:
     )
 
 
+def base_path(value: Any) -> str:
+    """The URL prefix orchd-web is served under: "/" or "/orchd/" (leading and trailing slash)."""
+    text = f.text(value).strip()
+    if not re.fullmatch(r"/([A-Za-z0-9._~-]+/)*", text):
+        raise ValueError(f'expected a path such as "/" or "/orchd/" (with both slashes), got {value!r}')
+    return text
+
+
+def public_url(value: Any) -> str:
+    """Empty, or the URL people reach orchd-web at (behind a proxy), ending in "/"."""
+    text = f.text(value).strip()
+    if text and not re.fullmatch(r"https?://[^/\s?#]+(/[^\s?#]*)?", text):
+        raise ValueError(f'expected a URL such as "https://ops.example.com/orchd/", got {value!r}')
+    return text if not text or text.endswith("/") else text + "/"
+
+
+def networks(value: Any) -> list[str]:
+    """Addresses or networks ("10.0.0.0/8", "::1"), each checked."""
+    items = f.string_list(value)
+    for item in items:
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            raise ValueError(f"expected IP addresses or networks such as 10.0.0.0/8, got {item!r}") from None
+    return items
+
+
+@dataclass(frozen=True)
+class WebConfig:
+    listen: str = f.setting(
+        "127.0.0.1:4200",
+        listen_address,
+        "Where orchd-web serves the dashboard and API; a non-loopback address needs auth "
+        '(users or a token); "" keeps `orchd up` from starting it.',
+    )
+    base_path: str = f.setting("/", base_path, 'URL prefix behind a reverse proxy, e.g. "/orchd/".')
+    public_url: str = f.setting(
+        "", public_url, 'The URL people use (behind a proxy), e.g. "https://ops.example.com/orchd/".'
+    )
+    trusted_proxies: list[str] = f.setting(
+        ["127.0.0.1", "::1"],
+        networks,
+        "Proxies whose X-Forwarded-For/-Proto headers are believed (addresses or networks).",
+    )
+    users_file: str = f.setting(
+        "",
+        f.text,
+        "Users and password hashes, written by `orchd web passwd`; empty: web-users.toml beside "
+        "this config file.",
+    )
+    token_file: str = f.setting(
+        "",
+        f.text,
+        "A file holding the API token (Authorization: Bearer); empty: the systemd credential "
+        "web-password, if any.",
+    )
+    token_role: str = f.setting("operator", f.choice("viewer", "operator"), "What the API token may do.")
+    session_lifetime: float = f.setting("12h", f.duration, "A login lasts this long.")
+    session_key_file: str = f.setting(
+        "",
+        f.text,
+        "Key signing session cookies (created if missing); empty: web-session-key in the state dir.",
+    )
+    login_attempts: int = f.setting(
+        5, f.integer(1), "Failed logins allowed per minute from one address or for one user."
+    )
+
+
 @dataclass(frozen=True)
 class PoolConfig:
     name: str = f.setting("", f.text, "Pool name (workers serve pools by name).")
@@ -313,6 +382,7 @@ class Config:
     worker: WorkerConfig = field(default_factory=WorkerConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    web: WebConfig = field(default_factory=WebConfig)
     pools: tuple[PoolConfig, ...] = ()
     deployments: tuple[DeploymentConfig, ...] = ()
     sources: Mapping[str, str] = field(default_factory=dict)
@@ -327,5 +397,6 @@ SECTIONS: dict[str, type] = {
     "worker": WorkerConfig,
     "logging": LoggingConfig,
     "metrics": MetricsConfig,
+    "web": WebConfig,
 }
 ARRAYS: dict[str, type] = {"pools": PoolConfig, "deployments": DeploymentConfig}

@@ -130,6 +130,8 @@ runs = Table(
     ),
     Index("ix_runs_deployment_scheduled", "deployment_id", "scheduled_for"),
     Index("ix_runs_finished_at", "finished_at"),
+    # run pages, newest first, keyset-paginated (orchd.db.dashboard)
+    Index("ix_runs_scheduled", "scheduled_for", "id"),
 )
 
 # The claim index: due runs of a pool, highest priority first, oldest first; only SCHEDULED rows,

@@ -1,0 +1,273 @@
+"""The reads the web dashboard needs beyond the CLI's: pages of runs, the overview's charts, the
+live feed's cursor.  Every query is bounded (a page, a time window, a LIMIT) and served by an
+index, so a page stays fast however long the run history grows:
+
+* run pages: keyset on ``(scheduled_for, id)`` (``ix_runs_scheduled``; per deployment
+  ``ix_runs_deployment_scheduled``), never OFFSET;
+* the overview's hourly outcomes, timeline and last failures: ``ix_runs_finished_at`` over a
+  window, plus the active runs by their partial index;
+* the live feed: ``run_states`` and ``run_logs`` after an id (primary key, ``ix_run_logs_run``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Row, and_, func, or_, select
+
+from orchd.db.schema import deployments, run_logs, run_states, runs
+from orchd.db.store import Store
+from orchd.states import ACTIVE, FINISHED, RETRYABLE, RunState
+
+S = RunState
+_RUN_LIST_COLUMNS = (
+    runs.c.id,
+    deployments.c.name.label("deployment"),
+    runs.c.schedule_id,
+    runs.c.pool,
+    runs.c.state,
+    runs.c.attempt,
+    runs.c.max_attempts,
+    runs.c.scheduled_for,
+    runs.c.due_at,
+    runs.c.started_at,
+    runs.c.finished_at,
+    runs.c.exit_code,
+    runs.c.worker,
+    runs.c.error,
+)
+
+
+@dataclass(frozen=True)
+class RunFilter:
+    """What `orchd run ls` filters on, plus a time range and text in the error."""
+
+    states: Sequence[str] = ()
+    deployment: str | None = None
+    pool: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    text: str | None = None
+
+
+@dataclass(frozen=True)
+class RunPage:
+    runs: list[Row[Any]]
+    #: (time, id) of the last run shown, when there are more: the keyset cursor of the next page.
+    next: tuple[datetime, int] | None
+
+
+@dataclass(frozen=True)
+class Bar:
+    """A run on the overview's timeline."""
+
+    id: int
+    deployment: str
+    state: str
+    start: datetime
+    end: datetime | None
+
+
+@dataclass
+class Overview:
+    """The overview's pictures: outcomes per hour, a timeline, the last failures."""
+
+    hours: list[datetime]
+    #: hour start -> state -> number of runs that finished in that hour
+    outcomes: dict[datetime, dict[str, int]] = field(default_factory=dict)
+    bars: list[Bar] = field(default_factory=list)
+    failures: list[Row[Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Strip:
+    """A deployment's last finished runs (newest first), for the squares and the sparkline."""
+
+    runs: list[Row[Any]]
+
+    @property
+    def success_rate(self) -> float | None:
+        done = [r for r in self.runs if r.state != S.CANCELLED.value]
+        return sum(r.state == S.COMPLETED.value for r in done) / len(done) if done else None
+
+
+class Dashboard:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def runs_page(
+        self, where: RunFilter, now: datetime, *, after: tuple[datetime, int] | None, limit: int
+    ) -> RunPage:
+        """Runs that are due or done, newest scheduled first; ``after`` continues a page."""
+        stmt = self._filtered(where).where(or_(runs.c.state != S.SCHEDULED.value, runs.c.due_at <= now))
+        if after is not None:
+            at, run_id = after
+            stmt = stmt.where(
+                or_(runs.c.scheduled_for < at, and_(runs.c.scheduled_for == at, runs.c.id < run_id))
+            )
+        stmt = stmt.order_by(runs.c.scheduled_for.desc(), runs.c.id.desc()).limit(limit + 1)
+        return self._page(stmt, limit, "scheduled_for")
+
+    def upcoming(
+        self, where: RunFilter, now: datetime, *, after: tuple[datetime, int] | None, limit: int
+    ) -> RunPage:
+        """Runs waiting for their time, soonest first."""
+        stmt = self._filtered(where).where(runs.c.state == S.SCHEDULED.value, runs.c.due_at > now)
+        if after is not None:
+            at, run_id = after
+            stmt = stmt.where(or_(runs.c.due_at > at, and_(runs.c.due_at == at, runs.c.id > run_id)))
+        stmt = stmt.order_by(runs.c.due_at, runs.c.id).limit(limit + 1)
+        return self._page(stmt, limit, "due_at")
+
+    @staticmethod
+    def _filtered(where: RunFilter) -> Any:
+        stmt = select(*_RUN_LIST_COLUMNS).join(deployments, deployments.c.id == runs.c.deployment_id)
+        if where.states:
+            stmt = stmt.where(runs.c.state.in_(list(where.states)))
+        if where.deployment:
+            stmt = stmt.where(deployments.c.name == where.deployment)
+        if where.pool:
+            stmt = stmt.where(runs.c.pool == where.pool)
+        if where.since:
+            stmt = stmt.where(runs.c.scheduled_for >= where.since)
+        if where.until:
+            stmt = stmt.where(runs.c.scheduled_for < where.until)
+        if where.text:
+            stmt = stmt.where(runs.c.error.icontains(where.text, autoescape=True))
+        return stmt
+
+    def _page(self, stmt: Any, limit: int, key: str) -> RunPage:
+        with self.store.read() as conn:
+            found = list(conn.execute(stmt).all())
+        if len(found) <= limit:
+            return RunPage(found, None)
+        last = found[limit - 1]
+        return RunPage(found[:limit], (getattr(last, key), last.id))
+
+    def overview(self, now: datetime, *, hours: int = 24, timeline: timedelta, bars: int = 400) -> Overview:
+        """Finished runs per hour and state over the last ``hours``; runs active or finished within
+        ``timeline`` as bars (at most ``bars``, the latest); the last ten failures."""
+        top = now.replace(minute=0, second=0, microsecond=0)
+        starts = [top - timedelta(hours=h) for h in range(hours - 1, -1, -1)]
+        view = Overview(starts)
+        window = now - timeline
+        bar_columns = (
+            runs.c.id,
+            deployments.c.name.label("deployment"),
+            runs.c.state,
+            runs.c.started_at,
+            runs.c.finished_at,
+        )
+        with self.store.read() as conn:
+            for start in starts:
+                counts = conn.execute(
+                    select(runs.c.state, func.count())
+                    .where(runs.c.finished_at >= start, runs.c.finished_at < start + timedelta(hours=1))
+                    .where(runs.c.state.in_([s.value for s in FINISHED]))
+                    .group_by(runs.c.state)
+                ).all()
+                view.outcomes[start] = {state: int(n) for state, n in counts}
+            joined = select(*bar_columns).join(deployments, deployments.c.id == runs.c.deployment_id)
+            done = conn.execute(
+                joined.where(runs.c.finished_at >= window, runs.c.started_at.is_not(None))
+                .order_by(runs.c.finished_at.desc())
+                .limit(bars)
+            ).all()
+            active = conn.execute(
+                joined.where(runs.c.state.in_([s.value for s in ACTIVE]), runs.c.started_at.is_not(None))
+                .order_by(runs.c.started_at.desc())
+                .limit(bars)
+            ).all()
+            view.bars = [
+                Bar(r.id, r.deployment, r.state, r.started_at, r.finished_at) for r in [*active, *done]
+            ]
+            view.failures = list(
+                conn.execute(
+                    select(*_RUN_LIST_COLUMNS)
+                    .join(deployments, deployments.c.id == runs.c.deployment_id)
+                    .where(runs.c.finished_at.is_not(None), runs.c.state.in_([s.value for s in RETRYABLE]))
+                    .order_by(runs.c.finished_at.desc())
+                    .limit(10)
+                ).all()
+            )
+        return view
+
+    def strips(self, deployment_ids: Sequence[int], size: int = 30) -> dict[int, Strip]:
+        """The last ``size`` finished runs of each deployment (an index range per deployment)."""
+        found: dict[int, Strip] = {}
+        with self.store.read() as conn:
+            for dep_id in deployment_ids:
+                found[dep_id] = Strip(
+                    list(
+                        conn.execute(
+                            select(
+                                runs.c.id,
+                                runs.c.state,
+                                runs.c.scheduled_for,
+                                runs.c.started_at,
+                                runs.c.finished_at,
+                            )
+                            .where(
+                                runs.c.deployment_id == dep_id,
+                                runs.c.state.in_([s.value for s in FINISHED]),
+                            )
+                            .order_by(runs.c.scheduled_for.desc())
+                            .limit(size)
+                        ).all()
+                    )
+                )
+        return found
+
+    def held_runs(self, worker_names: Sequence[str]) -> dict[str, list[Row[Any]]]:
+        """The runs each worker holds now (partial index on active runs by worker)."""
+        held: dict[str, list[Row[Any]]] = {name: [] for name in worker_names}
+        if not worker_names:
+            return held
+        with self.store.read() as conn:
+            for row in conn.execute(
+                select(runs.c.id, runs.c.worker, runs.c.state, deployments.c.name.label("deployment"))
+                .join(deployments, deployments.c.id == runs.c.deployment_id)
+                .where(runs.c.worker.in_(list(worker_names)), runs.c.state.in_([s.value for s in ACTIVE]))
+                .order_by(runs.c.id)
+            ):
+                held.setdefault(row.worker, []).append(row)
+        return held
+
+    # ------------------------------------------------------------------ the live feed
+
+    def last_event_id(self) -> int:
+        with self.store.read() as conn:
+            return int(conn.execute(select(func.max(run_states.c.id))).scalar() or 0)
+
+    def events_after(self, after: int, limit: int = 500) -> list[Row[Any]]:
+        """State changes recorded after history id ``after``, oldest first, with the deployment."""
+        with self.store.read() as conn:
+            return list(
+                conn.execute(
+                    select(
+                        run_states.c.id,
+                        run_states.c.run_id,
+                        deployments.c.name.label("deployment"),
+                        run_states.c.from_state,
+                        run_states.c.to_state,
+                        run_states.c.attempt,
+                        run_states.c.at,
+                        run_states.c.actor,
+                        run_states.c.reason,
+                    )
+                    .join(runs, runs.c.id == run_states.c.run_id)
+                    .join(deployments, deployments.c.id == runs.c.deployment_id)
+                    .where(run_states.c.id > after)
+                    .order_by(run_states.c.id)
+                    .limit(limit)
+                ).all()
+            )
+
+    def last_log_id(self, run_id: int) -> int:
+        with self.store.read() as conn:
+            return int(
+                conn.execute(select(func.max(run_logs.c.id)).where(run_logs.c.run_id == run_id)).scalar() or 0
+            )

@@ -1,0 +1,33 @@
+"""What every handler needs, kept on the application: ``web_of(request)``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from jinja2 import Environment
+from starlette.requests import Request
+
+from orchd.config import Config
+from orchd.db.admin import Admin
+from orchd.db.dashboard import Dashboard
+from orchd.db.store import Store
+from orchd.web.auth import Auth
+from orchd.web.live import Feed
+
+
+@dataclass
+class Web:
+    config: Config
+    store: Store
+    admin: Admin
+    dashboard: Dashboard
+    auth: Auth
+    feed: Feed
+    #: the URL prefix, "/" or "/orchd/"
+    base: str
+    templates: Environment
+
+
+def web_of(request: Request) -> Web:
+    web: Web = request.app.state.web
+    return web
