@@ -9,6 +9,7 @@ from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 
+import httpx2
 import pytest
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
@@ -17,6 +18,7 @@ from orchd.config import load_config
 from orchd.db.schema import runs
 from orchd.db.store import Store
 from tests.helpers import claims_per_run, daemons, pid_alive, run_cli, store_for, wait_for, write_config
+from tests.web_support import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
@@ -36,14 +38,22 @@ def quick_start(tmp_path: Path) -> Path:
 
 
 def test_quick_start_orchd_up(tmp_path: Path) -> None:
-    """What `make run` does, in a temp dir: runs complete, Ctrl-C stops it with status 0; the
-    SQLite file is ./.state/orchd.db, and other commands find it from any directory."""
+    """What `make run` does, in a temp dir: runs complete and are on the dashboard it names,
+    Ctrl-C stops it with status 0; the SQLite file is ./.state/orchd.db, and other commands find
+    it from any directory."""
     config = quick_start(tmp_path)
+    port = free_port()
     with daemons(tmp_path) as group:
-        up = group.start("orchd", "up", "--config", "etc/orchd/quickstart.toml", cwd=tmp_path)
+        up = group.start(
+            "orchd", "up", "--config", "etc/orchd/quickstart.toml", cwd=tmp_path,
+            env={"ORCHD_WEB_LISTEN": f"127.0.0.1:{port}"},
+        )  # fmt: skip
         wait_for(lambda: (tmp_path / ".state/orchd.db").exists(), what="the SQLite file")
         store = store_for(f"sqlite:///{tmp_path / '.state/orchd.db'}")
-        wait_for(lambda: _completed(store), timeout=30, what="a COMPLETED run")
+        done = wait_for(lambda: _completed(store), timeout=30, what="a COMPLETED run")
+        wait_for(lambda: f"dashboard: http://127.0.0.1:{port}/" in group.output(), what="the dashboard URL")
+        shown = httpx2.get(f"http://127.0.0.1:{port}/api/runs?state=COMPLETED", timeout=10).json()["runs"]
+        assert set(done) <= {r["id"] for r in shown}
         assert group.stop(up, signal.SIGINT) == 0
         assert "hello from run" in group.output()
         listing = run_cli(["run", "ls", "--config", str(config), "--json"], cwd=config.parent)

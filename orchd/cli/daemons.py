@@ -22,8 +22,6 @@ from orchd.logging import configure, get_logger
 from orchd.notify import Notifier
 from orchd.runtime import Signals, open_store
 from orchd.scheduler.daemon import Scheduler
-from orchd.web.auth import Auth
-from orchd.web.server import bind, check_exposure, make_server, serve, url_of
 from orchd.worker.daemon import Worker
 
 log = get_logger("orchd")
@@ -187,6 +185,9 @@ def web_main(config_path: Path | None, listen: str | None, metrics_listen: str |
       orchd-web --config /etc/orchd/orchd.toml
       orchd-web --listen 127.0.0.1:8080
     """
+    from orchd.web.auth import Auth
+    from orchd.web.server import bind, check_exposure, serve
+
     config = _configured(config_path, metrics_listen)
     if listen:
         config = dataclasses.replace(config, web=dataclasses.replace(config.web, listen=listen))
@@ -208,6 +209,9 @@ def _start_web(config: Config, stop: threading.Event) -> threading.Thread | None
     """orchd up's dashboard, in a thread; a busy port is a warning, not a reason to stop."""
     if not config.web.listen:
         return None
+    from orchd.web.auth import Auth
+    from orchd.web.server import bind, check_exposure, make_server, url_of
+
     auth = Auth(config)
     check_exposure(config.web.listen, auth)
     try:
