@@ -287,14 +287,14 @@ class WebConfig:
         "web-password, if any.",
     )
     token_role: str = f.setting("operator", f.choice("viewer", "operator"), "What the API token may do.")
-    session_lifetime: float = f.setting("12h", f.duration, "A login lasts this long.")
+    session_lifetime: float = f.setting("12h", f.duration("1m", "365d"), "A login lasts this long.")
     session_key_file: str = f.setting(
         "",
         f.text,
         "Key signing session cookies (created if missing); empty: web-session-key in the state dir.",
     )
     login_attempts: int = f.setting(
-        5, f.integer(1), "Failed logins allowed per minute from one address or for one user."
+        5, f.integer(1, 1000), "Failed logins allowed per minute from one address or for one user."
     )
 
 
