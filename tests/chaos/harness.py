@@ -178,6 +178,7 @@ class Chaos:
         self.ledger = work / "ledger"
         self.ledger.touch()
         (work / "logs").mkdir()
+        (work / "runs").mkdir()  # a configured worker.work_dir must exist (a typo is refused)
         config = work / "orchd.toml"
         tag = uuid.uuid4().hex
         write_config(config, url, self.ledger, work / "runs", tag)
