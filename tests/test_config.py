@@ -550,6 +550,48 @@ BAD = {
         "deployments.a.env",
         "expected string values, got int for 'PORT'",
     ),
+    "container-bad-size": Bad(
+        '[[deployments]]\nname = "a"\nimage = "i"\ncontainer = { pull = "never", memory = "lots" }\n',
+        4,
+        "deployments.a.container.memory",
+        'expected a size like "512m" or "2g"',
+    ),
+    "container-unknown-key": Bad(
+        '[[pools]]\nname = "p"\nimage = "i"\ncontainer = { netwrk = "none" }\n',
+        4,
+        "pools.p.container.netwrk",
+        "did you mean 'network'?",
+    ),
+    "container-bad-pull": Bad(
+        '[[deployments]]\nname = "a"\nimage = "i"\ncontainer = { pull = "sometimes" }\n',
+        4,
+        "deployments.a.container.pull",
+        "expected one of 'missing', 'always', 'never'",
+    ),
+    "container-bad-volume": Bad(
+        '[[deployments]]\nname = "a"\nimage = "i"\ncontainer = { volumes = ["/srv/data"] }\n',
+        4,
+        "deployments.a.container.volumes",
+        "SOURCE:/PATH/IN/CONTAINER",
+    ),
+    "container-bad-gpus": Bad(
+        '[[deployments]]\nname = "a"\nimage = "i"\ncontainer = { gpus = "some" }\n',
+        4,
+        "deployments.a.container.gpus",
+        'expected "all", a count',
+    ),
+    "container-without-image": Bad(
+        DEPLOY + 'container = { network = "none" }\n',
+        4,
+        "deployments.a.container",
+        "only used with an image",
+    ),
+    "container-relative-working-dir": Bad(
+        '[[deployments]]\nname = "a"\nimage = "i"\nworking_dir = "app"\n',
+        4,
+        "deployments.a.working_dir",
+        "absolute path inside the container",
+    ),
     "non-utf8": Bad(b'[worker]\nname = "caf\xe9"\n', 2, None, "not UTF-8"),
 }
 
@@ -750,3 +792,41 @@ def test_show_prints_toml_in_the_files_own_units_that_loads_back_the_same(
     again, first = load_config(pasted, env=env), load_config(path, env=env)
     for section in SECTIONS:
         assert getattr(again, section) == getattr(first, section), section
+
+
+def test_a_pool_gives_its_deployments_image_and_container_defaults(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
+    text = """
+[[pools]]
+name = "boxes"
+image = "localhost/base:1"
+container = { pull = "never", network = "none", memory = "1g" }
+
+[[deployments]]
+name = "inherits"
+pool = "boxes"
+
+[[deployments]]
+name = "overrides"
+pool = "boxes"
+image = "localhost/etl:2"
+command = ["etl"]
+container = { memory = "2g", volumes = ["/srv:/srv:ro"] }
+
+[[deployments]]
+name = "process"
+command = ["true"]
+"""
+    config = load_config(write(tmp_path / "orchd.toml", text), env=env)
+    inherits, overrides, process = config.deployments
+    assert (inherits.image, inherits.command) == ("localhost/base:1", [])
+    assert inherits.container == {"pull": "never", "network": "none", "memory": "1g"}
+    assert overrides.image == "localhost/etl:2"
+    assert overrides.container == {
+        "pull": "never",
+        "network": "none",
+        "memory": "2g",
+        "volumes": ["/srv:/srv:ro"],
+    }
+    assert (process.image, process.container) == ("", {})

@@ -13,15 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from orchd.config import Config
+from orchd.config import Config, load_config
 from orchd.db.engine import mask
 from orchd.db.store import Store
-from orchd.worker.containers import Engine, database_label
+from orchd.worker.containers import Engine, Leftover, database_label
 from orchd.worker.daemon import Worker
 from tests.cli_support import Orchd, write_config
 from tests.conftest import MakeConfig
 from tests.containers.images import containers_of
-from tests.helpers import history, wait_for
+from tests.helpers import daemons, history, store_for, wait_for
 
 pytestmark = pytest.mark.containers
 SQLITE = pytest.mark.parametrize("backend", ["sqlite"])
@@ -282,3 +282,58 @@ def test_a_missing_engine_is_reported_and_fails_only_container_runs(
     report = json.loads(cli("status", "--json").stdout)
     [check] = [c for c in report["checks"] if c["name"] == "containers"]
     assert check["ok"] and check["detail"].startswith("podman ")
+
+
+@SQLITE
+@pytest.mark.slow
+def test_kill_9_of_the_worker_removes_its_container_and_the_run_is_retried_once(
+    tmp_path: Path, db_url: str, busybox: str, podman: Engine
+) -> None:
+    config = write_config(
+        tmp_path / "orchd.toml",
+        db_url,
+        pool(busybox)
+        + """
+    [scheduler]
+    loop_interval = "200ms"
+    [worker]
+    heartbeat = "300ms"
+    lease_timeout = "2s"
+    poll_interval = "200ms"
+    [[deployments]]
+    name = "victim"
+    command = ["sh", "-c", "echo attempt $ORCHD_ATTEMPT; sleep 4; echo done"]
+    retries = 1
+    retry_delay = "0s"
+    """,
+    )
+    store = store_for(db_url)
+    store.sync(load_config(config), now())
+    run_id = store.create_run("victim", now())
+    database = database_label(mask(store.engine.url))
+
+    def containers(attempt: int) -> list[Leftover]:
+        return [c for c in podman.leftovers(database, run_id) if c.attempt == attempt]
+
+    with daemons(tmp_path) as group:
+        group.start("orchd-scheduler", "--config", str(config))
+        first = group.start("orchd-worker", "--config", str(config), "--name", "first")
+        wait_for(lambda: store.get_run(run_id).state == "RUNNING", what="RUNNING")  # type: ignore[union-attr]
+        wait_for(lambda: containers(1), what="the first attempt's container")
+        first.kill()
+        first.wait(timeout=10)
+        killed = time.monotonic()
+        group.start("orchd-worker", "--config", str(config), "--name", "second")
+        wait_for(lambda: not containers(1), timeout=2 + 5, what="the container to go with its worker")
+        gone_at = now()
+        print(f"\ncontainer removed {time.monotonic() - killed:.2f}s after the worker's SIGKILL (lease 2s)")
+        wait_for(lambda: store.get_run(run_id).state == "COMPLETED", timeout=60, what="the retry")  # type: ignore[union-attr]
+    steps = store.run_history(run_id)
+    assert [(h.from_state, h.to_state) for h in steps].count(("PENDING", "RUNNING")) == 2
+    assert ("RUNNING", "CRASHED") in [(h.from_state, h.to_state) for h in steps]
+    [retry_started] = [h.at for h in steps if h.to_state == "RUNNING" and h.attempt == 2]
+    assert gone_at <= retry_started  # the retry never ran next to the first attempt's container
+    row = store.get_run(run_id)
+    assert row is not None and (row.attempt, row.worker) == (2, "second")
+    assert [r.line for r in store.run_logs(run_id) if r.attempt == 2] == ["attempt 2", "done"]
+    assert leftovers(podman, store) == []
