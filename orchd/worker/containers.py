@@ -211,12 +211,13 @@ class Engine:
         result = self._call("inspect", "--format", "{{.State.OOMKilled}}", name)
         return result.stdout.strip() == "true"
 
-    def leftovers(self, database: str, run_id: int | None = None) -> list[Leftover]:
+    def leftovers(self, database: str, run_id: int | None = None, running: bool = False) -> list[Leftover]:
         """Containers of this database on this host (of one run, if given), running or not."""
         filters = ["--filter", f"label={LABEL}.database={database}"]
         if run_id is not None:
             filters += ["--filter", f"label={LABEL}.run_id={run_id}"]
-        ids = self._call("ps", "--all", "--quiet", "--no-trunc", *filters).stdout.split()
+        states = ["--filter", "status=running"] if running else ["--all"]
+        ids = self._call("ps", *states, "--quiet", "--no-trunc", *filters).stdout.split()
         if not ids:
             return []
         result = self._call("inspect", "--format", "{{.Id}} {{json .Config.Labels}}", *ids)

@@ -43,11 +43,14 @@ from sqlalchemy import Engine, func, select
 from sqlalchemy.exc import DBAPIError
 
 from orchd.config import load_config
-from orchd.db.engine import make_engine
+from orchd.db.engine import make_engine, mask
 from orchd.db.schema import deployments, run_states, runs, schedulers, schedules
 from orchd.states import FINISHED, RunState
+from orchd.worker import containers
+from orchd.worker.containers import EngineUnavailable, database_label
 from tests.chaos.checks import Job, Observed, Violation, check_all, read_ledger, unexplained_crashes
 from tests.chaos.fleet import KINDS, Daemon, Fleet
+from tests.containers import images
 from tests.pg import PgServer, postgres_server
 
 S = RunState
@@ -70,6 +73,10 @@ JOBS = (
     Job("failing", "3s", 0.2, 3, retries=2, outcome=S.FAILED),
     Job("timeout", "4s", 30, 0, retries=1, outcome=S.TIMED_OUT, timeout="1s"),
 )
+#: Runs in a container (busybox image built locally) when podman works here.  It writes no ledger
+#: lines (the ledger's pids are the host's); instead the harness samples the engine: never two
+#: running containers of one run, and none left of this database after the drain.
+BOXED = Job("boxed", "2s", 1, 0, retries=1, outcome=S.COMPLETED)
 
 
 @dataclass(frozen=True)
@@ -127,7 +134,7 @@ def _counts(counts: dict[str, int]) -> str:
     return ", ".join(f"{k} {n}" for k, n in sorted(counts.items())) or "none"
 
 
-def write_config(path: Path, url: str, ledger: Path, work: Path, tag: str) -> None:
+def write_config(path: Path, url: str, ledger: Path, work: Path, tag: str, image: str | None = None) -> None:
     body: dict[str, Any] = {
         "database": {"url": url},
         "scheduler": {"loop_interval": "250ms", "horizon": "10s", "catchup": "all", "misfire_grace": "10m"},
@@ -163,13 +170,28 @@ def write_config(path: Path, url: str, ledger: Path, work: Path, tag: str) -> No
             for job in JOBS
         ],
     }
+    if image is not None:
+        body["deployments"].append(
+            {
+                "name": BOXED.name,
+                "image": image,
+                "container": {"pull": "never", "network": "none"},
+                "command": ["sleep", f"{BOXED.seconds:g}"],
+                "retries": BOXED.retries,
+                "retry_delay": "1s",
+                "retry_backoff": 1.0,
+                "schedules": [BOXED.schedule],
+            }
+        )
     path.write_text(tomli_w.dumps(body))
 
 
 class Chaos:
     """One chaos run: the database, the fleet, the kills, the drain and the audit."""
 
-    def __init__(self, settings: Settings, server: PgServer, url: str, work: Path) -> None:
+    def __init__(
+        self, settings: Settings, server: PgServer, url: str, work: Path, image: str | None = None
+    ) -> None:
         self.settings = settings
         self.seed = settings.seed if settings.seed is not None else random.randrange(2**32)
         self.rng = random.Random(self.seed)
@@ -181,7 +203,12 @@ class Chaos:
         (work / "runs").mkdir()  # a configured worker.work_dir must exist (a typo is refused)
         config = work / "orchd.toml"
         tag = uuid.uuid4().hex
-        write_config(config, url, self.ledger, work / "runs", tag)
+        write_config(config, url, self.ledger, work / "runs", tag, image)
+        self.jobs = (*JOBS, BOXED) if image is not None else JOBS
+        self.podman = containers.Engine.find("podman") if image is not None else None
+        self.database = database_label(mask(self.engine.url))
+        self.next_container_look = 0.0
+        self.containers_seen = 0
         self.fleet = Fleet.of(config, work / "logs", tag, settings.schedulers, settings.workers)
         self.outages: list[tuple[float, float]] = []
         self.leader_kills = 0
@@ -206,6 +233,7 @@ class Chaos:
         ended = datetime.now(UTC)
         drained_at = self._drain(ended)
         self.fleet.watch_orphans(force=True)
+        self.violations += self._containers_left()
         return self._audit((started, ended), drained_at)
 
     # ------------------------------------------------------------------ chaos
@@ -280,6 +308,34 @@ class Chaos:
             self.violations.append(Violation("daemon exit", f"{kind} pid {pid} exited on its own: {status}"))
             self.say(f"{kind} pid {pid} exited on its own ({status}); restarting it")
         self.fleet.watch_orphans()
+        self._watch_containers()
+
+    def _watch_containers(self) -> None:
+        """About once a second: no run has two running containers (two attempts at once)."""
+        if self.podman is None or time.monotonic() < self.next_container_look:
+            return
+        self.next_container_look = time.monotonic() + 1.0
+        with suppress(EngineUnavailable):
+            running = self.podman.leftovers(self.database, running=True)
+            self.containers_seen += len(running)
+            for run_id, n in Counter(c.run_id for c in running).items():
+                if n > 1:
+                    attempts = sorted(c.attempt for c in running if c.run_id == run_id)
+                    self.violations.append(
+                        Violation(
+                            "double execution", f"run {run_id}: containers of attempts {attempts} at once"
+                        )
+                    )
+
+    def _containers_left(self) -> list[Violation]:
+        if self.podman is None:
+            return []
+        left = self.podman.leftovers(self.database)
+        if not left:
+            return []
+        self.podman.remove([c.id for c in left])
+        runs_left = ", ".join(f"{c.run_id}/{c.attempt}" for c in left)
+        return [Violation("container leftover", f"containers of runs/attempts {runs_left} after the drain")]
 
     def _idle(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
@@ -374,7 +430,7 @@ class Chaos:
             ).all()
         executions, problems = read_ledger(self.ledger)
         observed = Observed(
-            jobs=JOBS,
+            jobs=self.jobs,
             runs=run_rows,
             history=history,
             schedules=schedule_rows,
@@ -419,13 +475,27 @@ def _database(server: PgServer) -> Iterator[str]:
             server.drop_database(name)
 
 
+@contextmanager
+def _image() -> Iterator[str | None]:
+    """The busybox test image, if podman works here (else the container job is left out)."""
+    try:
+        engine = containers.Engine.find("podman")
+        engine.check()
+    except EngineUnavailable as exc:
+        print(f"chaos: no container job ({exc})", flush=True)
+        yield None
+        return
+    with images.built(engine, images.busybox_image, "chaos-busybox") as tag:
+        yield tag
+
+
 def run(settings: Settings) -> Summary:
     """One chaos run; its summary (also written to ``settings.results``)."""
     clock = time.monotonic()
     work = Path(tempfile.mkdtemp(prefix="orchd-chaos-"))
     try:
-        with postgres_server() as server, _database(server) as url:
-            chaos = Chaos(settings, server, url, work)
+        with postgres_server() as server, _database(server) as url, _image() as image:
+            chaos = Chaos(settings, server, url, work, image)
             try:
                 summary = chaos.run()
             finally:
