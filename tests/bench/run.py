@@ -17,11 +17,13 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import func, insert, select, text
 from sqlalchemy.exc import OperationalError
 
 from orchd.config import load_config
+from orchd.config.model import ContainerConfig
 from orchd.db.schema import deployments, runs, schedulers
 from orchd.db.store import Store
 from orchd.logging import configure
@@ -42,6 +44,7 @@ from tests.bench.common import (
     wait_until,
     write_config,
 )
+from tests.containers import images
 from tests.pg import postgres_server
 
 ANCHOR = datetime(2026, 1, 1, tzinfo=UTC)
@@ -541,7 +544,102 @@ def bench_cli(dbs: Databases, backend: str, tmp: Path, repeats: int) -> list[Fig
     return figures
 
 
-STEPS = ("latency", "throughput", "queue", "scale", "idle", "history", "crash", "cli")
+def bench_containers(dbs: Databases, backend: str, tmp: Path, runs_each: int) -> list[Figure]:
+    """A container run against a process run of the same `true`: time from RUNNING to finished at
+    concurrency 1 (p50/p95), runs/s at concurrency 4, the worker's RSS while 8 containers run, and
+    where a container run's time goes (the engine's commands timed alone)."""
+    engine = images.podman_or_none()
+    if engine is None:
+        return []
+    figures = []
+    with images.built(engine, images.busybox_image, "bench-busybox") as image:
+        boxed = (
+            f'[[deployments]]\nname = "boxed"\nimage = "{image}"\ncommand = ["true"]\n'
+            'container = { pull = "never", network = "none" }\n'
+            f'[[deployments]]\nname = "sleeper"\nimage = "{image}"\ncommand = ["sleep", "5"]\n'
+            'container = { pull = "never", network = "none" }\n'
+        )
+        for name, concurrency in (("noop", 1), ("boxed", 1), ("noop", 4), ("boxed", 4)):
+            url = dbs.new(backend)
+            path = tmp / f"containers-{backend}.toml"
+            config = write_config(path, url, f"[worker]\nconcurrency = {concurrency}\n" + NOOP + boxed)
+            store = store_for(url)
+            store.sync(config, _now())
+            for _ in range(runs_each):
+                store.create_run(name, _now())
+            with daemons(tmp) as procs:
+                start(procs, tmp, "orchd-worker", "--config", str(path), "--burst").wait(timeout=600)
+            rows = _runs(store, "COMPLETED")
+            assert len(rows) == runs_each, f"{len(rows)} of {runs_each} completed"
+            kind = "container" if name == "boxed" else "process"
+            if concurrency == 1:
+                spans = [(r.finished_at - r.started_at).total_seconds() * 1000 for r in rows]
+                for q in (50, 95):
+                    figures.append(
+                        Figure(f"{kind} `true`: start to end, p{q}", backend, "ms", [percentile(spans, q)])
+                    )
+            else:
+                span = (max(r.finished_at for r in rows) - min(r.started_at for r in rows)).total_seconds()
+                figures.append(Figure(f"{kind} `true`, concurrency 4", backend, "runs/s", [runs_each / span]))
+            store.engine.dispose()
+        url = dbs.new(backend)
+        path = tmp / f"containers-rss-{backend}.toml"
+        config = write_config(path, url, "[worker]\nconcurrency = 8\n" + NOOP + boxed)
+        store = store_for(url)
+        store.sync(config, _now())
+        ids = [store.create_run("sleeper", _now()) for _ in range(8)]
+        with daemons(tmp) as procs:
+            worker = start(procs, tmp, "orchd-worker", "--config", str(path), "--burst")
+            wait_until(lambda: _count(store, "RUNNING") == 8, 60, "8 running containers")
+            time.sleep(1.0)  # every client attached
+            figures.append(Figure("worker RSS, 8 containers running", backend, "MB", [rss_mb(worker.pid)]))
+            children = Path(f"/proc/{worker.pid}/task/{worker.pid}/children").read_text().split()
+            clients = [  # not the guardian
+                int(pid)
+                for pid in children
+                if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(engine.binary.encode())
+            ]
+            client_rss = sum(rss_mb(pid) for pid in clients if Path(f"/proc/{pid}").exists())
+            figures.append(Figure("its 8 podman clients' RSS, summed", backend, "MB", [client_rss]))
+            worker.wait(timeout=120)
+        assert _count_done(store, set(ids)) == 8
+        store.engine.dispose()
+        if backend == "sqlite":  # the engine's own share, timed alone (no database involved)
+            figures += _engine_costs(engine, image)
+    return figures
+
+
+def _engine_costs(engine: Any, image: str) -> list[Figure]:
+    """Where a container run's time goes: the client's start, `run` of `true`, and the `rm` the
+    worker does afterwards on a thread of its own (not on the run's path)."""
+
+    def timed(*args: str) -> float:
+        began = time.perf_counter()
+        subprocess.run([engine.binary, *args], capture_output=True, check=False, timeout=60)
+        return (time.perf_counter() - began) * 1000
+
+    name = f"orchd-bench-{os.getpid()}"
+    version, runs_, removes = [], [], []
+    for i in range(10):
+        version.append(timed("version", "--format", "{{.Client.Version}}"))
+        argv = engine.run_argv(
+            f"{name}-{i}",
+            image,
+            ["true"],
+            ContainerConfig(pull="never", network="none"),
+            labels={},
+            env_names=(),
+        )
+        runs_.append(timed(*argv[1:]))
+        removes.append(timed(*engine.remove_argv()[1:], f"{name}-{i}"))
+    return [
+        Figure("podman client start (`podman version`)", "-", "ms", version),
+        Figure("`podman run` of `true` (create, start, attach, wait)", "-", "ms", runs_),
+        Figure("`podman rm` afterwards (off the run's path)", "-", "ms", removes),
+    ]
+
+
+STEPS = ("latency", "throughput", "queue", "scale", "idle", "history", "crash", "cli", "containers")
 
 
 def run_step(
@@ -561,6 +659,8 @@ def run_step(
         return bench_claim_vs_history(dbs, backend, tmp, 50 if quick else 200)
     if name == "cli":
         return bench_cli(dbs, backend, tmp, 5 if quick else 20)
+    if name == "containers":
+        return bench_containers(dbs, backend, tmp, 10 if quick else 40)
     return bench_crash(dbs, backend, tmp, 5.0)
 
 
@@ -568,7 +668,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer repeats and smaller sizes (a smoke run)")
     parser.add_argument(
-        "--only", nargs="*", default=[], help="latency throughput queue scale idle history crash cli"
+        "--only",
+        nargs="*",
+        default=[],
+        help="latency throughput queue scale idle history crash cli containers",
     )
     parser.add_argument("--backend", nargs="*", default=["postgresql", "sqlite"])
     args = parser.parse_args()

@@ -478,11 +478,8 @@ def _database(server: PgServer) -> Iterator[str]:
 @contextmanager
 def _image() -> Iterator[str | None]:
     """The busybox test image, if podman works here (else the container job is left out)."""
-    try:
-        engine = containers.Engine.find("podman")
-        engine.check()
-    except EngineUnavailable as exc:
-        print(f"chaos: no container job ({exc})", flush=True)
+    engine = images.podman_or_none()
+    if engine is None:
         yield None
         return
     with images.built(engine, images.busybox_image, "chaos-busybox") as tag:

@@ -38,6 +38,17 @@ def podman() -> Engine:
     return engine
 
 
+def podman_or_none() -> Engine | None:
+    """Podman if it works here (for the benchmark and the chaos harness, which go on without it)."""
+    try:
+        engine = Engine.find("podman")
+        engine.check()
+    except EngineUnavailable as exc:
+        print(f"no podman: {exc}", flush=True)
+        return None
+    return engine
+
+
 def _engine(engine: Engine, *args: str, stdin: bytes | None = None) -> str:
     result = subprocess.run(
         [engine.binary, *args], input=stdin, capture_output=True, timeout=120, env=client_environment({})
