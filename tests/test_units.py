@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from orchd.cli.systemd import PACKAGED_BINDIR, PACKAGED_HEADER, render
+from orchd.cli.systemd import CONTAINERS_DROPIN, PACKAGED_BINDIR, PACKAGED_HEADER, render
 from orchd.config import load_config
 from tests.helpers import BIN, run_cli
 
@@ -192,3 +192,12 @@ def test_install_refuses_bad_user_and_foreign_files(tmp_path: Path) -> None:
     assert foreign.returncode == 1
     assert "was not written by `orchd systemd install`" in foreign.stderr
     assert (tmp_path / "orchd.target").read_text() == "[Unit]\nDescription=mine\n"
+
+
+def test_the_containers_drop_in_loads_silently_and_is_the_one_the_readme_shows(installed: Path) -> None:
+    drop_in = installed / "orchd-worker@docker-test-pool.service.d" / "containers.conf"
+    drop_in.parent.mkdir()
+    drop_in.write_text(CONTAINERS_DROPIN)
+    result = systemd_analyze("verify", "--man=no", str(installed / "orchd-worker@docker-test-pool.service"))
+    assert (result.returncode, result.stderr) == (0, ""), result.stderr
+    assert f"```ini\n{CONTAINERS_DROPIN}```" in (ROOT / "README.md").read_text()

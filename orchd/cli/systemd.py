@@ -131,6 +131,36 @@ WORKER = _SERVICE.format(
     ),
 )
 
+#: The drop-in for a worker whose runs are containers of a rootful podman
+#: (``systemctl edit orchd-worker@POOL``): exactly what podman, conmon, runc and netavark were
+#: refused by the worker's sandbox, found by running podman under it (README: Containers).
+CONTAINERS_DROPIN = """\
+[Service]
+# podman as root: the worker (and its process runs, if any) runs as root
+User=root
+Group=root
+# runc and conmon need every capability, their own user, mount, pid, network namespaces and the
+# system calls to make them (mount, pivot_root, setns, unshare)
+CapabilityBoundingSet=~
+PrivateUsers=no
+RestrictNamespaces=no
+SystemCallFilter=
+# containers get devices (/dev/null, /dev/fuse, GPUs); netavark sets sysctls and talks netlink
+PrivateDevices=no
+DevicePolicy=auto
+ProtectKernelTunables=no
+RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK
+# cgroups for --memory/--cpus, a hostname per container, /proc of the container processes
+ProtectControlGroups=no
+ProtectHostname=no
+ProtectProc=default
+# what podman writes: image store, run state, the network lock
+StateDirectory=containers
+RuntimeDirectory=containers libpod runc
+RuntimeDirectoryPreserve=yes
+ReadWritePaths=-/etc/containers/networks
+"""
+
 TARGET = """\
 [Unit]
 Description=orchd scheduler and workers
