@@ -208,7 +208,6 @@ class Chaos:
         self.podman = containers.Engine.find("podman") if image is not None else None
         self.database = database_label(mask(self.engine.url))
         self.next_container_look = 0.0
-        self.containers_seen = 0
         self.fleet = Fleet.of(config, work / "logs", tag, settings.schedulers, settings.workers)
         self.outages: list[tuple[float, float]] = []
         self.leader_kills = 0
@@ -317,7 +316,6 @@ class Chaos:
         self.next_container_look = time.monotonic() + 1.0
         with suppress(EngineUnavailable):
             running = self.podman.leftovers(self.database, running=True)
-            self.containers_seen += len(running)
             for run_id, n in Counter(c.run_id for c in running).items():
                 if n > 1:
                     attempts = sorted(c.attempt for c in running if c.run_id == run_id)
