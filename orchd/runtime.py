@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 import time
@@ -27,11 +28,16 @@ class Signals:
     Event's lock, and a second signal arriving while the first handler holds it (Ctrl-C pressed
     twice, systemd's SIGTERM after a Ctrl-C) deadlocks the main thread; so a small relay thread
     turns the flags into the events the loops wait on, within a tenth of a second.
+
+    ``exit_after``: a process whose every change is one transaction (the scheduler) must answer a
+    stop within a second or two whatever it is computing (a sync of 100,000 schedules, a slow
+    query): when it has not finished that long after the stop request, the relay ends it.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, exit_after: float | None = None) -> None:
         self.stop = threading.Event()
         self.reload = threading.Event()
+        self.exit_after = exit_after
         self._stop_requested = False
         self._reload_requested = False
 
@@ -56,6 +62,10 @@ class Signals:
             if self._stop_requested:
                 self.stop.set()
             time.sleep(0.1)
+        if self.exit_after is not None:
+            time.sleep(self.exit_after)  # a daemon thread: the process normally ends before this
+            log.warning("still busy after the stop request: exiting now", waited=self.exit_after)
+            os._exit(0)
 
 
 def open_store(

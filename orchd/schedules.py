@@ -18,12 +18,18 @@ orchd's semantics need on top of them:
 
 from __future__ import annotations
 
+import calendar
+import functools
 import hashlib
+import itertools
 import json
-from collections.abc import Iterator, Mapping
+import math
+import types
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta, timezone, tzinfo
+from datetime import UTC, date, datetime, timedelta, timezone, tzinfo
 from functools import cached_property
+from types import SimpleNamespace
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -99,7 +105,9 @@ class ScheduleSpec:
         """The first fire time strictly after ``after`` (aware), or None when the schedule is over."""
         return self.next_at_or_after(after.astimezone(UTC) + _TICK)
 
-    def next_at_or_after(self, start: datetime) -> datetime | None:
+    def next_at_or_after(self, start: datetime, end: datetime | None = None) -> datetime | None:
+        """The first fire time at or after ``start``, or None when the schedule is over.  With
+        ``end``, a fire time after it may be reported as None (a bound on the search, not more)."""
         start = start.astimezone(UTC)
         if self.kind == "interval":
             # exact arithmetic: APScheduler's float timestamps can miss the fire time ``start`` is on
@@ -109,8 +117,16 @@ class ScheduleSpec:
             return _first(self.triggers, start)
         if self.kind == "rrule":
             rule, naive = self._rule
-            local = start.astimezone(self.zone)
-            found = rule.after(local.replace(tzinfo=None) if naive else local, inc=True)
+
+            def wall(t: datetime) -> datetime:  # as the rule reads times
+                local = t.astimezone(self.zone)
+                return local.replace(tzinfo=None) if naive else local
+
+            probe = wall(start)
+            until: datetime | None = rule._until  # type: ignore[attr-defined]
+            if until is not None and until < probe:
+                return None  # over (a COUNT rule whose last occurrence is past)
+            found = _bounded(rule, probe, None if end is None else wall(end)).after(probe, inc=True)
             if found is None:
                 return None
             return (found.replace(tzinfo=self.zone) if naive else found).astimezone(UTC)
@@ -172,13 +188,33 @@ class ScheduleSpec:
 
     def fire_times(self, start: datetime, end: datetime, limit: int) -> list[datetime]:
         """Fire times in ``[start, end]`` (UTC, ascending), at most ``limit`` of them."""
-        return list(_take(self._iter_from(start), end, limit))
+        return list(_take(self._iter_from(start, end), end, limit))
 
-    def _iter_from(self, start: datetime) -> Iterator[datetime]:
-        nxt = self.next_at_or_after(start)
-        while nxt is not None:
+    def last_fire_times(self, start: datetime, end: datetime, count: int) -> list[datetime]:
+        """The last ``count`` fire times in ``[start, end)``, ascending.
+
+        Found by bisecting on the window's start, so at most about ``count * 45`` fire times are
+        computed however long the window is: walking it would take minutes for a scheduler that
+        was down for a month next to a schedule firing every second.
+        """
+        last = end - _TICK
+        found = self.fire_times(start, last, count + 1)
+        if len(found) <= count:
+            return found
+        lo, hi = start, end  # more than ``count`` fire times in [lo, end), at most ``count`` in [hi, end)
+        while hi - lo > _TICK:
+            mid = lo + (hi - lo) / 2
+            if len(self.fire_times(mid, last, count + 1)) > count:
+                lo = mid
+            else:
+                hi = mid
+        return self.fire_times(hi, last, count)
+
+    def _iter_from(self, start: datetime, end: datetime | None = None) -> Iterator[datetime]:
+        nxt = self.next_at_or_after(start, end)
+        while nxt is not None and (end is None or nxt <= end):
             yield nxt
-            nxt = self.next_after(nxt)
+            nxt = self.next_at_or_after(nxt + _TICK, end)
 
 
 def never_fires(spec: ScheduleSpec, now: datetime) -> str | None:
@@ -309,9 +345,100 @@ def _build_rrule(text: str, zone: ZoneInfo, anchor: datetime | None) -> tuple[rr
         raise ValueError(f"not an RFC 5545 rule: {exc}") from None
     if not isinstance(rule, rrule):
         raise ValueError("expected a single RRULE (with an optional DTSTART line)")
-    check_year(rule._dtstart, "DTSTART")  # type: ignore[attr-defined]  # not in the stubs
-    first = next(iter(rule), None)
-    return rule, first is not None and first.tzinfo is None
+    dtstart: datetime = check_year(rule._dtstart, "DTSTART")  # type: ignore[attr-defined]  # not in stubs
+    count: int | None = rule._count  # type: ignore[attr-defined]
+    if count:
+        if count > MAX_COUNT:
+            raise ValueError(
+                f"expected COUNT of at most {MAX_COUNT} (use UNTIL for a longer rule), got {count}"
+            )
+        # the same rule ending at its last occurrence: it can then be iterated from any point
+        uncounted = rule.replace(count=None)
+        occurrences = list(itertools.islice(_bounded(uncounted, dtstart, None), count))
+        rule = uncounted.replace(until=occurrences[-1] if occurrences else dtstart - _TICK)
+    return rule, dtstart.tzinfo is None
+
+
+#: How far ahead an rrule is searched for its next fire time (a rule with none in that time is
+#: over); and the longest COUNT, whose occurrences are counted from DTSTART once.
+RRULE_LOOKAHEAD_YEARS = 100
+MAX_COUNT = 10_000
+#: The length of an rrule's period on the wall clock, for the frequencies whose periods are all
+#: alike (dateutil: YEARLY 0, MONTHLY 1, WEEKLY 2, DAILY 3, HOURLY 4, MINUTELY 5, SECONDLY 6).
+_FIXED_PERIODS = {
+    2: timedelta(weeks=1),
+    3: _DAY,
+    4: timedelta(hours=1),
+    5: timedelta(minutes=1),
+    6: timedelta(seconds=1),
+}
+
+
+def _bounded(rule: rrule, probe: datetime, end: datetime | None) -> rrule:
+    """``rule`` with its DTSTART moved forward by whole periods to just before ``probe`` and an end
+    at most RRULE_LOOKAHEAD_YEARS after it (or at ``end``; both read as the rule reads times), so
+    that finding the next fire time costs a couple of periods, not every occurrence since DTSTART
+    (a SECONDLY rule from a year ago: 30 million) nor every day until the year 9999 (a rule that
+    never matches).
+
+    Moving DTSTART by whole periods keeps every occurrence after it: dateutil builds each period
+    from the rule and the calendar alone, and what it takes from DTSTART when the rule is silent
+    (the time of day, the weekday, the day of the month) is the same after the move.  MONTHLY and
+    YEARLY periods differ in length: DTSTART moves by whole years only, to a year where its date
+    exists (29 February)."""
+    start: datetime = rule._dtstart  # type: ignore[attr-defined]
+    freq, interval = rule._freq, rule._interval  # type: ignore[attr-defined]
+    wall = probe.astimezone(start.tzinfo) if start.tzinfo is not None else probe
+    moved = start
+    if freq in _FIXED_PERIODS:
+        period = _FIXED_PERIODS[freq] * interval
+        periods = (wall.replace(tzinfo=None) - start.replace(tzinfo=None)) // period - 1
+        if periods > 0:
+            moved = _wall_add(start, periods * period)
+    else:
+        months = 12 * interval // math.gcd(12, interval) if freq == 1 else 12 * interval
+        years = (wall.year - start.year) // (months // 12) * (months // 12) - months // 12
+        while years > 0 and not _has_date(start.year + years, start.month, start.day):
+            years -= months // 12
+        if years > 0:
+            moved = start.replace(year=start.year + years)
+    lookahead = timedelta(days=365.25 * RRULE_LOOKAHEAD_YEARS)
+    latest = datetime.max.replace(tzinfo=wall.tzinfo) - _DAY
+    cap = wall + lookahead if latest - wall > lookahead else latest
+    if end is not None:
+        cap = min(cap, end.astimezone(start.tzinfo) if start.tzinfo is not None else end)
+    until: datetime | None = rule._until  # type: ignore[attr-defined]
+    bounded = rule.replace(dtstart=moved, until=cap if until is None else min(until, cap))
+    # dateutil checks UNTIL only against the occurrences it finds: one that finds none walks every
+    # day to the year 9999 (20 s for a SECONDLY rule of 30 February).  Its own walk, stopping after
+    # the year of the cap instead:
+    if (walk := _walk_until(cap.year)) is not None:
+        bounded._iter = types.MethodType(walk, bounded)  # type: ignore[attr-defined]
+    return bounded
+
+
+@functools.lru_cache(maxsize=16)
+def _walk_until(last_year: int) -> Callable[[rrule], Iterator[datetime]] | None:
+    """dateutil's ``rrule._iter`` (the walk through periods that every ``after`` runs) with the
+    year it gives up after set to ``last_year`` instead of ``datetime.MAXYEAR``: the same code
+    with another ``datetime`` in its globals.  None if a dateutil release no longer reads it so
+    (a test fails then: the walk is unbounded again)."""
+    walk = rrule._iter  # type: ignore[attr-defined]
+    code = walk.__code__
+    if "MAXYEAR" not in code.co_names or walk.__closure__ or "datetime" not in walk.__globals__:
+        return None
+    names = dict(walk.__globals__)
+    names["datetime"] = SimpleNamespace(date=date, datetime=datetime, MAXYEAR=last_year)
+    return types.FunctionType(code, names, code.co_name, walk.__defaults__)
+
+
+def _wall_add(value: datetime, delta: timedelta) -> datetime:
+    """``value`` moved by ``delta`` on its own wall clock (as dateutil steps an aware rule)."""
+    return (value.replace(tzinfo=None) + delta).replace(tzinfo=value.tzinfo)
+
+
+def _has_date(year: int, month: int, day: int) -> bool:
+    return 1 <= year <= 9999 and day <= calendar.monthrange(year, month)[1]
 
 
 def _build_triggers(spec: ScheduleSpec, zone: tzinfo) -> tuple[BaseTrigger, ...]:

@@ -25,6 +25,9 @@ from orchd.scheduler.daemon import Scheduler
 from orchd.worker.daemon import Worker
 
 log = get_logger("orchd")
+#: The scheduler ends at most this long after SIGTERM/SIGINT, whatever it is doing: every change it
+#: makes is one transaction, so ending it mid-way loses nothing.
+STOP_WITHIN = 1.5
 
 
 def _listen(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -87,14 +90,14 @@ def scheduler_main(config_path: Path | None, once: bool, metrics_listen: str | N
       orchd-scheduler --once
     """
     config = _configured(config_path, "" if once else metrics_listen)
-    signals = Signals().install()
+    signals = Signals(exit_after=STOP_WITHIN).install()
     notifier = Notifier()
     store = open_store(config, "scheduler", signals.stop.is_set, notifier)
     if store is None:
         return
-    scheduler = Scheduler(config, store)
+    scheduler = Scheduler(config, store, stop=signals.stop)
     if once:
-        scheduler.sync()
+        scheduler.apply_config()
         report = scheduler.tick()
         click.echo(
             f"tick: {plural(report.schedules, 'schedule')}, {plural(report.created, 'run')} created, "

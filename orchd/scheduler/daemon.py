@@ -22,7 +22,8 @@ from sqlalchemy.exc import OperationalError
 
 from orchd import metrics
 from orchd.config import Config
-from orchd.db.store import Store
+from orchd.db.store import DueSchedule, Materialization, Store
+from orchd.errors import ConfigError
 from orchd.logging import get_logger
 from orchd.notify import Notifier
 from orchd.scheduler.leader import SEEN_EVERY, Leadership, leadership_for
@@ -39,6 +40,12 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def _reason(exc: Exception) -> str:
+    """One line: the driver's last line for a database error, else the exception itself."""
+    lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return lines[-1] if lines else type(exc).__name__
+
+
 @dataclass
 class TickReport:
     schedules: int = 0
@@ -49,10 +56,22 @@ class TickReport:
 
 
 class Scheduler:
-    def __init__(self, config: Config, store: Store, clock: Callable[[], datetime] = utcnow) -> None:
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        clock: Callable[[], datetime] = utcnow,
+        stop: threading.Event | None = None,
+    ) -> None:
         self.config = config
         self.store = store
         self.clock = clock
+        #: Set when the daemon is asked to stop: a long materialization ends between two schedules.
+        self.stop = stop or threading.Event()
+        self._broken: set[int] = set()  # schedules whose fire times could not be computed (logged once)
+        #: After a reload: the config last applied, kept in force if the database refuses the new one.
+        self._previous: Config | None = None
+        self._needs_sync = False
         self.host = socket.gethostname()
         self.name = f"{self.host}-{os.getpid()}"
         self.started_at = clock()
@@ -76,8 +95,28 @@ class Scheduler:
         )
 
     def reload(self, config: Config) -> None:
-        self.config = config
-        self.sync()
+        self._previous, self.config = self.config, config
+        self.apply_config()
+
+    def apply_config(self) -> None:
+        """Sync the config in force.  One the database refuses (a value validation let through)
+        never ends the daemon: after a reload the previous config stays in force, as README
+        promises; at start it is a configuration error (exit 78, no restart loop)."""
+        try:
+            self.sync()
+        except OperationalError:
+            raise  # an outage: waited out, and the sync retried
+        except Exception as exc:
+            error = _reason(exc)
+            if self._previous is None:
+                raise ConfigError(f"the database refused the config: {error}") from None
+            log.error(
+                "reload refused: the database refused the new config; keeping the running one", error=error
+            )
+            self.config, self._previous = self._previous, None
+            self.sync()
+        self._previous = None
+        self._needs_sync = False
 
     def tick(self) -> TickReport:
         """One pass of the leader's duties.  Idle ticks cost no query: the earliest cursor is
@@ -113,21 +152,17 @@ class Scheduler:
         cfg = self.config.scheduler
         tolerance = timedelta(seconds=2 * cfg.loop_interval + 1)
         after: tuple[datetime, int] | None = None
-        while True:
+        while not self.stop.is_set():
             due = self.store.due_schedules(horizon_end, BATCH, after=after)
             if not due:
                 break
-            plans = [
-                plan(
-                    s,
-                    now,
-                    horizon_end,
-                    max_future=cfg.max_scheduled_runs,
-                    catchup_limit=cfg.catchup_limit,
-                    tolerance=tolerance,
-                )
-                for s in due
-            ]
+            plans = []
+            for schedule in due:
+                if self.stop.is_set():
+                    return  # nothing of this page is written: the next scheduler does it
+                planned = self._plan(schedule, now, horizon_end, tolerance)
+                if planned is not None:
+                    plans.append(planned)
             report.schedules += len(due)
             report.created += self.store.materialize(plans, now)
             if len(due) < BATCH:
@@ -135,6 +170,34 @@ class Scheduler:
             after = (due[-1].next_fire_at, due[-1].id)
         self._earliest = self.store.earliest_cursor()
         self._recheck_at = time.monotonic() + _RECHECK_EVERY
+
+    def _plan(
+        self, schedule: DueSchedule, now: datetime, horizon_end: datetime, tolerance: timedelta
+    ) -> Materialization | None:
+        """The plan of one schedule; a schedule whose fire times cannot be computed is logged (once)
+        and left alone, so one bad definition never stops the others, nor the scheduler."""
+        cfg = self.config.scheduler
+        try:
+            planned = plan(
+                schedule,
+                now,
+                horizon_end,
+                max_future=cfg.max_scheduled_runs,
+                catchup_limit=cfg.catchup_limit,
+                tolerance=tolerance,
+            )
+        except Exception as exc:
+            if schedule.id not in self._broken:
+                self._broken.add(schedule.id)
+                log.error(
+                    "schedule skipped: its fire times cannot be computed",
+                    deployment=schedule.deployment,
+                    schedule=schedule.spec.describe(),
+                    error=f"{type(exc).__name__}: {exc}",
+                )
+            return None
+        self._broken.discard(schedule.id)
+        return planned
 
     def _seen(self, role: str, now: datetime, force: bool = False) -> None:
         """Record this scheduler in the database (for `orchd status`), every few seconds only."""
@@ -153,6 +216,7 @@ class Scheduler:
         logged and waited out with backoff; it never ends the loop."""
         notify = notifier or Notifier()
         lock = leadership or leadership_for(self.store.engine)
+        self.stop = stop
         leader = False
         notify.ready("started: electing a leader")
         backoff = 0.0
@@ -162,11 +226,12 @@ class Scheduler:
                 try:
                     if reload is not None and (new := reload()) is not None:
                         notify.reloading()
-                        self.config = new
-                        if leader:
-                            self.sync()
+                        self._previous = self._previous or self.config
+                        self.config, self._needs_sync = new, True
                         notify.ready(self._status(leader))
                     leader = self._lead(lock, leader)
+                    if leader and self._needs_sync:
+                        self.apply_config()
                     metrics.leading(leader)
                     if leader:
                         self.tick()
@@ -192,7 +257,7 @@ class Scheduler:
             return False
         if not leader and lock.acquire():
             log.info("became leader", scheduler=self.name)
-            self.sync()
+            self.apply_config()
             self._seen("leader", self.clock(), force=True)
             return True
         return leader

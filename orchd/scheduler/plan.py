@@ -10,7 +10,6 @@ Rules (see README, "Schedules"):
 
 from __future__ import annotations
 
-from collections import deque
 from datetime import datetime, timedelta
 
 from orchd.db.store import DueSchedule, Materialization
@@ -33,11 +32,8 @@ def plan(
     times: list[datetime] = []
     if schedule.next_fire_at < floor:
         if schedule.catchup != "none":
-            missed: deque[datetime] = deque(maxlen=1 if schedule.catchup == "latest" else catchup_limit)
-            while cursor is not None and cursor < floor:
-                missed.append(cursor)
-                cursor = spec.next_after(cursor)
-            times.extend(missed)
+            keep = 1 if schedule.catchup == "latest" else catchup_limit
+            times.extend(spec.last_fire_times(schedule.next_fire_at, floor, keep))
         cursor = spec.next_at_or_after(floor)
     if cursor is None:
         return Materialization(schedule, times, None)
