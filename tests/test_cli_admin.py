@@ -215,9 +215,8 @@ def test_version_help_and_completion(tmp_path: Path) -> None:
     runner = CliRunner()
     version = runner.invoke(main, ["--version"])
     assert (version.exit_code, version.stdout) == (0, f"orchd, version {__version__}\n")
-    assert (
-        "Usage: orchd run create [OPTIONS] [DEPLOYMENT]" in runner.invoke(main, ["run", "create", "-h"]).stdout
-    )
+    usage = runner.invoke(main, ["run", "create", "-h"]).stdout
+    assert "Usage: orchd run create [OPTIONS] [DEPLOYMENT]" in usage
     script = runner.invoke(main, [], env={"_ORCHD_COMPLETE": "bash_source"}, prog_name="orchd")
     assert script.exit_code == 0 and "_orchd_completion()" in script.stdout
     path = write_config(tmp_path / "orchd.toml", f"sqlite:///{tmp_path / 'none.db'}")
