@@ -17,8 +17,8 @@ from tests.systemd import container, deb
 from tests.systemd.container import Container, ContainerError
 
 ROOT = Path(__file__).resolve().parent.parent
-UNITS = ["orchd-scheduler.service", "orchd-worker@.service", "orchd.target"]
-COMMANDS = ["orchd", "orchd-scheduler", "orchd-worker"]
+UNITS = ["orchd-scheduler.service", "orchd-worker@.service", "orchd-web.service", "orchd.target"]
+COMMANDS = ["orchd", "orchd-scheduler", "orchd-worker", "orchd-web"]
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]  # make deb pip-installs from PyPI
 

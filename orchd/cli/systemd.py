@@ -161,6 +161,19 @@ RuntimeDirectoryPreserve=yes
 ReadWritePaths=-/etc/containers/networks
 """
 
+WEB = _SERVICE.format(
+    description="orchd web: the dashboard and HTTP API",
+    after="network-online.target postgresql.service",
+    execution=(
+        "ExecStart={bindir}/orchd-web\n"
+        "# The API token (Authorization: Bearer) as a credential instead of web.token_file, in a drop-in:\n"
+        "#   LoadCredential=web-password:/etc/orchd/web-token\n"
+    ),
+    stopping="# SIGTERM ends the live streams, so connections close within seconds\nTimeoutStopSec=15s\n",
+    sandbox="# Sandbox.  The network stays open: it serves web.listen and may reach a remote PostgreSQL.\n"
+    + _HARDENING,
+)
+
 TARGET = """\
 [Unit]
 Description=orchd scheduler and workers
@@ -197,6 +210,7 @@ def render(unit_dir: Path, bindir: Path, user: str, header: str) -> list[File]:
     return [
         File(unit_dir / "orchd-scheduler.service", text(SCHEDULER)),
         File(unit_dir / "orchd-worker@.service", text(WORKER)),
+        File(unit_dir / "orchd-web.service", text(WEB)),
         File(unit_dir / "orchd.target", text(TARGET)),
         File(base / "sysusers.d" / "orchd.conf", text(SYSUSERS)),
         File(base / "tmpfiles.d" / "orchd.conf", text(TMPFILES)),
@@ -204,15 +218,16 @@ def render(unit_dir: Path, bindir: Path, user: str, header: str) -> list[File]:
 
 
 def installed_bindir() -> Path | None:
-    """Where this installation's ``orchd-scheduler`` and ``orchd-worker`` scripts are."""
+    """Where this installation's ``orchd-scheduler``, ``orchd-worker`` and ``orchd-web`` scripts are."""
     for candidate in (Path(sysconfig.get_path("scripts")), Path(sys.argv[0]).parent):
-        if all((candidate / name).is_file() for name in ("orchd-scheduler", "orchd-worker")):
+        if all((candidate / name).is_file() for name in ("orchd-scheduler", "orchd-worker", "orchd-web")):
             return candidate.absolute()
     return None
 
 
 def next_steps(files: list[File], user: str) -> str:
-    sysusers, tmpfiles = files[3].path, files[4].path
+    sysusers = next(f.path for f in files if f.path.parent.name == "sysusers.d")
+    tmpfiles = next(f.path for f in files if f.path.parent.name == "tmpfiles.d")
     return "\n".join(
         [
             "Next:",
@@ -222,6 +237,7 @@ def next_steps(files: list[File], user: str) -> str:
             "  orchd config validate            # /etc/orchd/orchd.toml; an empty file works",
             "  systemctl enable --now orchd-scheduler.service",
             "  systemctl enable --now orchd-worker@default.service   # one per pool",
+            "  systemctl enable --now orchd-web.service   # the dashboard, http://127.0.0.1:4200/",
             f"  journalctl -u orchd-scheduler -u 'orchd-worker@*' -f   # runs as user {user}",
         ]
     )
@@ -261,7 +277,9 @@ def install(user: str, prefix: Path, dry_run: bool) -> None:
         fail(f"--user: expected a system user name such as 'orchd', got {user!r}", code=2)
     bindir = installed_bindir()
     if bindir is None:
-        fail("cannot find orchd-scheduler and orchd-worker beside this orchd: reinstall it with pip")
+        fail(
+            "cannot find orchd-scheduler, orchd-worker and orchd-web beside this orchd: reinstall it with pip"
+        )
         return
     if bindir.is_relative_to("/home") or bindir.is_relative_to("/root"):
         click.echo(
