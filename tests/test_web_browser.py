@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from selenium import webdriver
-from selenium.common.exceptions import WebDriverException
+from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
@@ -105,11 +105,20 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebDriver]:
 
 
 def wait(driver: WebDriver, condition: object, timeout: float = 20) -> object:
-    return WebDriverWait(driver, timeout, poll_frequency=0.05).until(condition)  # type: ignore[arg-type]
+    return WebDriverWait(
+        driver, timeout, poll_frequency=0.05, ignored_exceptions=[StaleElementReferenceException]
+    ).until(condition)  # type: ignore[arg-type]
 
 
 def text_of(driver: WebDriver, selector: str) -> str:
-    return str(driver.find_element(By.CSS_SELECTOR, selector).text)
+    """The element's text; the live parts of a page are replaced as they change, so an element
+    found a moment ago may be gone: look again."""
+    for _ in range(50):
+        try:
+            return str(driver.find_element(By.CSS_SELECTOR, selector).text)
+        except StaleElementReferenceException:
+            continue
+    raise AssertionError(f"{selector} keeps being replaced")
 
 
 def mark(driver: WebDriver) -> None:
@@ -217,6 +226,7 @@ def test_a_run_printing_html_shows_it_as_text(site: str, browser: WebDriver, sho
         driver.find_element(By.ID, "username").send_keys("olga")
         driver.find_element(By.ID, "password").send_keys(PASSWORDS["olga"])
         driver.find_element(By.ID, "login").click()
+        wait(driver, lambda d: "/login" not in d.current_url)
     driver.get(site + "/deployments/ticker")
     box = wait(driver, ec.presence_of_element_located((By.ID, "parameters")))
     box.clear()  # type: ignore[attr-defined]

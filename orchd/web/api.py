@@ -32,11 +32,13 @@ from orchd.states import FINISHED, RunState
 from orchd.web import actions
 from orchd.web.actions import BadRequest, Unprocessable
 from orchd.web.context import web_of
-from orchd.web.live import Subscriber, event_json, line_json, sse
+from orchd.web.live import Subscriber, line_json, sse
 
 Handler = Callable[..., Any]
 #: orchd status --late-after default
 LATE_AFTER = 60.0
+#: State changes replayed at most to a client resuming the events stream.
+REPLAY = 10_000
 #: Runs per page of /api/runs at most.
 MAX_LIMIT = 1000
 
@@ -197,32 +199,33 @@ async def logs_stream(request: Request) -> Response:
     run_id = run_id_of(request)
     try:
         after = int(request.headers.get("last-event-id") or request.query_params.get("after") or 0)
+        seen = request.query_params.get("events_after")
+        events_after = int(seen) if seen else await _in_thread(web.dashboard.last_event_id)
     except ValueError:
-        return error(400, "after: expected a line id (a number)")
-    try:
+        return error(400, "after, events_after: expected an id (a number)")
+    try:  # the state is read after the cursor, so no change can fall between the two
         row = await _in_thread(get_run, web.store, run_id)
     except NotFound as exc:
         return error(404, str(exc))
     web.feed.track(run_id, RunState(row.state) not in FINISHED)
-    sub = Subscriber(run_id=run_id, log_after=after)
+    sub = Subscriber(events_after, run_id=run_id, log_after=after)
     first = [sse({"state": row.state, "run_id": run_id}, "hello")]
     return _event_stream(web.feed.stream(sub, first))
 
 
 async def events_stream(request: Request) -> Response:
     """SSE of every run state change (``state`` events, id = history id); resumes after
-    ``Last-Event-ID`` (or ``?after=N``), replaying what was missed (at most 1,000)."""
+    ``Last-Event-ID`` (or ``?after=N``), replaying what was missed (at most REPLAY events)."""
     web = web_of(request)
     raw = request.headers.get("last-event-id") or request.query_params.get("after")
-    first: list[str] = []
-    if raw:
-        try:
-            after = int(raw)
-        except ValueError:
-            return error(400, "after: expected an event id (a number)")
-        missed = await _in_thread(web.dashboard.events_after, after, 1000)
-        first = [sse(event_json(e), "state", e.id) for e in missed]
-    return _event_stream(web.feed.stream(Subscriber(), first))
+    try:
+        after = int(raw) if raw else None
+    except ValueError:
+        return error(400, "after: expected an event id (a number)")
+    last = await _in_thread(web.dashboard.last_event_id)
+    after = last if after is None else max(after, last - REPLAY)
+    # what it missed comes from the feed, which reads from ``after`` again for it (see Feed.stream)
+    return _event_stream(web.feed.stream(Subscriber(after), []))
 
 
 def _event_stream(body: Any) -> Response:

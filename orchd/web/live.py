@@ -78,8 +78,10 @@ def line_json(row: Any) -> dict[str, Any]:
 
 @dataclass(eq=False)
 class Subscriber:
-    """One connected client: every state change (``run_id`` None), or one run's changes and output."""
+    """One connected client: every state change (``run_id`` None), or one run's changes and output.
+    ``events_after`` and ``log_after`` are what it has seen: it gets each later event and line once."""
 
+    events_after: int
     run_id: int | None = None
     log_after: int = 0
     queue: asyncio.Queue[str | None] = field(default_factory=lambda: asyncio.Queue(BACKLOG))
@@ -101,7 +103,8 @@ class Feed:
         self._wake = asyncio.Event()
         self._someone = asyncio.Event()
         self._closed = asyncio.Event()
-        self._cursor = 0
+        #: history id up to which every subscriber has been served
+        self._cursor = 1 << 62
         #: tailed runs still active (their output may grow without a notification on PostgreSQL)
         self._live_runs: set[int] = set()
         self._task: asyncio.Task[None] | None = None
@@ -134,6 +137,9 @@ class Feed:
         """What one client receives: ``first`` (its catch-up), then live messages, with keep-alive
         comments, until it disconnects or the server stops."""
         self._subscribers.add(sub)
+        # it may have seen less than the others (what happened while it connected): read again
+        # from there; each subscriber's own cursor keeps the others from getting anything twice
+        self._cursor = min(self._cursor, sub.events_after)
         self._someone.set()
         self._wake.set()
         try:
@@ -155,16 +161,14 @@ class Feed:
     # ------------------------------------------------------------------ watching
 
     async def _run(self) -> None:
-        self._cursor = await asyncio.to_thread(self.dashboard.last_event_id)
         watcher = self._listen() if self._postgres else self._poll_data_version()
         watch = asyncio.get_running_loop().create_task(watcher, name="orchd-feed-watch")
         try:
             while True:
                 if not self._subscribers:
                     self._someone.clear()
+                    self._cursor = 1 << 62  # the next subscriber says where to start
                     await self._someone.wait()
-                    # events while nobody listened are not replayed to newcomers: move the cursor
-                    self._cursor = await asyncio.to_thread(self.dashboard.last_event_id)
                 timeout = TICK if (self._postgres and self._live_runs) else KEEPALIVE
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout)
@@ -206,6 +210,9 @@ class Feed:
         for row in events:
             data = event_json(row)
             for sub in list(self._subscribers):
+                if row.id <= sub.events_after:
+                    continue
+                sub.events_after = row.id
                 if sub.run_id is None:
                     self._deliver(sub, sse(data, "state", row.id))
                 elif sub.run_id == row.run_id:

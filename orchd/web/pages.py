@@ -48,6 +48,7 @@ def render(request: Request, name: str, status: int = 200, **context: Any) -> HT
         csrf=csrf_token(request.session),
         flashes=request.session.pop("flash", []),
         now=datetime.now(UTC),
+        last_event=web.dashboard.last_event_id(),
         zone=time.strftime("%Z"),
         **context,
     )

@@ -5,6 +5,9 @@
   const meta = (name) => (document.querySelector(`meta[name="${name}"]`) || {}).content || "";
   const base = meta("orchd-base") || "/";
   const csrf = meta("orchd-csrf");
+  // the newest state change when the page was made: the streams start from there, so a change
+  // between the page and the stream's connection is not lost
+  const lastEvent = meta("orchd-last-event") || "0";
   const dot = () => document.getElementById("live-dot");
 
   // htmx requests carry the CSRF token of the session
@@ -71,7 +74,9 @@
       for (const el of box.querySelectorAll(".line")) el.hidden = !matches(el);
     });
     const summary = debounce(() => refresh("#run-summary", `${base}runs/${runId}?part=summary`), 300);
-    live(`${panel.dataset.stream}?after=${panel.dataset.after}`, {
+    const shownState = () => (document.querySelector("#run-summary [data-state]") || {}).textContent;
+    live(`${panel.dataset.stream}?after=${panel.dataset.after}&events_after=${lastEvent}`, {
+      hello: (now) => { if (now.state !== shownState()) summary(); },
       line: (line) => {
         const el = document.createElement("span");
         el.className = `line ${line.stream}`;
@@ -94,7 +99,7 @@
     const overview = document.getElementById("overview");
     if (!tables.length && !overview) return;
     const again = debounce(() => refresh("#overview", base), 2000);
-    live(`${base}api/events/stream`, {
+    live(`${base}api/events/stream?after=${lastEvent}`, {
       state: (ev) => {
         for (const row of document.querySelectorAll(`[data-live-states] tr[data-run-id="${ev.run_id}"]`)) setState(row, ev.to);
         if (overview) again();
