@@ -95,6 +95,7 @@ def config_show(config_path: Path | None, as_json: bool, sources: bool) -> None:
         values = dataclasses.asdict(getattr(config, name))
         if name == "database":
             values["url"] = mask(values["url"])
+            values["direct_url"] = values["direct_url"] and mask(values["direct_url"])
         sections[name] = values
     if as_json:
         print_json(
@@ -235,7 +236,8 @@ def config_set(key: str, value: str, config_path: Path | None, as_json: bool) ->
         path.write_text(edited, encoding="utf-8")  # in place: owner, mode and links stay as they are
     except PermissionError:
         raise ConfigError(f"{path}: permission denied writing the config file") from None
-    shown = mask(str(new_value)) if key == "database.url" else new_value
+    secret = key in ("database.url", "database.direct_url") and new_value
+    shown = mask(str(new_value)) if secret else new_value
     if as_json:
         print_json({"path": str(path), "key": key, "value": shown})
     else:

@@ -22,6 +22,7 @@ from orchd.logging import configure, get_logger
 from orchd.notify import Notifier
 from orchd.runtime import Signals, open_store
 from orchd.scheduler.daemon import Scheduler
+from orchd.scheduler.leader import check_session
 from orchd.worker.daemon import Worker
 
 log = get_logger("orchd")
@@ -90,6 +91,8 @@ def scheduler_main(config_path: Path | None, once: bool, metrics_listen: str | N
       orchd-scheduler --once
     """
     config = _configured(config_path, "" if once else metrics_listen)
+    if not once:  # one tick takes no lock
+        check_session(config.database)
     signals = Signals(exit_after=STOP_WITHIN).install()
     notifier = Notifier()
     store = open_store(config, "scheduler", signals.stop.is_set, notifier)
@@ -245,6 +248,7 @@ def up(config_path: Path | None, metrics_listen: str | None) -> None:
     Stop it with Ctrl-C.
     """
     config = _configured(config_path, metrics_listen)
+    check_session(config.database)
     signals = Signals().install()
     store = open_store(config, "scheduler", signals.stop.is_set)
     if store is None:

@@ -270,6 +270,7 @@ def _build(path: Path | None, documents: list[_Document], env: Mapping[str, str]
     if written_in is not None and database.url:
         url = _beside(url, written_in.path.parent)
     sections["database"] = dataclasses.replace(database, url=url)
+    _check_pooler(sections["database"], sources)
     return Config(
         path=path,
         state_dir=state_dir,
@@ -321,6 +322,15 @@ def _check_timing(sections: Mapping[str, Any], locators: Mapping[str, Any], path
             doc = locators.get(key) or locators.get("worker.heartbeat")
             where = doc.where(section, name) if doc else (str(path) if path else "config")
             raise ConfigError(f"{where}: {key}: {problem}")
+
+
+def _check_pooler(database: Any, sources: Mapping[str, str]) -> None:
+    """A pooler and a direct URL are PostgreSQL's: with a SQLite database they are a mistake."""
+    if database.url.startswith("sqlite"):
+        for key, used in (("pooler", database.pooler != "none"), ("direct_url", bool(database.direct_url))):
+            if used:
+                where = sources.get(f"database.{key}", "config")
+                raise ConfigError(f"{where}: database.{key}: only for PostgreSQL, but database.url is SQLite")
 
 
 def _named(doc: _Document, table: str, index: int, item: Mapping[str, Any]) -> str:

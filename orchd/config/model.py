@@ -27,6 +27,14 @@ def database_url(value: Any) -> str:
     return text
 
 
+def postgres_url(value: Any) -> str:
+    """Empty or a PostgreSQL URL (the direct connection behind a pooler)."""
+    text = f.text(value).strip()
+    if text and not re.match(r"(postgres|postgresql)(\+\w+)?://", text):
+        raise ValueError(f"expected postgresql://[USER@]HOST[:PORT][/DB] (or empty), got {value!r}")
+    return text
+
+
 @dataclass(frozen=True)
 class DatabaseConfig:
     url: str = f.setting(
@@ -49,6 +57,27 @@ class DatabaseConfig:
     )
     busy_timeout: float = f.setting(
         "5s", f.duration("0s", "1h"), "SQLite: how long a writer waits for the lock."
+    )
+    pooler: str = f.setting(
+        "none",
+        f.choice("none", "transaction"),
+        'What url reaches: PostgreSQL itself (or a session-mode pooler), or "transaction": a '
+        "transaction-mode pooler such as PgBouncer, through which orchd opens no session "
+        "(LISTEN, leader lock) and prepares no statement (see prepared_statements).",
+    )
+    direct_url: str = f.setting(
+        "",
+        postgres_url,
+        "With pooler = transaction: PostgreSQL itself, for the connections that need a session "
+        "(LISTEN wake-ups, the leader lock, the live dashboard); user, password and database "
+        "default to url's. Empty: workers and the dashboard poll, a scheduler refuses to start.",
+        as_text=True,
+    )
+    prepared_statements: str = f.setting(
+        "auto",
+        f.choice("auto", "on", "off"),
+        'Let psycopg prepare the statements it repeats; auto: on, off when pooler = "transaction" '
+        "(PgBouncer >= 1.22 with max_prepared_statements > 0 keeps them: say on).",
     )
 
 

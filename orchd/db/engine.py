@@ -24,6 +24,9 @@ from orchd.errors import ConfigError, DatabaseUnavailable
 
 #: Execution option for transactions that only read (SQLite: plain deferred BEGIN).
 READ_ONLY = {"orchd_read_only": True}
+#: A connection idle this long gets TCP keepalive probes, this often, this many before it is
+#: declared dead (seconds): a LISTEN connection to a vanished server is noticed in under 30 s.
+KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_COUNT = 10, 5, 3
 
 
 def parse_url(raw: str) -> URL:
@@ -66,11 +69,59 @@ def make_engine(db: DatabaseConfig, *, pooled: bool = True) -> Engine:
     kwargs: dict[str, Any] = {"pool_size": db.pool_size, "max_overflow": db.pool_size}
     if not pooled:
         kwargs = {"poolclass": NullPool}
-    return create_engine(
-        url,
-        connect_args={"connect_timeout": max(1, int(db.connect_timeout)), "application_name": "orchd"},
-        **kwargs,
-    )
+    args = connect_args(db)
+    if not prepares(db):
+        args["prepare_threshold"] = None
+    return create_engine(url, connect_args=args, **kwargs)
+
+
+def connect_args(db: DatabaseConfig, application: str = "orchd") -> dict[str, Any]:
+    """psycopg's arguments for every PostgreSQL connection of orchd.  TCP keepalives and a TCP
+    user timeout bound how long a call can hang on a dead network (a host cut off, a firewall
+    dropping packets): without them a statement waits for the kernel's retransmissions, minutes."""
+    timeout = max(1, int(db.connect_timeout))
+    return {
+        "connect_timeout": timeout,
+        "application_name": application,
+        "keepalives": 1,
+        "keepalives_idle": KEEPALIVE_IDLE,
+        "keepalives_interval": KEEPALIVE_INTERVAL,
+        "keepalives_count": KEEPALIVE_COUNT,
+        "tcp_user_timeout": timeout * 1000,
+    }
+
+
+def prepares(db: DatabaseConfig) -> bool:
+    """Whether psycopg may prepare statements server-side (after a few executions of one on a
+    connection).  A transaction-mode pooler hands each transaction any server connection, where
+    the statement is unknown or, worse, another client's: PgBouncer < 1.21 (Debian 12 ships 1.18)
+    answers 'prepared statement "_pg3_0" already exists'.  PgBouncer >= 1.22 with
+    max_prepared_statements tracks them (and psycopg closes them as it expects, libpq >= 17)."""
+    return db.prepared_statements == "on" or (db.prepared_statements == "auto" and db.pooler == "none")
+
+
+def session_url(db: DatabaseConfig) -> URL | None:
+    """Where a connection that needs a session of its own goes (LISTEN, a session advisory lock):
+    ``direct_url`` when set (user, password, database and options default to url's, so a secret
+    stays in one place), url itself when no transaction pooler is in between, else None (there is
+    none: poll instead).  Always None on SQLite."""
+    url = parse_url(db.url)
+    if url.get_backend_name() != "postgresql":
+        return None
+    if db.direct_url:
+        direct = parse_url(db.direct_url)
+        return direct.set(
+            username=direct.username or url.username,
+            password=direct.password if direct.password is not None else url.password,
+            database=direct.database or url.database,
+            query={**url.query, **direct.query},
+        )
+    return url if db.pooler == "none" else None
+
+
+def conninfo(url: URL) -> str:
+    """A URL as plain psycopg (not SQLAlchemy) takes it."""
+    return url.set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 def _sqlite_engine(url: URL, db: DatabaseConfig) -> Engine:

@@ -215,7 +215,7 @@ class Scheduler:
         """Tick every ``loop_interval`` while leader, until ``stop`` is set.  A database outage is
         logged and waited out with backoff; it never ends the loop."""
         notify = notifier or Notifier()
-        lock = leadership or leadership_for(self.store.engine)
+        lock = leadership or leadership_for(self.store.engine, self.config.database)
         self.stop = stop
         leader = False
         notify.ready("started: electing a leader")

@@ -1,8 +1,11 @@
 """Leader election: one scheduler acts, the others wait as hot standbys.
 
-PostgreSQL: a session advisory lock on a connection of its own.  If that connection drops (the
-leader's host dies, the network splits, the server restarts) the lock is gone with it, a standby
-gets it on its next try, and the old leader notices at its next check and stops acting at once.
+PostgreSQL: a session advisory lock on a connection of its own, to PostgreSQL itself (a
+transaction-mode pooler cannot hold a session: ``database.direct_url`` then).  If that connection
+drops (the leader's host dies, the network splits, the server restarts) the lock is gone with it, a
+standby gets it on its next try, and the old leader notices at its next check and stops acting at
+once.  The session asks the server for TCP keepalives of its own, so a leader cut off by the
+network loses the lock within seconds, not after the kernel's two hours.
 SQLite (one host): an exclusive ``flock`` on a file beside the database, released by the kernel
 when the process dies, however it dies.
 
@@ -19,8 +22,20 @@ from pathlib import Path
 from typing import Protocol
 
 from sqlalchemy import Connection, Engine, create_engine, text
+from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
+
+from orchd.config import DatabaseConfig
+from orchd.db.engine import (
+    KEEPALIVE_COUNT,
+    KEEPALIVE_IDLE,
+    KEEPALIVE_INTERVAL,
+    connect_args,
+    parse_url,
+    session_url,
+)
+from orchd.errors import ConfigError
 
 _LOCK_KEY = 0x6F72636864  # "orchd"
 #: How often a scheduler records itself (leader or standby) in the schedulers table, seconds:
@@ -38,9 +53,18 @@ class Leadership(Protocol):
     def release(self) -> None: ...
 
 
+#: Server-side keepalives of the lock's session: the server drops a vanished leader's session
+#: (and so its lock) within about 10 + 5 * 3 seconds.
+_SERVER_KEEPALIVES = (
+    f"-c tcp_keepalives_idle={KEEPALIVE_IDLE} -c tcp_keepalives_interval={KEEPALIVE_INTERVAL} "
+    f"-c tcp_keepalives_count={KEEPALIVE_COUNT}"
+)
+
+
 class AdvisoryLock:
-    def __init__(self, engine: Engine) -> None:
-        self._engine = create_engine(engine.url, poolclass=NullPool, connect_args={"connect_timeout": 5})
+    def __init__(self, url: URL, db: DatabaseConfig) -> None:
+        args = {**connect_args(db, "orchd-leader"), "options": _SERVER_KEEPALIVES}
+        self._engine = create_engine(url, poolclass=NullPool, connect_args=args)
         self._conn: Connection | None = None
         self._held = False
 
@@ -116,9 +140,23 @@ class FileLock:
             self._fd = None
 
 
-def leadership_for(engine: Engine) -> Leadership:
+def check_session(db: DatabaseConfig) -> URL | None:
+    """The URL the leader lock is taken on (None on SQLite); a ConfigError (exit 78, checked before
+    anything starts) when a transaction pooler is in the way and no direct URL is configured."""
+    url = session_url(db)
+    if url is None and parse_url(db.url).get_backend_name() == "postgresql":
+        raise ConfigError(
+            "database.direct_url: a scheduler needs a session of its own for its leader lock, which "
+            'database.pooler = "transaction" cannot give: set direct_url to PostgreSQL itself'
+        )
+    return url
+
+
+def leadership_for(engine: Engine, db: DatabaseConfig) -> Leadership:
     if engine.dialect.name == "postgresql":
-        return AdvisoryLock(engine)
+        url = check_session(db)
+        assert url is not None
+        return AdvisoryLock(url, db)
     database = engine.url.database or ""
     if database in ("", ":memory:"):
         raise ValueError("an in-memory SQLite database cannot be shared by a scheduler and workers")

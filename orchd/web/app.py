@@ -145,7 +145,7 @@ def create_app(config: Config, store: Store, watch_store: Any = None, auth: Auth
         admin=Admin(store),
         dashboard=Dashboard(store),
         auth=auth,
-        feed=Feed(store, make_watch_store),
+        feed=Feed(store, make_watch_store, config.database),
         base=base,
         templates=template_environment(base),
     )

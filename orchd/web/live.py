@@ -5,7 +5,9 @@ One ``Feed`` per daemon does the watching, however many clients are connected, a
 at least one is: an idle dashboard costs the database nothing.
 
 * PostgreSQL: a dedicated LISTEN connection on ``orchd_events`` (every statement recording state
-  changes notifies it, see migration 0003) wakes the feed the moment a change commits.
+  changes notifies it, see migration 0003) wakes the feed the moment a change commits.  Behind a
+  transaction-mode pooler without ``database.direct_url`` there is no session to LISTEN on: the
+  feed then looks every second.
 * SQLite: ``PRAGMA data_version`` on a connection of the feed's own, every 100 ms; it answers from
   shared memory and changes only when another connection committed.
 
@@ -25,8 +27,12 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from sqlalchemy.engine import URL
+
 from orchd.cli.output import iso
+from orchd.config import DatabaseConfig
 from orchd.db.dashboard import Dashboard
+from orchd.db.engine import connect_args, conninfo, session_url
 from orchd.db.store import Store
 from orchd.logging import get_logger
 from orchd.states import FINISHED, RunState
@@ -36,6 +42,8 @@ log = get_logger("orchd.web")
 CHANNEL = "orchd_events"
 #: How often the SQLite change check runs, and a tailed run's output is looked at on PostgreSQL.
 TICK = 0.1
+#: How often the feed looks for changes on PostgreSQL when it cannot LISTEN.
+POLL = 1.0
 #: A comment line this often keeps proxies and browsers from closing an idle stream.
 KEEPALIVE = 15.0
 #: Messages a slow client may fall behind by before it is dropped (it reconnects and catches up).
@@ -95,8 +103,10 @@ class Subscriber:
 
 
 class Feed:
-    def __init__(self, store: Store, make_watch_store: Callable[[], Store]) -> None:
+    def __init__(self, store: Store, make_watch_store: Callable[[], Store], db: DatabaseConfig) -> None:
         self.store = store
+        self._session = session_url(db)
+        self._session_args = connect_args(db, "orchd-web-listen")
         self.dashboard = Dashboard(store)
         self._make_watch_store = make_watch_store
         self._subscribers: set[Subscriber] = set()
@@ -161,7 +171,10 @@ class Feed:
     # ------------------------------------------------------------------ watching
 
     async def _run(self) -> None:
-        watcher = self._listen() if self._postgres else self._poll_data_version()
+        if not self._postgres:
+            watcher = self._poll_data_version()
+        else:
+            watcher = self._listen(self._session) if self._session is not None else self._poll()
         watch = asyncio.get_running_loop().create_task(watcher, name="orchd-feed-watch")
         try:
             while True:
@@ -240,14 +253,15 @@ class Feed:
         if active:
             self._live_runs.add(run_id)
 
-    async def _listen(self) -> None:
+    async def _listen(self, url: URL) -> None:
         import psycopg
 
-        url = self.store.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
         delay = 0.5
         while True:
             try:
-                async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+                async with await psycopg.AsyncConnection.connect(
+                    conninfo(url), autocommit=True, **self._session_args
+                ) as conn:
                     await conn.execute(f"LISTEN {CHANNEL}")
                     delay = 0.5
                     self._wake.set()  # (re)connected: something may have happened meanwhile
@@ -257,6 +271,14 @@ class Feed:
                 log.debug("live feed: listen connection lost", error=str(exc).strip())
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
+
+    async def _poll(self) -> None:
+        """No session to LISTEN on: wake the feed every POLL while someone watches (it reads the
+        events after its cursor, one indexed query)."""
+        while True:
+            await self._someone.wait()
+            self._wake.set()
+            await asyncio.sleep(POLL)
 
     async def _poll_data_version(self) -> None:
         watch = self._make_watch_store()

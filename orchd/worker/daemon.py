@@ -26,8 +26,9 @@ from sqlalchemy.exc import OperationalError
 from orchd import metrics
 from orchd.config import Config
 from orchd.db.admin import Admin
-from orchd.db.engine import mask
+from orchd.db.engine import connect_args, mask, session_url
 from orchd.db.store import ClaimedRun, Store
+from orchd.durations import format_duration
 from orchd.errors import ConfigError
 from orchd.logging import get_logger
 from orchd.notify import Notifier
@@ -50,6 +51,8 @@ _MAX_WAIT = 0.5  # how quickly a stop request (signal) or a changed SQLite file 
 _CANCEL_CHECK = 1.0  # how often a worker with running runs looks for cancellations
 _CANCEL_GRACE = 1.0  # SIGTERM, then SIGKILL this much later, so a cancel lands within two seconds
 _LOG_BATCH = 500
+#: Poll-only workers (no LISTEN) with a longer poll start new runs late: they say so.
+POLL_ONLY_HINT = 5.0
 LOST, RELEASED = "lost", "released"
 _NEVER = datetime.min.replace(tzinfo=UTC)
 
@@ -165,9 +168,8 @@ class Worker:
         engine = self.containers.engine
         self.guardian = Guardian(engine.remove_argv() if engine else (), env=client_environment({}))
         self._check_engine()
-        listener = None
-        if self.store.engine.dialect.name == "postgresql" and not self.burst:
-            listener = Listener(self.store.engine.url, self.pools, self.events)
+        listener = self._listener()
+        if listener is not None:
             listener.start()
         log.info("worker started", worker=self.name, pools=",".join(self.pools), concurrency=self.concurrency)
         notify.ready(self._status())
@@ -182,6 +184,25 @@ class Worker:
         self._flush_logs()
         self.store.worker_stopped(self.name, self.clock())
         log.info("worker stopped", worker=self.name)
+
+    def _listener(self) -> Listener | None:
+        """PostgreSQL: the LISTEN connection that wakes this worker, on a session of its own; behind
+        a transaction pooler without ``database.direct_url`` there is none, and the poll finds
+        new runs (due times already known are waited for exactly either way)."""
+        db = self.config.database
+        if self.store.engine.dialect.name != "postgresql" or self.burst:
+            return None
+        session = session_url(db)
+        if session is not None:
+            return Listener(session, connect_args(db, "orchd-listen"), self.pools, self.events)
+        poll = self.config.worker.poll_interval
+        slow = poll > POLL_ONLY_HINT
+        (log.warning if slow else log.info)(
+            "no LISTEN behind a transaction pooler without database.direct_url: polling for new runs",
+            poll_interval=format_duration(poll),
+            hint=f"set worker.poll_interval to {format_duration(POLL_ONLY_HINT)} or less" if slow else None,
+        )
+        return None
 
     def _prepare_work_dir(self) -> None:
         """The default working directory of runs (and where entrypoint results are written): the

@@ -1,7 +1,8 @@
 """PostgreSQL LISTEN/NOTIFY wake-ups: a due run starts within milliseconds instead of a poll later.
 
 LISTEN needs a session of its own (it does not work through a transaction-mode pooler), so this
-thread keeps one dedicated connection, reconnecting with backoff.  A notification is only a hint:
+thread keeps one dedicated connection to PostgreSQL itself (``database.direct_url`` behind
+PgBouncer), reconnecting with backoff.  A notification is only a hint:
 the worker's claim query stays the truth, and its slow poll stays as the backstop.
 """
 
@@ -9,11 +10,13 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy.engine import URL
 
+from orchd.db.engine import conninfo
 from orchd.db.store import CHANNEL
 from orchd.logging import get_logger
 
@@ -26,8 +29,11 @@ class WakeEvent:
 
 
 class Listener:
-    def __init__(self, url: URL, pools: Collection[str], events: queue.Queue[object]) -> None:
-        self._conninfo = url.set(drivername="postgresql").render_as_string(hide_password=False)
+    def __init__(
+        self, url: URL, args: Mapping[str, Any], pools: Collection[str], events: queue.Queue[object]
+    ) -> None:
+        self._conninfo = conninfo(url)
+        self._args = {**args, "autocommit": True}
         self._pools = set(pools)
         self._events = events
         self._stop = threading.Event()
@@ -46,7 +52,7 @@ class Listener:
         delay = 0.5
         while not self._stop.is_set():
             try:
-                with psycopg.connect(self._conninfo, autocommit=True, connect_timeout=10) as conn:
+                with psycopg.connect(self._conninfo, **self._args) as conn:
                     conn.execute(f"LISTEN {CHANNEL}")
                     delay = 0.5
                     self._events.put(WakeEvent(""))  # (re)connected: look once, we may have missed one
