@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+import httpx2
 import psycopg
 import pytest
 from sqlalchemy import select
@@ -23,6 +24,8 @@ from orchd.db.store import Store
 from tests.helpers import claims_per_run, daemons, run_cli, store_for, wait_for, write_config
 from tests.pg import PgServer
 from tests.pgbouncer import PgBouncer, pgbouncer
+from tests.test_web_daemon import BEARER, Stream
+from tests.web_support import free_port, load, write_web_config
 
 pytestmark = pytest.mark.slow
 
@@ -145,6 +148,28 @@ def test_workers_poll_behind_pgbouncer_without_a_direct_url(
     assert output.count("no LISTEN behind a transaction pooler") == 2
     assert "prepared statement" not in output and "Traceback" not in output
     _every_run_once(store)
+
+
+def test_the_live_dashboard_polls_behind_pgbouncer_without_a_direct_url(
+    tmp_path: Path, bouncer: PgBouncer, pg_server: PgServer, database: str
+) -> None:
+    port = free_port()
+    path = write_web_config(
+        tmp_path, bouncer.url_for(database), auth=True, extra=f'listen = "127.0.0.1:{port}"\n'
+    )
+    store = store_for(pg_server.url_for(database))
+    store.sync(load(path, tmp_path), datetime.now(UTC))
+    url = f"http://127.0.0.1:{port}"
+    with daemons(tmp_path) as group:
+        web = group.start("orchd-web", "--config", str(path), env={"ORCHD_DATABASE_POOLER": "transaction"})
+        wait_for(lambda: "orchd-web started" in group.output(), what="orchd-web")
+        events = Stream(f"{url}/api/events/stream").start()
+        created = httpx2.post(f"{url}/api/deployments/hello/runs", json={"parameters": {}}, headers=BEARER)
+        run_id = created.json()["id"]
+        events.wait("state", lambda d: d["run_id"] == run_id and d["to"] == "SCHEDULED")
+        sessions = _sessions(pg_server, database)
+        assert group.stop(web) == 0
+    assert not any(name.endswith("listen") for name in sessions), sessions
 
 
 def test_a_scheduler_behind_a_transaction_pooler_needs_a_direct_url(tmp_path: Path) -> None:
