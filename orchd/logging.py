@@ -18,8 +18,9 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Callable
 from datetime import datetime
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 import structlog
 
@@ -119,9 +120,34 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
     structlog.configure(
         processors=[*processors, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
-        logger_factory=structlog.PrintLoggerFactory(file=stream),
+        logger_factory=structlog.PrintLoggerFactory(file=cast(TextIO, _Unbreakable(stream))),
         cache_logger_on_first_use=False,
     )
+
+
+class _Unbreakable:
+    """The log stream, for a daemon: once its reader has gone away (a pipe to a `| head` that
+    ended, a journal that closed the stream), log lines are dropped.  Losing log lines is bad; a
+    worker dying from one, and with it every run it executes, is worse.  A closed pipe never opens
+    again, so nothing more is tried (the stream's buffer would only grow)."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream: TextIO | None = stream
+
+    def write(self, text: str) -> int:
+        return self._attempt(lambda stream: stream.write(text)) or 0
+
+    def flush(self) -> None:
+        self._attempt(lambda stream: stream.flush())
+
+    def _attempt(self, action: Callable[[TextIO], Any]) -> Any:
+        if self._stream is None:
+            return None
+        try:
+            return action(self._stream)
+        except (BrokenPipeError, ValueError):  # ValueError: the stream was closed
+            self._stream = None
+            return None
 
 
 def get_logger(name: str) -> Any:

@@ -9,6 +9,8 @@ to the command's own).
 from __future__ import annotations
 
 import importlib
+import signal
+from typing import Any
 
 import click
 
@@ -50,6 +52,15 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 class LazyGroup(OneLineErrorsGroup):
     """A group whose commands are imported only when one of them is looked up."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """The ``orchd`` program itself (tests call ``main.main``).  A reader that goes away
+        (`orchd run ls | head -1`) ends it as it ends any Unix tool: by SIGPIPE, quietly, status
+        141, whatever it was writing (Python ignores SIGPIPE and raises BrokenPipeError instead).
+        Its database connections never see SIGPIPE: libpq sends with MSG_NOSIGNAL.  `orchd up`
+        runs daemons and ignores SIGPIPE again."""
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+        return super().__call__(*args, **kwargs)
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(COMMANDS)

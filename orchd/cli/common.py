@@ -43,6 +43,25 @@ def _last_line(exc: DBAPIError) -> str:
     return lines[-1] if lines else exc.__class__.__name__
 
 
+#: PostgreSQL's "undefined table / column / function": what an old schema looks like.
+_SCHEMA_STATES = {"42P01", "42703", "42883"}
+
+
+def _hint(exc: DBAPIError) -> str:
+    """A likely cause, only when it is likely: an old schema (a table or column it does not
+    know), or a file that is not an SQLite database at all; nothing for other errors."""
+    text = str(exc.orig).lower()
+    if (
+        getattr(exc.orig, "sqlstate", None) in _SCHEMA_STATES
+        or "no such table" in text
+        or "no such column" in text
+    ):
+        return " (is the schema current? `orchd db status`)"
+    if "file is not a database" in text or "disk image is malformed" in text:
+        return " (is database.url an orchd SQLite database?)"
+    return ""
+
+
 def friendly(func: F) -> F:
     """Turn orchd's errors into one line on stderr and an exit status; ORCHD_DEBUG=1 adds the traceback."""
 
@@ -53,12 +72,9 @@ def friendly(func: F) -> F:
         except OrchdError as exc:
             debug()
             fail(str(exc), exc.exit_code)
-        except OperationalError as exc:
-            debug()
-            fail(f"database error: {_last_line(exc)}")
         except DBAPIError as exc:
             debug()
-            fail(f"database error: {_last_line(exc)} (is the schema current? `orchd db status`)")
+            fail(f"database error: {_last_line(exc)}{_hint(exc)}")
         except OSError as exc:  # a file orchd was told to use cannot be read or written
             debug()
             fail(f"{exc.filename}: {exc.strerror}" if exc.filename else str(exc))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import signal
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -247,6 +248,7 @@ def up(config_path: Path | None, metrics_listen: str | None) -> None:
       orchd up --config etc/orchd/quickstart.toml
     Stop it with Ctrl-C.
     """
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)  # daemons: a closed pipe is an error to handle, not death
     config = _configured(config_path, metrics_listen)
     check_session(config.database)
     signals = Signals().install()

@@ -10,14 +10,18 @@ import contextlib
 import json
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
 from orchd.config.fields import Bounded
 from orchd.durations import parse_duration
+from orchd.limits import EARLIEST_YEAR, INT32_MAX, LATEST_YEAR, json_safe
 
 TIME_HELP = "ISO 8601 (2026-05-01T14:00, local time unless an offset is given), 'now', or a duration"
+#: A run id: the database's 64-bit id (a larger number used to overflow the driver).
+RUN_ID = click.IntRange(1, 2**63 - 1)
+ATTEMPT = click.IntRange(1, INT32_MAX)
 
 
 class When(click.ParamType):  # type: ignore[type-arg]  # generic in newer click
@@ -41,14 +45,23 @@ class When(click.ParamType):  # type: ignore[type-arg]  # generic in newer click
         if text.startswith(("+", "-")):
             sign, text = (1 if text[0] == "+" else -1), text[1:]
         try:
-            return now + sign * timedelta(seconds=parse_duration(text))
+            seconds: float | None = parse_duration(text)
         except ValueError:
-            pass
-        try:
-            parsed = datetime.fromisoformat(text)
-        except ValueError:
-            example = "1h for an hour ago" if self.past else "10m for in ten minutes"
-            self.fail(f"{value!r} is not a time: use {TIME_HELP} ({example})", param, ctx)
+            seconds = None
+        if seconds is not None:
+            try:
+                parsed = now + sign * timedelta(seconds=seconds)
+            except OverflowError:
+                parsed = datetime.min  # out of range: said below
+        else:
+            try:
+                parsed = datetime.fromisoformat(text)
+            except ValueError:
+                example = "1h for an hour ago" if self.past else "10m for in ten minutes"
+                self.fail(f"{value!r} is not a time: use {TIME_HELP} ({example})", param, ctx)
+        # the range of the config's instants, so no arithmetic on it can overflow later
+        if not EARLIEST_YEAR <= parsed.year < LATEST_YEAR:
+            self.fail(f"{value!r}: expected a time between {EARLIEST_YEAR} and {LATEST_YEAR}", param, ctx)
         return parsed.astimezone(UTC)
 
 
@@ -66,9 +79,10 @@ class KeyValue(click.ParamType):  # type: ignore[type-arg]  # generic in newer c
         if not sep or not key.strip():
             self.fail(f"{value!r} is not KEY=VALUE (e.g. --param days=7)", param, ctx)
         try:
-            return key.strip(), json.loads(raw)
+            parsed = json.loads(raw)
         except ValueError:
-            return key.strip(), raw
+            parsed = raw
+        return key.strip(), _storable(parsed, lambda message: self.fail(message, param, ctx))
 
 
 class JsonObject(click.ParamType):  # type: ignore[type-arg]  # generic in newer click
@@ -83,7 +97,16 @@ class JsonObject(click.ParamType):  # type: ignore[type-arg]  # generic in newer
             self.fail(f"not JSON: {exc}", param, ctx)
         if not isinstance(parsed, dict):
             self.fail(f"expected a JSON object like '{{\"days\": 7}}', got {value!r}", param, ctx)
-        return parsed
+        return dict(_storable(parsed, lambda message: self.fail(message, param, ctx)))
+
+
+def _storable(value: Any, fail: Callable[[str], NoReturn]) -> Any:
+    """A parameter value the databases store and a run receives as JSON: NaN and infinities (which
+    Python's json reads) and NUL characters are refused, as in the config."""
+    try:
+        return json_safe(value)
+    except ValueError as exc:
+        fail(str(exc))
 
 
 class Setting(click.ParamType):  # type: ignore[type-arg]  # generic in newer click
@@ -105,7 +128,8 @@ class Setting(click.ParamType):  # type: ignore[type-arg]  # generic in newer cl
 
 
 class Duration(click.ParamType):  # type: ignore[type-arg]  # generic in newer click
-    """A duration as in the config: "30s", "5m", "2h", "1h30m"; returned in seconds."""
+    """A duration as in the config: "30s", "5m", "2h", "1h30m"; returned in seconds (at most 100
+    years, so adding it to a time cannot overflow)."""
 
     name = "DURATION"
 
@@ -113,6 +137,9 @@ class Duration(click.ParamType):  # type: ignore[type-arg]  # generic in newer c
         if isinstance(value, float):
             return value
         try:
-            return parse_duration(value)
+            return float(_LONGEST(value))
         except ValueError as exc:
             self.fail(str(exc), param, ctx)
+
+
+_LONGEST = Bounded("duration", 0.0, 36500 * 86400.0)

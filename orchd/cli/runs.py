@@ -26,7 +26,7 @@ from orchd.cli.output import (
     print_table,
     relative,
 )
-from orchd.cli.params import Duration, JsonObject, KeyValue, When
+from orchd.cli.params import ATTEMPT, RUN_ID, Duration, JsonObject, KeyValue, When
 from orchd.config import Config
 from orchd.db.admin import Admin, NotFound
 from orchd.db.store import Store
@@ -35,7 +35,7 @@ from orchd.states import FINISHED, RunState
 
 #: How often a followed run is looked at (the CLI polls: it has no LISTEN of its own).
 POLL = 0.3
-run_id_argument = click.argument("run_id", metavar="ID", type=click.IntRange(min=1))
+run_id_argument = click.argument("run_id", metavar="ID", type=RUN_ID)
 raw_option = click.option(
     "--raw", is_flag=True, help="Write the output's control characters as they are, even to a terminal."
 )
@@ -225,7 +225,7 @@ def run_show(run_id: int, config_path: Path | None, as_json: bool, logs: bool, r
 @click.option(
     "--like",
     metavar="ID",
-    type=click.IntRange(min=1),
+    type=RUN_ID,
     help="Start from run ID: its deployment and parameters (--params-json and --param change them).",
 )
 @click.option("--at", type=When(past=False), help="Due at TIME instead of now (e.g. 10m, 2026-05-01T02:00).")
@@ -347,7 +347,7 @@ def run_retry(run_id: int, config_path: Path | None, as_json: bool) -> None:
 @run_group.command("logs")
 @run_id_argument
 @click.option("--follow", "-f", "follow_", is_flag=True, help="Keep printing output until the run finishes.")
-@click.option("--attempt", type=click.IntRange(min=1), help="Only the output of attempt N (see `run show`).")
+@click.option("--attempt", type=ATTEMPT, help="Only the output of attempt N (see `run show`).")
 @raw_option
 @config_option
 @click.option(
