@@ -26,7 +26,8 @@ from orchd.db.admin import LIVE, Admin
 from orchd.errors import OrchdError
 
 if TYPE_CHECKING:
-    from orchd.db.store import ClaimedRun, Store
+    from orchd.db.store import Store
+    from orchd.models import ClaimedRun
     from orchd.scheduler.daemon import TickReport
 
 disable_created_metrics()  # type: ignore[no-untyped-call]  # no *_created series: nobody graphs when a counter was created

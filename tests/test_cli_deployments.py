@@ -10,7 +10,8 @@ import pytest
 from sqlalchemy import func, select
 
 from orchd.db.schema import runs, schedules
-from orchd.db.store import Materialization, Store
+from orchd.db.store import Store
+from orchd.models import Materialization
 from orchd.scheduler.daemon import Scheduler
 from orchd.states import RunState
 from tests.cli_support import Orchd, now, write_config

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from orchd.db.store import DueSchedule, Materialization
+from orchd.models import DueSchedule, Materialization
 from orchd.scheduler.plan import plan
 from orchd.schedules import ScheduleSpec, parse_schedule
 

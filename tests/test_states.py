@@ -12,7 +12,8 @@ from orchd.config import load_config
 from orchd.db.engine import make_engine
 from orchd.db.schema import run_states, runs
 from orchd.db.store import Store
-from orchd.states import TRANSITIONS, IllegalTransition, RunState, transition
+from orchd.db.transitions import transition
+from orchd.states import TRANSITIONS, IllegalTransition, RunState
 from tests.conftest import MakeConfig
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-from sqlalchemy import Row
 
 from orchd.cli.common import (
     common_options,
@@ -19,9 +18,10 @@ from orchd.cli.common import (
 )
 from orchd.cli.output import coloured, iso, plural, print_fields, print_json, print_table, relative
 from orchd.config import Config, default_config_path, load_config
-from orchd.db.admin import Admin, DeploymentReport, NotFound
+from orchd.db.admin import Admin, NotFound
 from orchd.db.store import Store
 from orchd.errors import OrchdError
+from orchd.models import Deployment, DeploymentReport, Run, Schedule
 
 
 def complete_deployment(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[str]:
@@ -36,8 +36,8 @@ def complete_deployment(ctx: click.Context, param: click.Parameter, incomplete: 
 deployment_argument = click.argument("deployment", shell_complete=complete_deployment)
 
 
-def require_deployment(store: Store, config: Config, name: str) -> Row[Any]:
-    """The deployment's row, or a one-line error that says what to do about it."""
+def require_deployment(store: Store, config: Config, name: str) -> Deployment:
+    """The deployment, or a one-line error that says what to do about it."""
     try:
         row = Admin(store).deployment(name)
     except NotFound:
@@ -52,17 +52,13 @@ def require_deployment(store: Store, config: Config, name: str) -> Row[Any]:
     return row
 
 
-def status_of(row: Row[Any]) -> str:
-    return "archived" if row.archived_at is not None else "paused" if row.paused else "active"
-
-
 def deployment_json(d: DeploymentReport) -> dict[str, Any]:
     """A deployment as `orchd deployment ls --json` prints it."""
     return {
-        "name": d.row.name,
-        "pool": d.row.pool,
-        "status": status_of(d.row),
-        "priority": d.row.priority,
+        "name": d.deployment.name,
+        "pool": d.deployment.pool,
+        "status": d.deployment.status,
+        "priority": d.deployment.priority,
         "schedules": d.schedules,
         "next_run_at": iso(d.next_run_at),
         "last_run": d.last_run
@@ -70,26 +66,24 @@ def deployment_json(d: DeploymentReport) -> dict[str, Any]:
     }
 
 
-def deployment_detail_json(
-    row: Row[Any], schedules: list[Row[Any]], recent: list[Row[Any]]
-) -> dict[str, Any]:
+def deployment_detail_json(row: Deployment, schedules: list[Schedule], recent: list[Run]) -> dict[str, Any]:
     """A deployment as `orchd deployment show --json` prints it."""
     return {
         "name": row.name,
         "pool": row.pool,
-        "status": status_of(row),
+        "status": row.status,
         "priority": row.priority,
         "archived_at": iso(row.archived_at),
         "updated_at": iso(row.updated_at),
-        "spec": row.spec,
+        "spec": row.spec.to_json(),
         "schedules": [
             {
                 "id": s.id,
-                "key": s.key,
-                "kind": s.kind,
-                "expr": s.expr,
-                "timezone": s.timezone,
-                "active": s.active,
+                "key": s.spec.key,
+                "kind": s.spec.kind,
+                "expr": s.spec.expr,
+                "timezone": s.spec.timezone,
+                "active": s.spec.active,
                 "next_fire_at": iso(s.next_fire_at),
             }
             for s in schedules
@@ -131,9 +125,9 @@ def deployment_ls(include_archived: bool, config_path: Path | None, as_json: boo
         ["NAME", "POOL", "STATUS", "SCHEDULES", "NEXT RUN", "LAST RUN"],
         [
             [
-                d.row.name,
-                d.row.pool,
-                status_of(d.row),
+                d.deployment.name,
+                d.deployment.pool,
+                d.deployment.status,
                 d.schedules,
                 relative(d.next_run_at, now) if d.next_run_at else None,
                 d.last_run and f"{coloured(d.last_run.state)} {relative(d.last_run.finished_at, now)}",
@@ -165,18 +159,15 @@ def deployment_show(deployment: str, config_path: Path | None, as_json: bool) ->
     print_fields(
         [
             ("name", row.name),
-            ("description", spec.get("description") or None),
-            ("status", status_of(row)),
+            ("description", spec.description or None),
+            ("status", row.status),
             ("pool", row.pool),
             ("priority", row.priority),
-            ("runs", " ".join(spec.get("command") or []) or f"entrypoint {spec.get('entrypoint')}"),
-            ("timeout", spec.get("timeout")),
-            ("retries", spec.get("retries")),
-            ("catch-up", spec.get("catchup")),
-            (
-                "overlap",
-                f"{spec.get('overlap')} (max_active_runs {spec.get('max_active_runs') or 'unlimited'})",
-            ),
+            ("runs", " ".join(spec.command) or f"entrypoint {spec.entrypoint}"),
+            ("timeout", spec.timeout),
+            ("retries", spec.retries),
+            ("catch-up", spec.catchup),
+            ("overlap", f"{spec.overlap} (max_active_runs {spec.max_active_runs or 'unlimited'})"),
             ("updated", relative(row.updated_at)),
         ]
     )
@@ -184,7 +175,14 @@ def deployment_show(deployment: str, config_path: Path | None, as_json: bool) ->
     print_table(
         ["ID", "KIND", "EXPRESSION", "TIMEZONE", "ACTIVE", "NEXT TO PLAN"],
         [
-            [s.id, s.kind, s.expr, s.timezone, "yes" if s.active else "no", relative(s.next_fire_at)]
+            [
+                s.id,
+                s.spec.kind,
+                s.spec.expr,
+                s.spec.timezone,
+                "yes" if s.spec.active else "no",
+                relative(s.next_fire_at),
+            ]
             for s in schedules
         ],
     )

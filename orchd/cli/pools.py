@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import click
-from sqlalchemy import Row
 
 from orchd.cli.common import common_options, load, open_store
 from orchd.cli.output import iso, print_json, print_table, relative
@@ -15,7 +14,8 @@ from orchd.cli.params import Setting
 from orchd.config import Config
 from orchd.config.fields import parser_of
 from orchd.config.model import PoolConfig, pool_name
-from orchd.db.admin import Admin, PoolReport
+from orchd.db.admin import Admin
+from orchd.models import PoolReport, Worker
 
 
 def pool_json(p: PoolReport) -> dict[str, Any]:
@@ -190,15 +190,7 @@ def worker_group() -> None:
     """
 
 
-def worker_status(row: Row[Any], now: datetime, timeout: float) -> str:
-    """online only while it heartbeats: the scheduler marks silent workers offline, but it may be
-    the one that is down."""
-    if row.status == "online" and row.last_heartbeat < now - timedelta(seconds=timeout):
-        return "offline"
-    return str(row.status)
-
-
-def worker_json(w: Row[Any], now: datetime, timeout: float) -> dict[str, Any]:
+def worker_json(w: Worker, now: datetime, timeout: float) -> dict[str, Any]:
     """A worker as `orchd worker ls --json` prints it."""
     return {
         "name": w.name,
@@ -206,7 +198,7 @@ def worker_json(w: Row[Any], now: datetime, timeout: float) -> dict[str, Any]:
         "pid": w.pid,
         "pools": w.pools,
         "last_heartbeat": iso(w.last_heartbeat),
-        "status": worker_status(w, now, timeout),
+        "status": w.status_at(now, timeout),
         "concurrency": w.concurrency,
         "running": w.running,
         "version": w.version,
@@ -238,7 +230,7 @@ def worker_ls(config_path: Path | None, as_json: bool) -> None:
                 w.host,
                 w.pid,
                 ",".join(w.pools),
-                worker_status(w, now, timeout),
+                w.status_at(now, timeout),
                 f"{w.running}/{w.concurrency}",
                 relative(w.last_heartbeat, now),
                 w.version,

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-from sqlalchemy import Row
 
 from orchd.cli.common import common_options, config_option, friendly, load, open_store
 from orchd.cli.deployments import complete_deployment, require_deployment
@@ -31,6 +30,7 @@ from orchd.config import Config
 from orchd.db.admin import Admin, NotFound
 from orchd.db.store import Store
 from orchd.durations import format_duration
+from orchd.models import LogLine, Run, StateChange
 from orchd.states import FINISHED, RunState
 
 #: How often a followed run is looked at (the CLI polls: it has no LISTEN of its own).
@@ -41,7 +41,7 @@ raw_option = click.option(
 )
 
 
-def run_json(row: Row[Any]) -> dict[str, Any]:
+def run_json(row: Run) -> dict[str, Any]:
     return {
         "id": row.id,
         "deployment": row.deployment,
@@ -59,7 +59,7 @@ def run_json(row: Row[Any]) -> dict[str, Any]:
     }
 
 
-def run_detail_json(row: Row[Any], history: list[Row[Any]]) -> dict[str, Any]:
+def run_detail_json(row: Run, history: list[StateChange]) -> dict[str, Any]:
     """`orchd run show --json`: the run object plus parameters, error, result and its states."""
     return {
         **run_json(row),
@@ -80,7 +80,7 @@ def run_detail_json(row: Row[Any], history: list[Row[Any]]) -> dict[str, Any]:
     }
 
 
-def get_run(store: Store, run_id: int) -> Row[Any]:
+def get_run(store: Store, run_id: int) -> Run:
     row = store.get_run(run_id)
     if row is None:
         raise NotFound(f"run {run_id} not found (see `orchd run ls`)")
@@ -382,24 +382,24 @@ def run_logs(
         print_logs(store, run_id, 0, printer)
 
 
-def _json_line(line: Row[Any]) -> None:
+def _json_line(line: LogLine) -> None:
     fields = {"run_id": line.run_id, "attempt": line.attempt, "at": iso(line.at), "stream": line.stream}
     click.echo(json.dumps({**fields, "line": line.line}))
 
 
-def _only(attempt: int, printer: Callable[[Row[Any]], None]) -> Callable[[Row[Any]], None]:
-    def only(line: Row[Any]) -> None:
+def _only(attempt: int, printer: Callable[[LogLine], None]) -> Callable[[LogLine], None]:
+    def only(line: LogLine) -> None:
         if line.attempt == attempt:
             printer(line)
 
     return only
 
 
-def log_printer(raw: bool = False) -> Callable[[Row[Any]], None]:
+def log_printer(raw: bool = False) -> Callable[[LogLine], None]:
     """Prints output lines as the run wrote them, with a marker where a new attempt begins."""
     attempt: int | None = None
 
-    def printer(line: Row[Any]) -> None:
+    def printer(line: LogLine) -> None:
         nonlocal attempt
         if attempt is not None and line.attempt != attempt:
             click.echo(f"--- attempt {line.attempt} ---", err=True)
@@ -409,7 +409,7 @@ def log_printer(raw: bool = False) -> Callable[[Row[Any]], None]:
     return printer
 
 
-def print_logs(store: Store, run_id: int, after: int, printer: Callable[[Row[Any]], None]) -> int:
+def print_logs(store: Store, run_id: int, after: int, printer: Callable[[LogLine], None]) -> int:
     """Print the output of ``run_id`` past line id ``after``; returns the last id printed."""
     while True:
         lines = store.run_logs(run_id, after_id=after)
@@ -431,7 +431,7 @@ class WorkerWatch:
         self.next_look = 0.0
         self.said: str | None = None
 
-    def __call__(self, row: Row[Any]) -> None:
+    def __call__(self, row: Run) -> None:
         now = time.monotonic()
         if row.state != RunState.SCHEDULED or row.due_at > datetime.now(UTC) or now < self.next_look:
             return
@@ -454,10 +454,10 @@ class WorkerWatch:
 def follow(
     store: Store,
     run_id: int,
-    printer: Callable[[Row[Any]], None] | None,
+    printer: Callable[[LogLine], None] | None,
     deadline: float | None = None,
-    watch: Callable[[Row[Any]], None] | None = None,
-) -> Row[Any]:
+    watch: Callable[[Run], None] | None = None,
+) -> Run:
     """Print the run's output as it comes until the run is finished, or ``deadline``
     (time.monotonic()) passes; return its last row.  ``watch`` sees the row at each look.
 
@@ -471,7 +471,7 @@ def follow(
             row = get_run(store, run_id)
             if printer is not None:
                 after = print_logs(store, run_id, after, printer)
-            if RunState(row.state) in FINISHED or (deadline is not None and time.monotonic() >= deadline):
+            if row.state in FINISHED or (deadline is not None and time.monotonic() >= deadline):
                 return row
             if watch is not None:
                 watch(row)
@@ -483,7 +483,7 @@ def follow(
         raise SystemExit(130) from None
 
 
-def report_outcome(row: Row[Any]) -> None:
+def report_outcome(row: Run) -> None:
     took = duration(row.started_at, row.finished_at)
     detail = f": {row.error}" if row.error and row.state != RunState.COMPLETED else ""
     click.echo(

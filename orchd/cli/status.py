@@ -20,11 +20,12 @@ from orchd.cli.params import Duration
 from orchd.cli.pools import pool_json, print_pools
 from orchd.config import Config
 from orchd.db import migrate
-from orchd.db.admin import Admin, Health, PoolReport
+from orchd.db.admin import Admin
 from orchd.db.engine import describe, ping
 from orchd.db.store import Store
 from orchd.durations import format_duration
 from orchd.errors import DatabaseUnavailable
+from orchd.models import Health, PoolReport
 from orchd.scheduler.leader import SEEN_EVERY
 from orchd.states import RETRYABLE, RunState
 from orchd.worker.containers import Engine, EngineUnavailable

@@ -37,6 +37,17 @@ def parser_of(cls: type, name: str) -> Parser:
     return parser
 
 
+def default(fd: dataclasses.Field[Any]) -> Any:
+    """The declared default of a field as written in TOML (e.g. "10s"), before parsing."""
+    return fd.default_factory() if fd.default_factory is not dataclasses.MISSING else fd.default
+
+
+def parsed_defaults(cls: type) -> dict[str, Any]:
+    """Each key of a config section (a dataclass of settings) and its default, parsed: the value
+    an absent key has, for code that reads stored settings back (e.g. a deployment's JSON spec)."""
+    return {fd.name: fd.metadata["parser"](default(fd)) for fd in dataclasses.fields(cls)}
+
+
 def _kind(value: object) -> str:
     return type(value).__name__ if not isinstance(value, str) else f"the string {value!r}"
 

@@ -5,7 +5,7 @@
 read (deployments, pools, workers, health).  Every report query is served by an index of the
 schema (``ix_runs_due``, ``ix_runs_active_lease``, ``ix_runs_finished_at``) or reads a small
 table, so `orchd status` and a metrics scrape stay cheap however long the run history grows.
-State changes go through ``orchd.states``; the only rows deleted are future runs that nobody has
+State changes go through ``orchd.db.transitions``; the only rows deleted are future runs that nobody has
 seen yet, as when the scheduler drops the runs of an edited schedule.
 """
 
@@ -14,7 +14,6 @@ from __future__ import annotations
 import difflib
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -22,11 +21,22 @@ from sqlalchemy import Engine, Row, Table, and_, delete, func, select, text, upd
 from sqlalchemy.dialects import postgresql, sqlite
 
 from orchd.db import migrate
+from orchd.db import rows as to
 from orchd.db.schema import deployments, metadata, pools, runs, schedulers, schedules, workers
 from orchd.db.store import Store
+from orchd.db.transitions import record_created
 from orchd.errors import OrchdError
-from orchd.schedules import ScheduleSpec
-from orchd.states import ACTIVE, FINISHED, RETRYABLE, RunState, record_created
+from orchd.models import (
+    Deployment,
+    DeploymentReport,
+    Health,
+    LastRun,
+    Pool,
+    PoolReport,
+    Schedule,
+    Worker,
+)
+from orchd.states import ACTIVE, FINISHED, RETRYABLE, RunState
 
 S = RunState
 #: States a run waits or works in: counted live (the finished ones only grow, and have counters).
@@ -35,54 +45,6 @@ LIVE: tuple[str, ...] = (S.SCHEDULED.value, S.PENDING.value, S.RUNNING.value, S.
 
 class NotFound(OrchdError):
     """A deployment, pool or run named on the command line does not exist."""
-
-
-@dataclass(frozen=True)
-class Schedule:
-    """A schedule as stored: the row id and key materialized runs carry, and its definition."""
-
-    id: int
-    spec: ScheduleSpec
-
-
-@dataclass(frozen=True)
-class DeploymentReport:
-    row: Row[Any]
-    #: Active schedules.
-    schedules: int
-    next_run_at: datetime | None
-    #: The latest finished run: id, state, finished_at.
-    last_run: Row[Any] | None
-
-
-@dataclass(frozen=True)
-class PoolReport:
-    name: str
-    concurrency_limit: int | None
-    paused: bool
-    due: int = 0
-    upcoming: int = 0
-    oldest_due: datetime | None = None
-    active: int = 0
-    workers: int = 0
-    slots: int = 0
-    #: Deployments (not archived, not paused) whose runs go to this pool.
-    deployments: int = 0
-
-
-@dataclass(frozen=True)
-class Health:
-    """Everything `orchd status` judges, read in one short read-only transaction."""
-
-    now: datetime
-    leader: Row[Any] | None
-    #: Standby schedulers seen within the worker timeout.
-    standbys: int
-    pools: list[PoolReport]
-    workers_online: int
-    late: list[int]
-    stuck: list[int]
-    failures: int
 
 
 class Admin:
@@ -128,7 +90,7 @@ class Admin:
             counts = {r.deployment_id: int(r.n) for r in conn.execute(n_schedules)}
             nexts = {r.deployment_id: r.at for r in conn.execute(next_due)}
             lasts = {
-                r.deployment_id: r
+                r.deployment_id: LastRun(r.id, RunState(r.state), r.finished_at)
                 for r in conn.execute(
                     select(latest.c.deployment_id, latest.c.id, latest.c.state, latest.c.finished_at).where(
                         latest.c.rank == 1
@@ -136,18 +98,19 @@ class Admin:
                 )
             }
         return [
-            DeploymentReport(row, counts.get(row.id, 0), nexts.get(row.id), lasts.get(row.id)) for row in rows
+            DeploymentReport(to.deployment(row), counts.get(row.id, 0), nexts.get(row.id), lasts.get(row.id))
+            for row in rows
         ]
 
-    def deployment(self, name: str) -> Row[Any]:
-        return self._named(deployments, "deployment", name)
+    def deployment(self, name: str) -> Deployment:
+        return to.deployment(self._named(deployments, "deployment", name))
 
-    def schedules_of(self, deployment_id: int, include_archived: bool = False) -> list[Row[Any]]:
+    def schedules_of(self, deployment_id: int, include_archived: bool = False) -> list[Schedule]:
         stmt = select(schedules).where(schedules.c.deployment_id == deployment_id).order_by(schedules.c.id)
         if not include_archived:
             stmt = stmt.where(schedules.c.archived_at.is_(None))
         with self.store.read() as conn:
-            return list(conn.execute(stmt).all())
+            return [to.schedule(r) for r in conn.execute(stmt)]
 
     def set_deployment_paused(self, name: str, paused: bool, now: datetime) -> tuple[bool, int]:
         """Pause or resume; returns (changed, future runs dropped).
@@ -196,15 +159,9 @@ class Admin:
     def active_schedules(self, deployment_id: int) -> list[Schedule]:
         """A deployment's active schedules as the database knows them: with the keys its runs carry,
         so backfilled and scheduled runs share one unique key."""
-        return [
-            Schedule(
-                r.id, ScheduleSpec(r.kind, r.expr, r.timezone, r.anchor, r.active, r.parameters, r.jitter)
-            )
-            for r in self.schedules_of(deployment_id)
-            if r.active
-        ]
+        return [s for s in self.schedules_of(deployment_id) if s.spec.active]
 
-    def backfill(self, dep: Row[Any], schedule: Schedule, times: Sequence[datetime], now: datetime) -> int:
+    def backfill(self, dep: Deployment, schedule: Schedule, times: Sequence[datetime], now: datetime) -> int:
         """Insert runs for ``times`` of ``schedule`` in one short transaction; times that already
         have a run (scheduled, or an earlier backfill) are skipped by the unique key.  The runs are
         due now, in fire-time order, so the misfire grace does not turn them MISSED at once."""
@@ -221,8 +178,8 @@ class Admin:
                 "priority": dep.priority,
                 "scheduled_for": at,
                 "due_at": now + timedelta(microseconds=position),
-                "max_attempts": 1 + int(spec.get("retries", 0)),
-                "parameters": {**spec.get("parameters", {}), **schedule.spec.parameters},
+                "max_attempts": spec.max_attempts,
+                "parameters": spec.run_parameters(schedule.spec.parameters),
                 "created_at": now,
                 "updated_at": now,
             }
@@ -253,16 +210,16 @@ class Admin:
         if not changed:
             self.pool(name)  # raises NotFound, with a suggestion
 
-    def workers(self) -> list[Row[Any]]:
+    def workers(self) -> list[Worker]:
         with self.store.read() as conn:
-            return list(conn.execute(select(workers).order_by(workers.c.name)).all())
+            return [to.worker(r) for r in conn.execute(select(workers).order_by(workers.c.name))]
 
     def pool_names(self) -> list[str]:
         with self.store.read() as conn:
             return list(conn.execute(select(pools.c.name).order_by(pools.c.name)).scalars())
 
-    def pool(self, name: str) -> Row[Any]:
-        return self._named(pools, "pool", name)
+    def pool(self, name: str) -> Pool:
+        return to.pool(self._named(pools, "pool", name))
 
     def pools(self, now: datetime, worker_timeout: float) -> list[PoolReport]:
         with self.store.read() as conn:
@@ -380,7 +337,7 @@ class Admin:
             ).scalar_one()
             return Health(
                 now=now,
-                leader=leader,
+                leader=None if leader is None else to.scheduler_seen(leader),
                 standbys=int(standbys),
                 pools=self._pools(conn, now, worker_timeout),
                 workers_online=len(self._online_workers(conn, now, worker_timeout)),

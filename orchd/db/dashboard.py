@@ -18,27 +18,13 @@ from typing import Any
 
 from sqlalchemy import Row, and_, func, or_, select
 
+from orchd.db import rows as to
 from orchd.db.schema import deployments, run_logs, run_states, runs
 from orchd.db.store import Store
+from orchd.models import Run
 from orchd.states import ACTIVE, FINISHED, RETRYABLE, RunState
 
 S = RunState
-_RUN_LIST_COLUMNS = (
-    runs.c.id,
-    deployments.c.name.label("deployment"),
-    runs.c.schedule_id,
-    runs.c.pool,
-    runs.c.state,
-    runs.c.attempt,
-    runs.c.max_attempts,
-    runs.c.scheduled_for,
-    runs.c.due_at,
-    runs.c.started_at,
-    runs.c.finished_at,
-    runs.c.exit_code,
-    runs.c.worker,
-    runs.c.error,
-)
 
 
 @dataclass(frozen=True)
@@ -55,7 +41,7 @@ class RunFilter:
 
 @dataclass(frozen=True)
 class RunPage:
-    runs: list[Row[Any]]
+    runs: list[Run]
     #: (time, id) of the last run shown, when there are more: the keyset cursor of the next page.
     next: tuple[datetime, int] | None
 
@@ -79,7 +65,7 @@ class Overview:
     #: hour start -> state -> number of runs that finished in that hour
     outcomes: dict[datetime, dict[str, int]] = field(default_factory=dict)
     bars: list[Bar] = field(default_factory=list)
-    failures: list[Row[Any]] = field(default_factory=list)
+    failures: list[Run] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -124,7 +110,7 @@ class Dashboard:
 
     @staticmethod
     def _filtered(where: RunFilter) -> Any:
-        stmt = select(*_RUN_LIST_COLUMNS).join(deployments, deployments.c.id == runs.c.deployment_id)
+        stmt = select(*to.RUN_COLUMNS).join(deployments, deployments.c.id == runs.c.deployment_id)
         if where.states:
             stmt = stmt.where(runs.c.state.in_(list(where.states)))
         if where.deployment:
@@ -141,7 +127,7 @@ class Dashboard:
 
     def _page(self, stmt: Any, limit: int, key: str) -> RunPage:
         with self.store.read() as conn:
-            found = list(conn.execute(stmt).all())
+            found = [to.run(r) for r in conn.execute(stmt)]
         if len(found) <= limit:
             return RunPage(found, None)
         last = found[limit - 1]
@@ -184,15 +170,16 @@ class Dashboard:
             view.bars = [
                 Bar(r.id, r.deployment, r.state, r.started_at, r.finished_at) for r in [*active, *done]
             ]
-            view.failures = list(
-                conn.execute(
-                    select(*_RUN_LIST_COLUMNS)
+            view.failures = [
+                to.run(r)
+                for r in conn.execute(
+                    select(*to.RUN_COLUMNS)
                     .join(deployments, deployments.c.id == runs.c.deployment_id)
                     .where(runs.c.finished_at.is_not(None), runs.c.state.in_([s.value for s in RETRYABLE]))
                     .order_by(runs.c.finished_at.desc())
                     .limit(10)
-                ).all()
-            )
+                )
+            ]
         return view
 
     def strips(self, deployment_ids: Sequence[int], size: int = 30) -> dict[int, Strip]:

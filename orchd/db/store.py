@@ -1,7 +1,7 @@
 """The data-access layer: every query orchd runs, in one place, one SQL for both databases.
 
 Daemon loops and the CLI call these methods and hold no SQL of their own; state changes go
-through ``orchd.states`` so the guarded-UPDATE rule holds everywhere.  Each method is one short
+through ``orchd.db.transitions`` so the guarded-UPDATE rule holds everywhere.  Each method is one short
 transaction (SQLite: one BEGIN IMMEDIATE; PostgreSQL: short enough not to hold back vacuum).
 
 Contracts
@@ -27,7 +27,6 @@ import hashlib
 import json
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -49,39 +48,29 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 
 from orchd import __version__
-from orchd.config import Config, DeploymentConfig
+from orchd.config import Config
+from orchd.db import rows as to
 from orchd.db.engine import READ_ONLY
 from orchd.db.schema import deployments, pools, run_logs, run_states, runs, schedulers, schedules, workers
+from orchd.db.transitions import record_created, transition
 from orchd.errors import OrchdError
+from orchd.models import (
+    ClaimedRun,
+    DeploymentSpec,
+    DueSchedule,
+    LogLine,
+    Materialization,
+    Run,
+    StateChange,
+    SyncReport,
+)
 from orchd.retries import retry_delay
 from orchd.schedules import ScheduleSpec
-from orchd.states import ACTIVE, FINISHED, RETRYABLE, TRANSITIONS, RunState, record_created, transition
+from orchd.states import ACTIVE, FINISHED, RETRYABLE, TRANSITIONS, RunState
 
 S = RunState
 #: The NOTIFY channel; the payload is the pool name.
 CHANNEL = "orchd"
-_RUN_COLUMNS = (
-    runs.c.id,
-    deployments.c.name.label("deployment"),
-    runs.c.schedule_id,
-    runs.c.pool,
-    runs.c.state,
-    runs.c.attempt,
-    runs.c.max_attempts,
-    runs.c.priority,
-    runs.c.scheduled_for,
-    runs.c.due_at,
-    runs.c.started_at,
-    runs.c.finished_at,
-    runs.c.exit_code,
-    runs.c.worker,
-    runs.c.pid,
-    runs.c.parameters,
-    runs.c.error,
-    runs.c.result,
-)
-
-
 #: Columns cleared when a run goes back to SCHEDULED (retry, hand-back, manual retry).
 _BACK_TO_QUEUE: dict[str, Any] = {
     "worker": None,
@@ -90,84 +79,6 @@ _BACK_TO_QUEUE: dict[str, Any] = {
     "started_at": None,
     "lease_expires_at": None,
 }
-
-
-@dataclass(frozen=True)
-class ClaimedRun:
-    """What a worker needs to execute one claimed run."""
-
-    id: int
-    deployment: str
-    attempt: int
-    max_attempts: int
-    scheduled_for: datetime
-    parameters: Mapping[str, Any]
-    spec: Mapping[str, Any]
-
-
-@dataclass(frozen=True)
-class DueSchedule:
-    id: int
-    deployment_id: int
-    deployment: str
-    spec: ScheduleSpec
-    next_fire_at: datetime
-    pool: str
-    priority: int
-    max_attempts: int
-    catchup: str
-    parameters: Mapping[str, Any]
-
-
-@dataclass(frozen=True)
-class Materialization:
-    """Runs to insert for one schedule and where its cursor moves next (None: exhausted)."""
-
-    schedule: DueSchedule
-    fire_times: Sequence[datetime]
-    next_fire_at: datetime | None
-
-
-@dataclass
-class SyncReport:
-    created: int = 0
-    updated: int = 0
-    archived: int = 0
-    schedules_added: int = 0
-    schedules_removed: int = 0
-
-
-def deployment_spec(dep: DeploymentConfig, default_catchup: str) -> dict[str, Any]:
-    """The JSON stored for a deployment: what workers need to run it and the scheduler to plan it."""
-    return {
-        "description": dep.description,
-        "command": dep.command,
-        "parameters": dep.parameters,
-        "env": dep.env,
-        "working_dir": dep.working_dir,
-        "timeout": dep.timeout,
-        "retries": dep.retries,
-        "retry_delay": dep.retry_delay,
-        "retry_backoff": dep.retry_backoff,
-        "catchup": dep.catchup or default_catchup,
-        "tags": dep.tags,
-        "shell": dep.shell,
-        "entrypoint": dep.entrypoint,
-        "python": dep.python,
-        "max_active_runs": dep.max_active_runs,
-        "overlap": dep.overlap,
-        # only for container runs, so the hash (and row) of every other deployment stays as it was
-        **({"image": dep.image, "container": dep.container} if dep.image else {}),
-    }
-
-
-def active_cap(spec: Mapping[str, Any]) -> int | None:
-    """How many runs of a deployment may be active at once: max_active_runs, or 1 when an overlap
-    policy is set without one; None for no limit."""
-    cap = spec.get("max_active_runs")
-    if cap:
-        return int(cap)
-    return 1 if spec.get("overlap", "allow") != "allow" else None
 
 
 _BATCH = 2000
@@ -210,7 +121,7 @@ class Store:
             ids: dict[str, int] = {}
             new, changed = [], []
             for dep in config.deployments:
-                spec = deployment_spec(dep, config.scheduler.catchup)
+                spec = DeploymentSpec.from_config(dep, config.scheduler.catchup).to_json()
                 values = {
                     "pool": dep.pool,
                     "spec": spec,
@@ -402,20 +313,19 @@ class Store:
             rows = conn.execute(stmt).all()
         due = []
         for r in rows:
-            spec = ScheduleSpec(r.kind, r.expr, r.timezone, r.anchor, r.active, r.parameters, r.jitter)
-            dep_spec = r.dep_spec
+            dep_spec = DeploymentSpec.from_json(r.dep_spec)
             due.append(
                 DueSchedule(
                     id=r.id,
                     deployment_id=r.deployment_id,
                     deployment=r.deployment,
-                    spec=spec,
+                    spec=to.schedule_spec(r),
                     next_fire_at=r.next_fire_at,
                     pool=r.pool,
                     priority=r.priority,
-                    max_attempts=1 + int(dep_spec.get("retries", 0)),
-                    catchup=dep_spec.get("catchup", "latest"),
-                    parameters={**dep_spec.get("parameters", {}), **r.parameters},
+                    max_attempts=dep_spec.max_attempts,
+                    catchup=dep_spec.catchup,
+                    parameters=dep_spec.run_parameters(r.parameters),
                 )
             )
         return due
@@ -477,6 +387,7 @@ class Store:
             if dep is None:
                 raise OrchdError(f"deployment {deployment!r} not found (see `orchd deployment ls`)")
             when = at or now
+            spec = DeploymentSpec.from_json(dep.spec)
             run_id: int = conn.execute(
                 runs.insert()
                 .values(
@@ -487,8 +398,8 @@ class Store:
                     scheduled_for=when,
                     due_at=when,
                     attempt=1,
-                    max_attempts=1 + int(dep.spec.get("retries", 0)),
-                    parameters={**dep.spec.get("parameters", {}), **(parameters or {})},
+                    max_attempts=spec.max_attempts,
+                    parameters=spec.run_parameters(parameters),
                     created_at=now,
                     updated_at=now,
                 )
@@ -672,9 +583,8 @@ class Store:
         ).all()
         retried = []
         for r in rows:
-            delay = retry_delay(
-                float(r.spec.get("retry_delay", 10)), float(r.spec.get("retry_backoff", 2)), r.attempt
-            )
+            spec = DeploymentSpec.from_json(r.spec)
+            delay = retry_delay(spec.retry_delay, spec.retry_backoff, r.attempt)
             retried += transition(
                 conn,
                 [r.id],
@@ -818,7 +728,8 @@ class Store:
                     .with_for_update()
                 ).all()
                 pool_caps = {r.name: r.concurrency_limit for r in locked if r.concurrency_limit}
-            dep_caps = {c.deployment_id: cap for c in candidates if (cap := active_cap(c.spec))}
+            specs = {c.deployment_id: DeploymentSpec.from_json(c.spec) for c in candidates}
+            dep_caps = {d: cap for d, spec in specs.items() if (cap := spec.active_cap)}
             if dep_caps:
                 conn.execute(
                     select(deployments.c.id)
@@ -837,7 +748,7 @@ class Store:
                 if c.pool in pool_caps and pool_active[c.pool] >= pool_caps[c.pool]:
                     continue
                 if c.deployment_id in dep_caps and dep_active[c.deployment_id] >= dep_caps[c.deployment_id]:
-                    overlap = c.spec.get("overlap", "allow")
+                    overlap = specs[c.deployment_id].overlap
                     if overlap == "skip":
                         skip.append(c.id)
                     elif overlap == "cancel_previous":
@@ -869,7 +780,15 @@ class Store:
             )
         ours = set(moved)
         return [
-            ClaimedRun(c.id, c.deployment, c.attempt, c.max_attempts, c.scheduled_for, c.parameters, c.spec)
+            ClaimedRun(
+                c.id,
+                c.deployment,
+                c.attempt,
+                c.max_attempts,
+                c.scheduled_for,
+                c.parameters,
+                specs[c.deployment_id],
+            )
             for c in candidates
             if c.id in ours
         ]
@@ -1035,8 +954,8 @@ class Store:
         pool: str | None = None,
         since: datetime | None = None,
         limit: int = 50,
-    ) -> list[Row[Any]]:
-        stmt = select(*_RUN_COLUMNS).join(deployments, deployments.c.id == runs.c.deployment_id)
+    ) -> list[Run]:
+        stmt = select(*to.RUN_COLUMNS).join(deployments, deployments.c.id == runs.c.deployment_id)
         if deployment:
             stmt = stmt.where(deployments.c.name == deployment)
         if states := list(states):
@@ -1047,33 +966,35 @@ class Store:
             stmt = stmt.where(runs.c.scheduled_for >= since)
         stmt = stmt.order_by(runs.c.scheduled_for.desc(), runs.c.id.desc()).limit(limit)
         with self.read() as conn:
-            return list(conn.execute(stmt).all())
+            return [to.run(r) for r in conn.execute(stmt)]
 
-    def get_run(self, run_id: int) -> Row[Any] | None:
+    def get_run(self, run_id: int) -> Run | None:
         stmt = (
-            select(*_RUN_COLUMNS)
+            select(*to.RUN_COLUMNS)
             .join(deployments, deployments.c.id == runs.c.deployment_id)
             .where(runs.c.id == run_id)
         )
         with self.read() as conn:
-            row: Row[Any] | None = conn.execute(stmt).first()
-        return row
+            row = conn.execute(stmt).first()
+        return None if row is None else to.run(row)
 
-    def run_history(self, run_id: int) -> list[Row[Any]]:
+    def run_history(self, run_id: int) -> list[StateChange]:
         with self.read() as conn:
-            return list(
-                conn.execute(
+            return [
+                to.state_change(r)
+                for r in conn.execute(
                     select(run_states).where(run_states.c.run_id == run_id).order_by(run_states.c.id)
-                ).all()
-            )
+                )
+            ]
 
-    def run_logs(self, run_id: int, after_id: int = 0, limit: int = 10_000) -> list[Row[Any]]:
+    def run_logs(self, run_id: int, after_id: int = 0, limit: int = 10_000) -> list[LogLine]:
         with self.read() as conn:
-            return list(
-                conn.execute(
+            return [
+                to.log_line(r)
+                for r in conn.execute(
                     select(run_logs)
                     .where(run_logs.c.run_id == run_id, run_logs.c.id > after_id)
                     .order_by(run_logs.c.id)
                     .limit(limit)
-                ).all()
-            )
+                )
+            ]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from orchd.db.store import DueSchedule, Materialization
+from orchd.models import DueSchedule, Materialization
 
 _TICK = timedelta(microseconds=1)
 

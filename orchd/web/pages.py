@@ -132,7 +132,7 @@ def runs(request: Request) -> Response:
         request,
         "runs.html",
         states=STATES,
-        deployments=[d.row.name for d in web.admin.deployments(True)],
+        deployments=[d.deployment.name for d in web.admin.deployments(True)],
         pools=web.admin.pool_names(),
         **context,
     )
@@ -205,11 +205,11 @@ def run_logs_text(request: Request) -> Response:
 def deployments(request: Request) -> Response:
     web = web_of(request)
     found = web.admin.deployments(include_archived=request.query_params.get("all") == "1")
-    strips = web.dashboard.strips([d.row.id for d in found])
+    strips = web.dashboard.strips([d.deployment.id for d in found])
     cards = []
     for d in found:
-        schedules = web.admin.active_schedules(d.row.id)
-        strip = strips[d.row.id]
+        schedules = web.admin.active_schedules(d.deployment.id)
+        strip = strips[d.deployment.id]
         took = [
             (r.finished_at - r.started_at).total_seconds()
             for r in reversed(strip.runs)
@@ -242,14 +242,10 @@ def _deployment_page(request: Request, row: Any, status: int = 200, **extra: Any
         for r in reversed(strip.runs)
         if r.started_at and r.finished_at
     ]
-    from orchd.schedules import ScheduleSpec
-
     described = [
         {
-            "row": s,
-            "words": words.describe(
-                ScheduleSpec(s.kind, s.expr, s.timezone, s.anchor, s.active, s.parameters, s.jitter)
-            ),
+            "row": s.spec,
+            "words": words.describe(s.spec),
             "next": [datetime.fromisoformat(t) for t in fires.get(s.id, [])],
         }
         for s in schedules
@@ -263,7 +259,7 @@ def _deployment_page(request: Request, row: Any, status: int = 200, **extra: Any
         "recent": web.dashboard.runs_page(
             RunFilter(deployment=row.name), actions.now(), after=None, limit=20
         ).runs,
-        "parameters_text": _json(row.spec.get("parameters", {})),
+        "parameters_text": _json(row.spec.parameters),
         "run_error": None,
     }
     context.update(extra)
@@ -277,14 +273,12 @@ def pools(request: Request) -> Response:
     timeout = web.config.scheduler.worker_timeout
     workers = web.admin.workers()
     held = web.dashboard.held_runs([w.name for w in workers])
-    from orchd.cli.pools import worker_status
-
     return render(
         request,
         "pools.html",
         pools=web.admin.pools(now, timeout),
         workers=[
-            {"w": w, "status": worker_status(w, now, timeout), "held": held.get(w.name, [])} for w in workers
+            {"w": w, "status": w.status_at(now, timeout), "held": held.get(w.name, [])} for w in workers
         ],
     )
 

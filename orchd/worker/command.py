@@ -11,10 +11,9 @@ import secrets
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from orchd.config.model import ContainerConfig
-from orchd.db.store import ClaimedRun
+from orchd.models import ClaimedRun
 from orchd.worker.containers import ContainerHost, Engine, EngineUnavailable, client_environment
 from orchd.worker.process import run_environment
 
@@ -51,7 +50,7 @@ def invocation(run: ClaimedRun, work_dir: Path, containers: ContainerHost | None
     """How to execute ``run``; EngineUnavailable if it needs a container engine there is not."""
     spec = run.spec
     extra = {
-        **spec.get("env", {}),
+        **spec.env,
         "ORCHD_RUN_ID": str(run.id),
         "ORCHD_DEPLOYMENT": run.deployment,
         "ORCHD_ATTEMPT": str(run.attempt),
@@ -59,18 +58,18 @@ def invocation(run: ClaimedRun, work_dir: Path, containers: ContainerHost | None
         "ORCHD_PARAMETERS": json.dumps(run.parameters, sort_keys=True),
     }
     result_file = None
-    if spec.get("entrypoint"):
+    if spec.entrypoint:
         result_file = work_dir / f".orchd-result-{run.id}-{run.attempt}.json"
-    if spec.get("image"):
+    if spec.image:
         return _in_container(run, extra, work_dir, result_file, containers)
-    cwd = Path(spec.get("working_dir") or work_dir)
+    cwd = Path(spec.working_dir or work_dir)
     if result_file is not None:
         extra["ORCHD_RESULT_FILE"] = str(result_file)
-        argv = [spec.get("python") or sys.executable, str(RUNNER), spec["entrypoint"]]
-    elif spec.get("shell"):
-        argv = ["/bin/sh", "-c", " ".join(spec["command"])]
+        argv = [spec.python or sys.executable, str(RUNNER), spec.entrypoint]
+    elif spec.shell:
+        argv = ["/bin/sh", "-c", " ".join(spec.command)]
     else:
-        argv = list(spec["command"])
+        argv = list(spec.command)
     return Invocation(argv, run_environment(extra), cwd, result_file)
 
 
@@ -86,18 +85,18 @@ def _in_container(
     if containers is None:
         containers = ContainerHost(None, "no container engine configured", "", "")
     engine = containers.usable()
-    spec: dict[str, Any] = dict(run.spec)
-    settings = ContainerConfig(**spec.get("container", {}))
+    spec = run.spec
+    settings = ContainerConfig(**spec.container)
     mounts = []
     if result_file is not None:
         runner = f"{IN_CONTAINER}/{RUNNER.name}"
         mounts = [f"{RUNNER}:{runner}:ro", f"{result_file}:{IN_CONTAINER}/result.json"]
         extra["ORCHD_RESULT_FILE"] = f"{IN_CONTAINER}/result.json"
-        command = [spec.get("python") or "python3", runner, spec["entrypoint"]]
-    elif spec.get("shell"):
-        command = ["/bin/sh", "-c", " ".join(spec["command"])]
+        command = [spec.python or "python3", runner, spec.entrypoint]
+    elif spec.shell:
+        command = ["/bin/sh", "-c", " ".join(spec.command)]
     else:
-        command = list(spec.get("command") or [])
+        command = list(spec.command)
     # unique, so a leftover of an earlier start can never block this one
     name = f"orchd-{run.id}-{run.attempt}-{secrets.token_hex(3)}"
     labels = {
@@ -109,12 +108,12 @@ def _in_container(
     }
     argv = engine.run_argv(
         name,
-        spec["image"],
+        spec.image,
         command,
         settings,
         labels=labels,
         env_names=sorted(extra),
-        working_dir=spec.get("working_dir", ""),
+        working_dir=spec.working_dir,
         mounts=mounts,
     )
     launch = ContainerLaunch(engine, name, settings.memory)

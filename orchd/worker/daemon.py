@@ -27,10 +27,11 @@ from orchd import metrics
 from orchd.config import Config
 from orchd.db.admin import Admin
 from orchd.db.engine import connect_args, mask, session_url
-from orchd.db.store import ClaimedRun, Store
+from orchd.db.store import Store
 from orchd.durations import format_duration
 from orchd.errors import ConfigError
 from orchd.logging import get_logger
+from orchd.models import ClaimedRun
 from orchd.notify import Notifier
 from orchd.states import RunState
 from orchd.worker.command import Invocation, check_working_dir, invocation, read_result, start_error
@@ -402,7 +403,7 @@ class Worker:
             how = invocation(run, self.work_dir, self.containers)
             argv = how.argv
             if how.container is None:  # a container's working_dir is a path inside it
-                check_working_dir(how.cwd, explicit=bool(run.spec.get("working_dir")))
+                check_working_dir(how.cwd, explicit=bool(run.spec.working_dir))
             how.prepare()
             process = self._start(run, how)
         except Exception as exc:
@@ -414,7 +415,7 @@ class Worker:
                 _refused(log.bind(run_id=run.id, deployment=run.deployment), S.FAILED)
             return
         started = time.monotonic()
-        timeout = run.spec.get("timeout")
+        timeout = run.spec.timeout
         self.active[run.id] = ActiveRun(
             run,
             process,

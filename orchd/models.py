@@ -1,0 +1,343 @@
+"""orchd's typed vocabulary: what the data layer hands to the daemons, the CLI, the web and metrics.
+
+Every reader of the database gets one of these frozen objects, never a database row, so a reader
+needs no SQL and no knowledge of column names, and a deployment's settings are read as typed
+attributes whose defaults come from the config declarations (``orchd.config.model``), stated
+once.  This module imports no SQLAlchemy: ``orchd.db`` builds these objects from rows (the
+shape of a row is its business), and the pure core (``orchd.scheduler.plan``, the policies)
+works on them without a database.
+
+Read models are snapshots: each was read in one short transaction and may be stale the moment
+it is returned.  Whoever acts on one does so through a data-layer call whose guarded UPDATE
+re-checks the state (see ``orchd.states``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from orchd.config.fields import parsed_defaults
+from orchd.config.model import DeploymentConfig, SchedulerConfig
+from orchd.schedules import ScheduleSpec
+from orchd.states import RunState
+
+# ---------------------------------------------------------------------------------- deployments
+
+
+@dataclass(frozen=True)
+class DeploymentSpec:
+    """A deployment's settings as stored in ``deployments.spec`` (JSON): what a worker needs to
+    run it and the scheduler to plan it.  The JSON is the same as ever (no migration): one key
+    per field, and a key missing from an older row reads as its config default."""
+
+    description: str
+    command: Sequence[str]
+    parameters: Mapping[str, Any]
+    env: Mapping[str, str]
+    working_dir: str
+    timeout: float | None
+    retries: int
+    retry_delay: float
+    retry_backoff: float
+    #: Resolved: the deployment's own catch-up, or scheduler.catchup when it has none.
+    catchup: str
+    tags: Sequence[str]
+    shell: bool
+    entrypoint: str
+    python: str
+    max_active_runs: int | None
+    overlap: str
+    #: Container runs only (empty: a process): the image, and the container settings, already
+    #: merged with the pool's and validated (the keys of ``orchd.config.model.ContainerConfig``).
+    image: str
+    container: Mapping[str, Any]
+
+    @classmethod
+    def from_config(cls, dep: DeploymentConfig, default_catchup: str) -> DeploymentSpec:
+        values = {name: getattr(dep, name) for name in _SPEC_FIELDS}
+        return cls(**{**values, "catchup": dep.catchup or default_catchup})
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> DeploymentSpec:
+        """Unknown keys (written by a newer orchd) are ignored; missing ones take their default."""
+        return cls(**{name: _plain(data.get(name, default)) for name, default in _SPEC_DEFAULTS.items()})
+
+    def to_json(self) -> dict[str, Any]:
+        """The container keys only for container runs, so the JSON (and the config hash) of every
+        other deployment stays as it was before containers existed."""
+        skip = () if self.image else _CONTAINER_FIELDS
+        return {name: _plain(getattr(self, name)) for name in _SPEC_FIELDS if name not in skip}
+
+    @property
+    def max_attempts(self) -> int:
+        """Attempts a new run gets: the first one plus ``retries``."""
+        return 1 + int(self.retries)
+
+    @property
+    def active_cap(self) -> int | None:
+        """How many of its runs may be active at once: max_active_runs, or 1 when an overlap policy
+        is set without one; None for no limit."""
+        if self.max_active_runs:
+            return int(self.max_active_runs)
+        return 1 if self.overlap != "allow" else None
+
+    def run_parameters(self, *overrides: Mapping[str, Any] | None) -> dict[str, Any]:
+        """A new run's parameters: the deployment's, updated by each of ``overrides`` in turn."""
+        merged = dict(self.parameters)
+        for extra in overrides:
+            merged.update(extra or {})
+        return merged
+
+
+def _plain(value: Any) -> Any:
+    """JSON's own containers for the sequences and mappings a spec holds."""
+    if isinstance(value, Mapping):
+        return dict(value)
+    if isinstance(value, list | tuple):
+        return list(value)
+    return value
+
+
+_SPEC_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(DeploymentSpec))
+_CONTAINER_FIELDS = ("image", "container")
+_SPEC_DEFAULTS: dict[str, Any] = {
+    **{name: value for name, value in parsed_defaults(DeploymentConfig).items() if name in _SPEC_FIELDS},
+    "catchup": parsed_defaults(SchedulerConfig)["catchup"],
+}
+
+
+@dataclass(frozen=True)
+class Deployment:
+    id: int
+    name: str
+    pool: str
+    priority: int
+    paused: bool
+    archived_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+    spec: DeploymentSpec
+
+    @property
+    def status(self) -> str:
+        """archived (removed from the config), paused, or active."""
+        return "archived" if self.archived_at is not None else "paused" if self.paused else "active"
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A schedule as stored: its row id and definition (whose key materialized runs carry), and
+    its materialization cursor."""
+
+    id: int
+    deployment_id: int
+    spec: ScheduleSpec
+    next_fire_at: datetime | None = None
+    archived_at: datetime | None = None
+
+
+@dataclass
+class SyncReport:
+    """What applying the config changed."""
+
+    created: int = 0
+    updated: int = 0
+    archived: int = 0
+    schedules_added: int = 0
+    schedules_removed: int = 0
+
+
+# ---------------------------------------------------------------------------------- the queue
+
+
+@dataclass(frozen=True)
+class Run:
+    """One run as the CLI, the web and scripts see it (the columns of `orchd run show`)."""
+
+    id: int
+    deployment: str
+    schedule_id: int | None
+    pool: str
+    state: RunState
+    attempt: int
+    max_attempts: int
+    priority: int
+    scheduled_for: datetime
+    due_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    exit_code: int | None
+    worker: str | None
+    pid: int | None
+    parameters: Mapping[str, Any]
+    error: str | None
+    result: Any
+
+
+@dataclass(frozen=True)
+class StateChange:
+    """One transition of a run, as recorded in the same transaction that made it: the event."""
+
+    id: int
+    run_id: int
+    #: None for the row recording the run's creation.
+    from_state: RunState | None
+    to_state: RunState
+    attempt: int
+    at: datetime
+    actor: str | None
+    reason: str | None
+
+
+@dataclass(frozen=True)
+class LogLine:
+    """One line of a run's captured output; ``id`` orders lines and is the cursor to follow them."""
+
+    id: int
+    run_id: int
+    attempt: int
+    at: datetime
+    stream: str
+    line: str
+
+
+@dataclass(frozen=True)
+class ClaimedRun:
+    """What a worker needs to execute one run it has claimed."""
+
+    id: int
+    deployment: str
+    attempt: int
+    max_attempts: int
+    scheduled_for: datetime
+    parameters: Mapping[str, Any]
+    spec: DeploymentSpec
+
+
+@dataclass(frozen=True)
+class DueSchedule:
+    """A schedule whose cursor is inside the scheduler's horizon, with what its runs need."""
+
+    id: int
+    deployment_id: int
+    deployment: str
+    spec: ScheduleSpec
+    next_fire_at: datetime
+    pool: str
+    priority: int
+    max_attempts: int
+    catchup: str
+    parameters: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Materialization:
+    """Runs to insert for one schedule and where its cursor moves next (None: exhausted)."""
+
+    schedule: DueSchedule
+    fire_times: Sequence[datetime]
+    next_fire_at: datetime | None
+
+
+# ---------------------------------------------------------------------------------- fleet
+
+
+@dataclass(frozen=True)
+class Worker:
+    """A worker daemon as it last reported itself."""
+
+    name: str
+    host: str
+    pid: int
+    pools: Sequence[str]
+    concurrency: int
+    running: int
+    version: str
+    #: online, offline (marked silent by the scheduler) or stopped; see ``status_at``.
+    status: str
+    started_at: datetime
+    last_heartbeat: datetime
+
+    def status_at(self, now: datetime, timeout: float) -> str:
+        """online only while it heartbeats: the scheduler marks silent workers offline, but it may
+        be the one that is down."""
+        if self.status == "online" and self.last_heartbeat < now - timedelta(seconds=timeout):
+            return "offline"
+        return self.status
+
+
+@dataclass(frozen=True)
+class SchedulerSeen:
+    """A scheduler daemon as it last recorded itself: leader or standby."""
+
+    name: str
+    host: str
+    pid: int
+    role: str
+    version: str
+    started_at: datetime
+    #: Written with every record (the column allows NULL only for historical reasons).
+    last_tick_at: datetime
+
+
+@dataclass(frozen=True)
+class Pool:
+    name: str
+    concurrency_limit: int | None
+    paused: bool
+    created_at: datetime
+    updated_at: datetime
+
+
+# ---------------------------------------------------------------------------------- reports
+
+
+@dataclass(frozen=True)
+class LastRun:
+    id: int
+    state: RunState
+    finished_at: datetime
+
+
+@dataclass(frozen=True)
+class DeploymentReport:
+    deployment: Deployment
+    #: Active schedules.
+    schedules: int
+    next_run_at: datetime | None
+    #: The latest finished run.
+    last_run: LastRun | None
+
+
+@dataclass(frozen=True)
+class PoolReport:
+    name: str
+    concurrency_limit: int | None
+    paused: bool
+    due: int = 0
+    upcoming: int = 0
+    oldest_due: datetime | None = None
+    active: int = 0
+    workers: int = 0
+    slots: int = 0
+    #: Deployments (not archived, not paused) whose runs go to this pool.
+    deployments: int = 0
+
+
+@dataclass(frozen=True)
+class Health:
+    """Everything `orchd status` judges, read in one short read-only transaction."""
+
+    now: datetime
+    leader: SchedulerSeen | None
+    #: Standby schedulers seen within the worker timeout.
+    standbys: int
+    pools: list[PoolReport]
+    workers_online: int
+    late: list[int]
+    stuck: list[int]
+    failures: int
