@@ -151,10 +151,13 @@ def test_sqlite_second_scheduler_stands_by(tmp_path: Path) -> None:
         store = store_for(url)
         wait_for(lambda: _leaders(store, datetime.now(UTC) - timedelta(seconds=5)), what="the leader")
         second = group.start("orchd-scheduler", "--config", str(config))
-        time.sleep(1.0)
-        with store.read() as conn:
-            roles = dict(conn.execute(select(schedulers.c.pid, schedulers.c.role)).all())
-        assert roles == {first.pid: "leader", second.pid: "standby"}
+
+        def roles() -> dict[int, str]:
+            with store.read() as conn:
+                return dict(conn.execute(select(schedulers.c.pid, schedulers.c.role)).all())
+
+        wait_for(lambda: second.pid in roles(), what="the second scheduler to record itself")
+        assert roles() == {first.pid: "leader", second.pid: "standby"}
         first.kill()
         wait_for(
             lambda: (
