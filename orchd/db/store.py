@@ -69,6 +69,8 @@ from orchd.schedules import ScheduleSpec
 from orchd.states import ACTIVE, FINISHED, RETRYABLE, TRANSITIONS, RunState
 
 S = RunState
+#: The read models moved to orchd.models; still importable from here for code written before.
+__all__ = ["CHANNEL", "ClaimedRun", "DueSchedule", "Materialization", "Store", "SyncReport"]
 #: The NOTIFY channel; the payload is the pool name.
 CHANNEL = "orchd"
 #: Columns cleared when a run goes back to SCHEDULED (retry, hand-back, manual retry).

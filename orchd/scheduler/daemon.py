@@ -22,9 +22,10 @@ from sqlalchemy.exc import OperationalError
 
 from orchd import metrics
 from orchd.config import Config
-from orchd.db.store import DueSchedule, Materialization, Store
+from orchd.db.store import Store
 from orchd.errors import ConfigError
 from orchd.logging import get_logger
+from orchd.models import DueSchedule, Materialization
 from orchd.notify import Notifier
 from orchd.scheduler.leader import SEEN_EVERY, Leadership, leadership_for
 from orchd.scheduler.plan import plan
