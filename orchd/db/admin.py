@@ -22,7 +22,16 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from orchd.db import migrate
 from orchd.db import rows as to
-from orchd.db.schema import deployments, metadata, pools, runs, schedulers, schedules, workers
+from orchd.db.schema import (
+    RUNS_ACTIVE,
+    deployments,
+    metadata,
+    pools,
+    runs,
+    schedulers,
+    schedules,
+    workers,
+)
 from orchd.db.store import Store
 from orchd.db.transitions import record_created
 from orchd.errors import OrchdError
@@ -36,7 +45,7 @@ from orchd.models import (
     Schedule,
     Worker,
 )
-from orchd.states import ACTIVE, FINISHED, RETRYABLE, RunState
+from orchd.states import FINISHED, RETRYABLE, RunState
 
 S = RunState
 #: States a run waits or works in: counted live (the finished ones only grow, and have counters).
@@ -235,11 +244,7 @@ class Admin:
             ).all()
         )
         active = dict(
-            conn.execute(
-                select(runs.c.pool, func.count())
-                .where(runs.c.state.in_([s.value for s in ACTIVE]))
-                .group_by(runs.c.pool)
-            ).all()
+            conn.execute(select(runs.c.pool, func.count()).where(RUNS_ACTIVE).group_by(runs.c.pool)).all()
         )
         used_by = dict(
             conn.execute(
@@ -325,8 +330,10 @@ class Admin:
             ).scalars()
             stuck = conn.execute(
                 select(runs.c.id)
-                .where(runs.c.state.in_([s.value for s in ACTIVE]), runs.c.lease_expires_at < now)
-                .order_by(runs.c.id)
+                .where(RUNS_ACTIVE, runs.c.lease_expires_at < now)
+                # by lease, which ix_runs_active_lease serves: ordered by id, SQLite walked the
+                # whole table when nothing was stuck
+                .order_by(runs.c.lease_expires_at, runs.c.id)
                 .limit(100)
             ).scalars()
             failures = conn.execute(

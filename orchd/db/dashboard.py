@@ -19,10 +19,10 @@ from typing import Any
 from sqlalchemy import Row, and_, func, or_, select
 
 from orchd.db import rows as to
-from orchd.db.schema import deployments, run_logs, run_states, runs
+from orchd.db.schema import RUNS_ACTIVE, deployments, run_logs, run_states, runs, schedules
 from orchd.db.store import Store
-from orchd.models import Run
-from orchd.states import ACTIVE, FINISHED, RETRYABLE, RunState
+from orchd.models import DeploymentReport, LastRun, Run
+from orchd.states import FINISHED, RETRYABLE, RunState
 
 S = RunState
 
@@ -55,6 +55,13 @@ class Bar:
     state: str
     start: datetime
     end: datetime | None
+
+
+@dataclass(frozen=True)
+class HeldRun:
+    id: int
+    deployment: str
+    state: str
 
 
 @dataclass
@@ -133,7 +140,7 @@ class Dashboard:
         last = found[limit - 1]
         return RunPage(found[:limit], (getattr(last, key), last.id))
 
-    def overview(self, now: datetime, *, hours: int = 24, timeline: timedelta, bars: int = 400) -> Overview:
+    def overview(self, now: datetime, *, hours: int = 24, timeline: timedelta, bars: int = 200) -> Overview:
         """Finished runs per hour and state over the last ``hours``; runs active or finished within
         ``timeline`` as bars (at most ``bars``, the latest); the last ten failures."""
         top = now.replace(minute=0, second=0, microsecond=0)
@@ -162,14 +169,15 @@ class Dashboard:
                 .order_by(runs.c.finished_at.desc())
                 .limit(bars)
             ).all()
-            active = conn.execute(
-                joined.where(runs.c.state.in_([s.value for s in ACTIVE]), runs.c.started_at.is_not(None))
-                .order_by(runs.c.started_at.desc())
-                .limit(bars)
-            ).all()
+            names = self._names(conn)
+            active = sorted(
+                (r for r in self._active(conn) if r.started_at is not None),
+                key=lambda r: r.started_at,
+                reverse=True,
+            )[:bars]
             view.bars = [
-                Bar(r.id, r.deployment, r.state, r.started_at, r.finished_at) for r in [*active, *done]
-            ]
+                Bar(r.id, names[r.deployment_id], r.state, r.started_at, r.finished_at) for r in active
+            ] + [Bar(r.id, r.deployment, r.state, r.started_at, r.finished_at) for r in done]
             view.failures = [
                 to.run(r)
                 for r in conn.execute(
@@ -208,20 +216,84 @@ class Dashboard:
                 )
         return found
 
-    def held_runs(self, worker_names: Sequence[str]) -> dict[str, list[Row[Any]]]:
-        """The runs each worker holds now (partial index on active runs by worker)."""
-        held: dict[str, list[Row[Any]]] = {name: [] for name in worker_names}
+    def deployments(self, include_archived: bool = False) -> list[DeploymentReport]:
+        """What ``Admin.deployments`` reports (`deployment ls`), read with one index range per
+        deployment instead of a window over the whole history (0.6 s at 100,000 runs on SQLite):
+        the last finished run is the latest *scheduled* of the finished ones, which is the latest
+        finished one unless runs of one deployment overlap."""
+        stmt = select(deployments).order_by(deployments.c.name)
+        if not include_archived:
+            stmt = stmt.where(deployments.c.archived_at.is_(None))
+        with self.store.read() as conn:
+            found = [to.deployment(r) for r in conn.execute(stmt)]
+            counts = dict(
+                conn.execute(
+                    select(schedules.c.deployment_id, func.count())
+                    .where(schedules.c.active, schedules.c.archived_at.is_(None))
+                    .group_by(schedules.c.deployment_id)
+                ).all()
+            )
+            # the SCHEDULED rows alone, by the partial index ix_runs_due (a GROUP BY in SQL makes
+            # SQLite walk a whole index of the history to have them in order)
+            upcoming: dict[int, datetime] = {}
+            for dep_id, due in conn.execute(
+                select(runs.c.deployment_id, runs.c.due_at).where(runs.c.state == S.SCHEDULED.value)
+            ):
+                upcoming[dep_id] = min(due, upcoming.get(dep_id, due))
+            reports = []
+            for dep in found:
+                last = conn.execute(
+                    select(runs.c.id, runs.c.state, runs.c.finished_at)
+                    .where(runs.c.deployment_id == dep.id, runs.c.state.in_([s.value for s in FINISHED]))
+                    .order_by(runs.c.scheduled_for.desc(), runs.c.id.desc())
+                    .limit(1)
+                ).first()
+                reports.append(
+                    DeploymentReport(
+                        dep,
+                        int(counts.get(dep.id, 0)),
+                        upcoming.get(dep.id),
+                        last and LastRun(last.id, RunState(last.state), last.finished_at),
+                    )
+                )
+        return reports
+
+    def deployment_names(self) -> list[str]:
+        with self.store.read() as conn:
+            return list(conn.execute(select(deployments.c.name).order_by(deployments.c.name)).scalars())
+
+    def held_runs(self, worker_names: Sequence[str]) -> dict[str, list[HeldRun]]:
+        """The runs each worker holds now."""
+        held: dict[str, list[HeldRun]] = {name: [] for name in worker_names}
         if not worker_names:
             return held
         with self.store.read() as conn:
-            for row in conn.execute(
-                select(runs.c.id, runs.c.worker, runs.c.state, deployments.c.name.label("deployment"))
-                .join(deployments, deployments.c.id == runs.c.deployment_id)
-                .where(runs.c.worker.in_(list(worker_names)), runs.c.state.in_([s.value for s in ACTIVE]))
-                .order_by(runs.c.id)
-            ):
-                held.setdefault(row.worker, []).append(row)
+            names = self._names(conn)
+            for row in sorted(self._active(conn), key=lambda r: r.id):
+                if row.worker in held:
+                    held[row.worker].append(HeldRun(row.id, names[row.deployment_id], row.state))
         return held
+
+    @staticmethod
+    def _active(conn: Any) -> list[Row[Any]]:
+        """Every active run (they are few: the workers' slots) by the partial index, from ``runs``
+        alone: joined, or ordered, SQLite prefers walking a whole index of the history instead."""
+        return list(
+            conn.execute(
+                select(
+                    runs.c.id,
+                    runs.c.deployment_id,
+                    runs.c.worker,
+                    runs.c.state,
+                    runs.c.started_at,
+                    runs.c.finished_at,
+                ).where(RUNS_ACTIVE)
+            ).all()
+        )
+
+    @staticmethod
+    def _names(conn: Any) -> dict[int, str]:
+        return dict(conn.execute(select(deployments.c.id, deployments.c.name)).all())
 
     # ------------------------------------------------------------------ the live feed
 

@@ -36,6 +36,10 @@ NAMING = {
 }
 metadata = MetaData(naming_convention=NAMING)
 ACTIVE_STATES_SQL = "state IN ('PENDING', 'RUNNING', 'CANCELLING')"
+#: The same condition for queries that want the partial indexes on active runs: SQLite uses a
+#: partial index only when the query states its condition literally, never for bound parameters
+#: (``runs.c.state.in_([...])`` scans the whole table).
+RUNS_ACTIVE = text("runs." + ACTIVE_STATES_SQL)
 
 deployments = Table(
     "deployments",

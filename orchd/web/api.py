@@ -246,7 +246,7 @@ async def _in_thread(func: Callable[..., Any], *args: Any) -> Any:
 def deployments(request: Request) -> Response:
     web = web_of(request)
     include_archived = request.query_params.get("all") in ("1", "true", "yes")
-    return JSONResponse([deployment_json(d) for d in web.admin.deployments(include_archived)])
+    return JSONResponse([deployment_json(d) for d in web.dashboard.deployments(include_archived)])
 
 
 @json_errors

@@ -132,7 +132,7 @@ def runs(request: Request) -> Response:
         request,
         "runs.html",
         states=STATES,
-        deployments=[d.deployment.name for d in web.admin.deployments(True)],
+        deployments=web.dashboard.deployment_names(),
         pools=web.admin.pool_names(),
         **context,
     )
@@ -204,7 +204,7 @@ def run_logs_text(request: Request) -> Response:
 @page_errors
 def deployments(request: Request) -> Response:
     web = web_of(request)
-    found = web.admin.deployments(include_archived=request.query_params.get("all") == "1")
+    found = web.dashboard.deployments(include_archived=request.query_params.get("all") == "1")
     strips = web.dashboard.strips([d.deployment.id for d in found])
     cards = []
     for d in found:

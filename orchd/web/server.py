@@ -9,6 +9,7 @@ bypassed), so ``orchd up`` can run the server in a thread beside the scheduler a
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ipaddress
 import socket
@@ -27,6 +28,8 @@ from orchd.web.auth import Auth
 from orchd.web.live import Feed
 
 log = get_logger("orchd.web")
+#: How often the server's loop looks at the stop flag and pings the watchdog.
+TICK = 0.5
 
 
 def split_listen(listen: str) -> tuple[str, int]:
@@ -58,7 +61,9 @@ def check_exposure(listen: str, auth: Auth) -> None:
 def bind(listen: str) -> socket.socket:
     host, port = split_listen(listen)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY on the connections only then (else Nagle and
+    # delayed ACKs add 40 ms to every keep-alive request)
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host or ("::" if family == socket.AF_INET6 else "0.0.0.0"), port))
@@ -100,6 +105,11 @@ class Server(uvicorn.Server):
         if self.started:
             log.info("serving the dashboard", url=self.url)
             self.notifier.ready(f"serving {self.url}")
+
+    async def main_loop(self) -> None:
+        """uvicorn's loop, woken twice a second instead of ten times: idle costs less CPU."""
+        while not await self.on_tick(0):  # tick 0: the Date header is renewed every time
+            await asyncio.sleep(TICK)
 
     async def on_tick(self, counter: int) -> bool:
         self.notifier.watchdog()

@@ -48,6 +48,7 @@ from orchd.worker.wakeup import Listener, WakeEvent
 
 log = get_logger("orchd.worker")
 S = RunState
+_LOG_FLUSH = 0.05  # how soon output reaches the database once it arrives
 _MAX_WAIT = 0.5  # how quickly a stop request (signal) or a changed SQLite file is noticed
 _CANCEL_CHECK = 1.0  # how often a worker with running runs looks for cancellations
 _CANCEL_GRACE = 1.0  # SIGTERM, then SIGKILL this much later, so a cancel lands within two seconds
@@ -457,6 +458,9 @@ class Worker:
                 return
             if isinstance(event, OutputEvent):
                 self._take_output(event)
+                # output is written within _LOG_FLUSH of its arrival (in batches, still), so a
+                # person tailing the run sees a line a moment after it was printed
+                deadline = min(deadline, time.monotonic() + _LOG_FLUSH)
             elif isinstance(event, WakeEvent):
                 self._next_claim = 0.0
                 deadline = 0.0  # act now, after taking what else is already there

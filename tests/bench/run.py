@@ -44,6 +44,7 @@ from tests.bench.common import (
     wait_until,
     write_config,
 )
+from tests.bench.web import bench_web
 from tests.containers import images
 from tests.pg import postgres_server
 
@@ -639,7 +640,7 @@ def _engine_costs(engine: Any, image: str) -> list[Figure]:
     ]
 
 
-STEPS = ("latency", "throughput", "queue", "scale", "idle", "history", "crash", "cli", "containers")
+STEPS = ("latency", "throughput", "queue", "scale", "idle", "history", "crash", "cli", "containers", "web")
 
 
 def run_step(
@@ -661,6 +662,8 @@ def run_step(
         return bench_cli(dbs, backend, tmp, 5 if quick else 20)
     if name == "containers":
         return bench_containers(dbs, backend, tmp, 10 if quick else 40)
+    if name == "web":
+        return bench_web(dbs, backend, tmp, quick)
     return bench_crash(dbs, backend, tmp, 5.0)
 
 
@@ -671,7 +674,7 @@ def main() -> None:
         "--only",
         nargs="*",
         default=[],
-        help="latency throughput queue scale idle history crash cli containers",
+        help="latency throughput queue scale idle history crash cli containers web",
     )
     parser.add_argument("--backend", nargs="*", default=["postgresql", "sqlite"])
     args = parser.parse_args()
