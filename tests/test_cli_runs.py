@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from orchd.cli import main
-from orchd.db.schema import runs
+from orchd.db.schema import deployments, runs
 from orchd.db.store import Store
 from orchd.states import RunState
 from tests.cli_support import Orchd, clean_env, now, write_config
@@ -80,29 +80,44 @@ def test_run_ls_table_and_json_contract(orchd: Orchd, store: Store) -> None:
     done = store.create_run("hello", now() - timedelta(minutes=5))
     finish(store, done)
     waiting = store.create_run("fail", now() + timedelta(minutes=4))
-    table = orchd("run", "ls")
+    table = orchd("run", "ls", "--all")
     assert table.exit_code == 0, table.output
     header, *lines = table.stdout.splitlines()
-    assert header.split() == [
-        "ID",
-        "DEPLOYMENT",
-        "STATE",
-        "TRY",
-        "SCHEDULED",
-        "STARTED",
-        "TOOK",
-        "EXIT",
-        "WORKER",
-    ]
+    assert header.split() == ["ID", "DEPLOYMENT", "STATE", "TRY", "DUE", "STARTED", "TOOK", "EXIT", "WORKER"]
     assert lines[0].split()[:3] == [str(waiting), "fail", "SCHEDULED"]
     assert "(in 3m)" in lines[0] or "(in 4m)" in lines[0]
     assert lines[1].split()[:4] == [str(done), "hello", "COMPLETED", "1/1"]
     assert "ago)" in lines[1] and "\x1b[" not in table.stdout  # no colour outside a terminal
-    listing = json.loads(orchd("run", "ls", "--json").stdout)
+    listing = json.loads(orchd("run", "ls", "--json", "--all").stdout)
     assert [r["id"] for r in listing] == [waiting, done]
     for obj in listing:
         check_run_object(obj)
     assert listing[1]["worker"] == "w1" and listing[1]["exit_code"] == 0
+
+
+def test_run_ls_shows_what_ran_and_what_waits_and_leaves_the_planned_ones_to_upcoming(
+    orchd: Orchd, store: Store
+) -> None:
+    """A 1 s schedule filled the 50 rows of `run ls` with future runs: the past was hidden."""
+    done = store.create_run("hello", now() - timedelta(minutes=5))
+    finish(store, done)
+    retried = store.create_run("fail", now() - timedelta(minutes=20))
+    finish(store, retried, S.FAILED, 3)
+    assert orchd("run", "retry", str(retried)).exit_code == 0  # due now: the most recent
+    finish(store, retried, S.COMPLETED)
+    late = store.create_run("fail", now() - timedelta(minutes=1))  # due, still waiting
+    planned = [store.create_run("hello", now() + timedelta(minutes=m)) for m in (9, 2, 5)]
+    lines = orchd("run", "ls").stdout.splitlines()
+    assert [line.split()[:3] for line in lines[1:]] == [
+        [str(retried), "fail", "COMPLETED"],
+        [str(late), "fail", "SCHEDULED"],
+        [str(done), "hello", "COMPLETED"],
+    ]
+    assert lines[1].split()[3] == "2/2" and "ago)" in lines[1]  # due at the retry, not 20m ago
+    upcoming = orchd("run", "ls", "--upcoming").stdout.splitlines()
+    assert [int(line.split()[0]) for line in upcoming[1:]] == [planned[1], planned[2], planned[0]]
+    assert [" ".join(line.split()[5:7]) for line in upcoming[1:]] == ["(in 1m)", "(in 4m)", "(in 8m)"]
+    assert len(json.loads(orchd("run", "ls", "--all", "--json").stdout)) == 6
 
 
 def test_run_ls_filters(orchd: Orchd, store: Store) -> None:
@@ -110,7 +125,7 @@ def test_run_ls_filters(orchd: Orchd, store: Store) -> None:
     finish(store, old)
     failed = store.create_run("fail", now() - timedelta(minutes=30))
     finish(store, failed, S.FAILED, 3)
-    recent = store.create_run("hello", now())
+    recent = store.create_run("hello", now() - timedelta(seconds=1))
 
     def ids(*args: str) -> list[int]:
         result = orchd("run", "ls", "--json", *args)
@@ -167,11 +182,27 @@ def test_run_create_merges_parameters_and_takes_a_time(orchd: Orchd, store: Stor
     assert orchd("run", "create", "hello").stdout.endswith("created, due now\n")
 
 
-def test_a_deployment_only_in_the_config_is_explained(orchd: Orchd) -> None:
-    orchd.path.write_text(orchd.path.read_text() + '[[deployments]]\nname = "new"\ncommand = ["true"]\n')
+def test_a_deployment_new_in_the_config_is_applied_by_run_create(orchd: Orchd, store: Store) -> None:
+    """The first thing a person does after adding a deployment is run it: it used to be refused."""
+    orchd.path.write_text(
+        orchd.path.read_text()
+        + '[[deployments]]\nname = "new"\ncommand = ["true"]\nschedules = [{ interval = "1h" }]\n'
+    )
+    with store.engine.begin() as conn:  # another deployment changed in the file: left for apply
+        conn.execute(deployments.update().where(deployments.c.name == "hello").values(priority=7))
     result = orchd("run", "create", "new")
-    assert result.exit_code == 1
-    assert "'new' is in the config but not in the database yet: run `orchd deployment apply`" in result.stderr
+    assert result.exit_code == 0, result.output
+    run_id = int(result.stdout.split()[1])
+    assert result.stdout == f"run {run_id} of new created, due now\n"
+    assert result.stderr == (
+        "deployment new is new in the config: applied it to the database "
+        "(as `orchd deployment apply` would)\n"
+    )
+    shown = json.loads(orchd("deployment", "show", "new", "--json").stdout)
+    assert [s["kind"] for s in shown["schedules"]] == ["interval"]  # its schedules too
+    assert json.loads(orchd("deployment", "show", "hello", "--json").stdout)["priority"] == 7
+    again = orchd("run", "create", "new")
+    assert again.exit_code == 0 and again.stderr == ""
 
 
 @pytest.mark.usefixtures("worker")
@@ -281,13 +312,31 @@ def test_cancel_and_retry(orchd: Orchd, store: Store) -> None:
     store.start(running, "w1", 1, at)
     asked = orchd("run", "cancel", str(running), "--json")
     assert json.loads(asked.stdout)["state"] == "CANCELLING"
-    retried = orchd("run", "retry", str(waiting))
+    retried = orchd("run", "retry", str(waiting))  # it never ran: still its first attempt
     assert (retried.exit_code, retried.stdout) == (
         0,
-        f"run {waiting}: SCHEDULED again as attempt 2, due now\n",
+        f"run {waiting}: SCHEDULED again as attempt 1, due now\n",
     )
     again = store.get_run(waiting)
-    assert again is not None and (again.state, again.attempt) == ("SCHEDULED", 2)
+    assert again is not None and (again.state, again.attempt, again.max_attempts) == ("SCHEDULED", 1, 1)
+    finish(store, waiting, S.FAILED, 3)
+    assert (
+        orchd("run", "retry", str(waiting)).stdout
+        == f"run {waiting}: SCHEDULED again as attempt 2, due now\n"
+    )
+    twice = store.get_run(waiting)
+    assert twice is not None and (twice.attempt, twice.max_attempts) == (2, 2)
+    orchd("run", "cancel", str(waiting))
+    planned = store.create_run("hello", now() + timedelta(minutes=9))  # cancelled before its time
+    orchd("run", "cancel", str(planned))
+    orchd("run", "retry", str(planned))
+    finish(store, planned)
+    fields = dict(
+        line.split(":", 1)
+        for line in orchd("run", "show", str(planned), "--no-logs").stdout.split("\n\n")[0].splitlines()
+    )
+    assert fields["state"].strip() == "COMPLETED" and fields["attempt"].strip() == "1/1"
+    assert "(in 8m)" in fields["scheduled for"] and "ago)" in fields["due"]  # ran now, not "in 9m"
     history = [h.actor for h in store.run_history(waiting)]
     assert history[-1].startswith("cli:")
 

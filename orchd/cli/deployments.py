@@ -36,6 +36,21 @@ def complete_deployment(ctx: click.Context, param: click.Parameter, incomplete: 
 deployment_argument = click.argument("deployment", shell_complete=complete_deployment)
 
 
+def apply_if_new(store: Store, config: Config, name: str) -> bool:
+    """Apply deployment ``name`` (only it) when the config has it and the database does not, or
+    only archived; True when it did.  The first thing a person does after adding a deployment is
+    run it, before any scheduler re-read the config."""
+    if config.deployment(name) is None:
+        return False
+    try:
+        if Admin(store).deployment(name).archived_at is None:
+            return False
+    except NotFound:
+        pass
+    store.sync(config, datetime.now(UTC), only=[name])
+    return True
+
+
 def require_deployment(store: Store, config: Config, name: str) -> Deployment:
     """The deployment, or a one-line error that says what to do about it."""
     try:

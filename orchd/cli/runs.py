@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from orchd.cli.common import common_options, config_option, friendly, load, open_store
-from orchd.cli.deployments import complete_deployment, require_deployment
+from orchd.cli.deployments import apply_if_new, complete_deployment, require_deployment
 from orchd.cli.oneline import fail, usage_error
 from orchd.cli.output import (
     coloured,
@@ -111,6 +111,10 @@ def run_group() -> None:
 @click.option("--pool", help="Only runs of this pool.")
 @click.option("--since", type=When(past=True), help="Only runs scheduled since TIME (e.g. 1h, 2026-05-01).")
 @click.option("--limit", type=click.IntRange(1, 100_000), default=50, show_default=True)
+@click.option(
+    "--upcoming", "window", flag_value="upcoming", help="Instead: the runs planned ahead, soonest first."
+)
+@click.option("--all", "window", flag_value="all", help="Instead: every run, newest scheduled first.")
 @common_options
 def run_ls(
     config_path: Path | None,
@@ -120,12 +124,16 @@ def run_ls(
     pool: str | None,
     since: datetime | None,
     limit: int,
+    window: str | None,
 ) -> None:
-    """List runs, newest scheduled first.
+    """List the runs that are due or done, the most recently due first: what ran, what runs,
+    what waits.  The runs the scheduler planned ahead are left out: --upcoming lists them.
 
     \b
     Example:
+      orchd run ls
       orchd run ls --deployment nightly-backup --state FAILED --state CRASHED
+      orchd run ls --upcoming --limit 5
       orchd run ls --since 2h --json | jq '.[].id'
     """
     store = open_store(load(config_path))
@@ -134,22 +142,28 @@ def run_ls(
         admin.deployment(deployment)
     if pool:
         admin.pool(pool)
+    now = datetime.now(UTC)
     rows = store.list_runs(
-        deployment=deployment, states=[s.upper() for s in states], pool=pool, since=since, limit=limit
+        deployment=deployment,
+        states=[s.upper() for s in states],
+        pool=pool,
+        since=since,
+        limit=limit,
+        now=None if window == "all" else now,
+        upcoming=window == "upcoming",
     )
     if as_json:
         print_json([run_json(r) for r in rows])
         return
-    now = datetime.now(UTC)
     print_table(
-        ["ID", "DEPLOYMENT", "STATE", "TRY", "SCHEDULED", "STARTED", "TOOK", "EXIT", "WORKER"],
+        ["ID", "DEPLOYMENT", "STATE", "TRY", "DUE", "STARTED", "TOOK", "EXIT", "WORKER"],
         [
             [
                 r.id,
                 r.deployment,
                 coloured(r.state),
                 f"{r.attempt}/{r.max_attempts}",
-                relative(r.scheduled_for, now),
+                relative(r.due_at, now),
                 relative(r.started_at, now) if r.started_at else None,
                 duration(r.started_at, r.finished_at, now),
                 r.exit_code,
@@ -182,6 +196,8 @@ def run_show(run_id: int, config_path: Path | None, as_json: bool, logs: bool, r
     if as_json:
         print_json(run_detail_json(row, history))
         return
+    # a retried run is due again long after (or before: a cancelled planned one) its fire time
+    due = [("due", relative(row.due_at))] if row.due_at != row.scheduled_for else []
     print_fields(
         [
             ("id", row.id),
@@ -191,6 +207,7 @@ def run_show(run_id: int, config_path: Path | None, as_json: bool, logs: bool, r
             ("attempt", f"{row.attempt}/{row.max_attempts}"),
             ("parameters", json.dumps(row.parameters)),
             ("scheduled for", relative(row.scheduled_for)),
+            *due,
             ("started", relative(row.started_at)),
             ("finished", relative(row.finished_at)),
             ("took", duration(row.started_at, row.finished_at)),
@@ -279,6 +296,12 @@ def run_create(
             usage_error(f"run {like} is of deployment {model.deployment}, not {deployment}")
         deployment, base = model.deployment, dict(model.parameters)
     assert deployment is not None
+    if apply_if_new(store, config, deployment):
+        click.echo(
+            f"deployment {deployment} is new in the config: applied it to the database "
+            "(as `orchd deployment apply` would)",
+            err=True,
+        )
     require_deployment(store, config, deployment)
     now = datetime.now(UTC)
     parameters = {**base, **(params_json or {}), **dict(params)}
@@ -331,6 +354,10 @@ def run_cancel(run_id: int, config_path: Path | None, as_json: bool) -> None:
 @common_options
 def run_retry(run_id: int, config_path: Path | None, as_json: bool) -> None:
     """Run a finished run again, as its next attempt, due now.
+
+    Its output so far is kept per attempt (`orchd run logs ID --attempt N`).  A run that never
+    started (cancelled or missed while it waited) is re-queued as the same attempt.  To run it
+    with other parameters, create a new run like it: `orchd run create --like ID --param ...`.
 
     \b
     Example:

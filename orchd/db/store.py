@@ -26,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -40,6 +40,7 @@ from sqlalchemy import (
     delete,
     func,
     insert,
+    not_,
     or_,
     select,
     text,
@@ -112,17 +113,21 @@ class Store:
 
     # ------------------------------------------------------------------ deployments
 
-    def sync(self, config: Config, now: datetime) -> SyncReport:
+    def sync(self, config: Config, now: datetime, only: Collection[str] | None = None) -> SyncReport:
         """Make the database match the config: create/update deployments and schedules, archive what
         left the config.  Unchanged config changes nothing (no write, no new run).  Statements are
-        batched (one SELECT per table, executemany for changes), so 100,000 schedules sync quickly."""
+        batched (one SELECT per table, executemany for changes), so 100,000 schedules sync quickly.
+
+        ``only``: apply just these deployments (and their schedules), archive nothing: what a
+        command applies on the side, e.g. `run create` of a deployment the config just gained."""
         report = SyncReport()
+        chosen = [d for d in config.deployments if only is None or d.name in only]
         with self.engine.begin() as conn:
             self._sync_pools(conn, config, now)
             existing = {r.name: r for r in conn.execute(select(deployments))}
             ids: dict[str, int] = {}
             new, changed = [], []
-            for dep in config.deployments:
+            for dep in chosen:
                 spec = DeploymentSpec.from_config(dep, config.scheduler.catchup).to_json()
                 values = {
                     "pool": dep.pool,
@@ -147,7 +152,11 @@ class Store:
                     .values(archived_at=None, updated_at=now),
                     changed,
                 )
-            gone = [r.id for name, r in existing.items() if name not in ids and r.archived_at is None]
+            gone = [
+                r.id
+                for name, r in existing.items()
+                if only is None and name not in ids and r.archived_at is None
+            ]
             for chunk in _chunks(gone):
                 conn.execute(
                     update(deployments)
@@ -155,8 +164,8 @@ class Store:
                     .values(archived_at=now, updated_at=now)
                 )
             report.created, report.updated, report.archived = len(new), len(changed), len(gone)
-            wanted = {ids[d.name]: d.schedules for d in config.deployments}
-            self._sync_schedules(conn, wanted, now, report)
+            wanted = {ids[d.name]: d.schedules for d in chosen}
+            self._sync_schedules(conn, wanted, now, report, every=only is None)
         return report
 
     def _sync_pools(self, conn: Connection, config: Config, now: datetime) -> None:
@@ -191,9 +200,11 @@ class Store:
         wanted: Mapping[int, Sequence[ScheduleSpec]],
         now: datetime,
         report: SyncReport,
+        every: bool = True,
     ) -> None:
-        """Schedules of every deployment (archived ones want none): add, re-activate, deactivate,
-        archive — keyed by the schedule's definition, never by its row id."""
+        """Schedules of every deployment (archived ones want none), or with ``every`` false of those
+        in ``wanted`` only: add, re-activate, deactivate, archive — keyed by the schedule's
+        definition, never by its row id."""
         current: dict[int, dict[str, Any]] = {}
         for r in conn.execute(
             select(
@@ -209,7 +220,7 @@ class Store:
         gone: list[int] = []
         deactivated: list[int] = []
         added = 0
-        for dep_id in wanted.keys() | current.keys():
+        for dep_id in wanted.keys() | (current.keys() if every else set()):
             rows = current.get(dep_id, {})
             specs = wanted.get(dep_id, ())
             for spec in specs:
@@ -534,14 +545,20 @@ class Store:
         return target
 
     def retry_run(self, run_id: int, now: datetime) -> int:
-        """Re-queue a finished run as its next attempt, due now; returns that attempt number."""
+        """Re-queue a finished run, due now, as its next attempt; returns that attempt number.
+
+        A run whose attempt no worker ever claimed (cancelled or missed while it waited) is
+        re-queued as the same attempt: nothing was attempted, so nothing is counted."""
         with self.engine.begin() as conn:
-            row = conn.execute(select(runs.c.state, runs.c.attempt).where(runs.c.id == run_id)).first()
+            row = conn.execute(
+                select(runs.c.state, runs.c.attempt, runs.c.claimed_at).where(runs.c.id == run_id)
+            ).first()
             if row is None:
                 raise OrchdError(f"run {run_id} not found")
             current = RunState(row.state)
             if current not in FINISHED:
                 raise OrchdError(f"run {run_id} is {current}: only a finished run can be retried")
+            attempt = row.attempt + (row.claimed_at is not None)
             transition(
                 conn,
                 [run_id],
@@ -553,9 +570,9 @@ class Store:
                 values={
                     **_BACK_TO_QUEUE,
                     "due_at": now,
-                    "attempt": row.attempt + 1,
+                    "attempt": attempt,
                     "max_attempts": case(
-                        (runs.c.max_attempts > row.attempt, runs.c.max_attempts), else_=row.attempt + 1
+                        (runs.c.max_attempts >= attempt, runs.c.max_attempts), else_=attempt
                     ),
                     "finished_at": None,
                     "exit_code": None,
@@ -563,7 +580,7 @@ class Store:
                     "result": None,
                 },
             )
-        return int(row.attempt) + 1
+        return int(attempt)
 
     def cancel_requested(self, worker: str) -> list[int]:
         """Runs of ``worker`` a user asked to cancel (CANCELLING)."""
@@ -956,7 +973,12 @@ class Store:
         pool: str | None = None,
         since: datetime | None = None,
         limit: int = 50,
+        now: datetime | None = None,
+        upcoming: bool = False,
     ) -> list[Run]:
+        """Runs, newest scheduled first; with ``now``: those due or done by then (a waiting run
+        whose due time has come, and every run that was ever claimed), most recently due first,
+        or with ``upcoming`` those still planned after it, soonest first."""
         stmt = select(*to.RUN_COLUMNS).join(deployments, deployments.c.id == runs.c.deployment_id)
         if deployment:
             stmt = stmt.where(deployments.c.name == deployment)
@@ -966,7 +988,15 @@ class Store:
             stmt = stmt.where(runs.c.pool == pool)
         if since:
             stmt = stmt.where(runs.c.scheduled_for >= since)
-        stmt = stmt.order_by(runs.c.scheduled_for.desc(), runs.c.id.desc()).limit(limit)
+        if now is None:
+            stmt = stmt.order_by(runs.c.scheduled_for.desc(), runs.c.id.desc())
+        else:
+            planned = and_(runs.c.state == S.SCHEDULED.value, runs.c.due_at > now)
+            if upcoming:
+                stmt = stmt.where(planned).order_by(runs.c.due_at, runs.c.id)
+            else:
+                stmt = stmt.where(not_(planned)).order_by(runs.c.due_at.desc(), runs.c.id.desc())
+        stmt = stmt.limit(limit)
         with self.read() as conn:
             return [to.run(r) for r in conn.execute(stmt)]
 
