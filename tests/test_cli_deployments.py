@@ -101,9 +101,49 @@ def test_ls_and_show(applied: Orchd, store: Store) -> None:
         ("cron", "30 2 * * *", "Europe/Berlin"),
     ]
     assert shown["spec"]["retries"] == 1 and shown["status"] == "active"
-    assert shown["recent_runs"] and all(r["state"] == "SCHEDULED" for r in shown["recent_runs"])
+    assert shown["upcoming_runs"] and all(r["state"] == "SCHEDULED" for r in shown["upcoming_runs"])
+    assert all(r["due_at"] <= now().isoformat() for r in shown["recent_runs"])
     text = applied("deployment", "show", "minutely").stdout
     assert "schedules:" in text and "Europe/Berlin" in text and "retries:" in text
+
+
+def test_the_next_run_of_an_hourly_schedule_is_known_before_it_is_planned(
+    applied: Orchd, store: Store
+) -> None:
+    """`deployment ls` showed `-` as NEXT RUN of an hourly schedule (only runs within the horizon
+    counted), and `deployment show` listed planned runs as "recent" under "NEXT TO PLAN"."""
+    done = store.create_run("hello", now() - timedelta(minutes=1))
+    at = now()
+    store.claim("w", ["default"], 5, at, at + timedelta(minutes=1))
+    store.start(done, "w", 1, at)
+    store.finish(done, "w", RunState.COMPLETED, at, exit_code=0)
+    top = (now() + timedelta(hours=1)).replace(minute=0, second=0, microsecond=0)
+    listing = {d["name"]: d for d in json.loads(applied("deployment", "ls", "--json").stdout)}
+    assert listing["hello"]["next_run_at"] == top.isoformat()  # interval 1h: at the top of the hour
+    assert listing["fail"]["next_run_at"] is None  # no schedule
+    rows = {line.split()[0]: line for line in applied("deployment", "ls").stdout.splitlines()[1:]}
+    assert top.astimezone().strftime("%H:%M:%S") in rows["hello"]
+    text = applied("deployment", "show", "hello").stdout
+    schedules, last, upcoming = (
+        text.split(f"\n{title}:\n")[1] for title in ("schedules", "last runs", "next runs")
+    )
+    assert schedules.splitlines()[0].split() == [
+        "ID",
+        "KIND",
+        "EXPRESSION",
+        "TIMEZONE",
+        "ACTIVE",
+        "NEXT",
+        "FIRE",
+        "TIME",
+    ]
+    assert top.astimezone().strftime("%H:%M:%S") in schedules.splitlines()[1]
+    assert last.splitlines()[0].split() == ["ID", "STATE", "TRY", "DUE", "TOOK", "EXIT", "ERROR"]
+    assert last.splitlines()[1].split()[:3] == [str(done), "COMPLETED", "1/1"]
+    assert upcoming.splitlines() == ["ID  DUE"]  # no scheduler has planned anything yet
+    shown = json.loads(applied("deployment", "show", "hello", "--json").stdout)
+    assert shown["schedules"][0]["next_fire_time"] == top.isoformat()
+    assert [r["id"] for r in shown["recent_runs"]] == [done] and shown["upcoming_runs"] == []
 
 
 def planned_runs(store: Store) -> set[tuple[int, datetime]]:

@@ -16,7 +16,7 @@ from orchd.cli.common import (
     load,
     open_store,
 )
-from orchd.cli.output import coloured, iso, plural, print_fields, print_json, print_table, relative
+from orchd.cli.output import coloured, duration, iso, plural, print_fields, print_json, print_table, relative
 from orchd.config import Config, default_config_path, load_config
 from orchd.db.admin import Admin, NotFound
 from orchd.db.store import Store
@@ -67,22 +67,38 @@ def require_deployment(store: Store, config: Config, name: str) -> Deployment:
     return row
 
 
-def deployment_json(d: DeploymentReport) -> dict[str, Any]:
-    """A deployment as `orchd deployment ls --json` prints it."""
+def next_run(admin: Admin, d: DeploymentReport, now: datetime) -> datetime | None:
+    """When the deployment runs next: its earliest planned run, or the next fire time of its
+    schedules (the scheduler plans runs only a horizon ahead: an hourly schedule often has none)."""
+    times = [d.next_run_at] if d.next_run_at else []
+    if d.deployment.status == "active":
+        times += [t for s in admin.active_schedules(d.deployment.id) if (t := s.spec.next_at_or_after(now))]
+    return min(times, default=None)
+
+
+def deployment_json(d: DeploymentReport, next_run_at: datetime | None) -> dict[str, Any]:
+    """A deployment as `orchd deployment ls --json` prints it (``next_run_at``: see next_run)."""
     return {
         "name": d.deployment.name,
         "pool": d.deployment.pool,
         "status": d.deployment.status,
         "priority": d.deployment.priority,
         "schedules": d.schedules,
-        "next_run_at": iso(d.next_run_at),
+        "next_run_at": iso(next_run_at),
         "last_run": d.last_run
         and {"id": d.last_run.id, "state": d.last_run.state, "finished_at": iso(d.last_run.finished_at)},
     }
 
 
-def deployment_detail_json(row: Deployment, schedules: list[Schedule], recent: list[Run]) -> dict[str, Any]:
-    """A deployment as `orchd deployment show --json` prints it."""
+def deployment_detail_json(
+    row: Deployment,
+    schedules: list[Schedule],
+    recent: list[Run],
+    upcoming: list[Run],
+    fires: dict[int, datetime | None],
+) -> dict[str, Any]:
+    """A deployment as `orchd deployment show --json` prints it: ``recent`` runs (due or done),
+    ``upcoming`` ones (planned), ``fires`` the next fire time of each active schedule."""
     return {
         "name": row.name,
         "pool": row.pool,
@@ -100,13 +116,28 @@ def deployment_detail_json(row: Deployment, schedules: list[Schedule], recent: l
                 "timezone": s.spec.timezone,
                 "active": s.spec.active,
                 "next_fire_at": iso(s.next_fire_at),
+                "next_fire_time": iso(fires.get(s.id)),
             }
             for s in schedules
         ],
-        "recent_runs": [
-            {"id": r.id, "state": r.state, "scheduled_for": iso(r.scheduled_for)} for r in recent
-        ],
+        "recent_runs": [_run_summary(r) for r in recent],
+        "upcoming_runs": [_run_summary(r) for r in upcoming],
     }
+
+
+def _run_summary(r: Run) -> dict[str, Any]:
+    return {"id": r.id, "state": r.state, "scheduled_for": iso(r.scheduled_for), "due_at": iso(r.due_at)}
+
+
+def deployment_runs(
+    store: Store, admin: Admin, row: Deployment, now: datetime
+) -> tuple[list[Run], list[Run], dict[int, datetime | None]]:
+    """What `deployment show` shows besides the settings: the last 5 runs due or done, the next 3
+    planned, and the next fire time of each active schedule."""
+    recent = store.list_runs(deployment=row.name, limit=5, now=now)
+    upcoming = store.list_runs(deployment=row.name, limit=3, now=now, upcoming=True)
+    fires = {s.id: s.spec.next_at_or_after(now) for s in admin.active_schedules(row.id)}
+    return recent, upcoming, fires
 
 
 @click.group("deployment")
@@ -131,11 +162,11 @@ def deployment_ls(include_archived: bool, config_path: Path | None, as_json: boo
       orchd deployment ls --all
     """
     store = open_store(load(config_path))
-    found = Admin(store).deployments(include_archived)
+    admin, now = Admin(store), datetime.now(UTC)
+    found = [(d, next_run(admin, d, now)) for d in admin.deployments(include_archived)]
     if as_json:
-        print_json([deployment_json(d) for d in found])
+        print_json([deployment_json(d, at) for d, at in found])
         return
-    now = datetime.now(UTC)
     print_table(
         ["NAME", "POOL", "STATUS", "SCHEDULES", "NEXT RUN", "LAST RUN"],
         [
@@ -144,10 +175,10 @@ def deployment_ls(include_archived: bool, config_path: Path | None, as_json: boo
                 d.deployment.pool,
                 d.deployment.status,
                 d.schedules,
-                relative(d.next_run_at, now) if d.next_run_at else None,
+                relative(at, now) if at else None,
                 d.last_run and f"{coloured(d.last_run.state)} {relative(d.last_run.finished_at, now)}",
             ]
-            for d in found
+            for d, at in found
         ],
     )
 
@@ -156,7 +187,8 @@ def deployment_ls(include_archived: bool, config_path: Path | None, as_json: boo
 @deployment_argument
 @common_options
 def deployment_show(deployment: str, config_path: Path | None, as_json: bool) -> None:
-    """Show a deployment as the database has it: settings, schedules and recent runs.
+    """Show a deployment as the database has it: settings, schedules with their next fire time,
+    its last runs (due or done) and its next ones.
 
     \b
     Example:
@@ -166,9 +198,10 @@ def deployment_show(deployment: str, config_path: Path | None, as_json: bool) ->
     admin = Admin(store)
     row = admin.deployment(deployment)
     schedules = admin.schedules_of(row.id)
-    recent = store.list_runs(deployment=deployment, limit=5)
+    now = datetime.now(UTC)
+    recent, upcoming, fires = deployment_runs(store, admin, row, now)
     if as_json:
-        print_json(deployment_detail_json(row, schedules, recent))
+        print_json(deployment_detail_json(row, schedules, recent, upcoming, fires))
         return
     spec = row.spec
     print_fields(
@@ -188,7 +221,7 @@ def deployment_show(deployment: str, config_path: Path | None, as_json: bool) ->
     )
     click.echo("\nschedules:")
     print_table(
-        ["ID", "KIND", "EXPRESSION", "TIMEZONE", "ACTIVE", "NEXT TO PLAN"],
+        ["ID", "KIND", "EXPRESSION", "TIMEZONE", "ACTIVE", "NEXT FIRE TIME"],
         [
             [
                 s.id,
@@ -196,16 +229,29 @@ def deployment_show(deployment: str, config_path: Path | None, as_json: bool) ->
                 s.spec.expr,
                 s.spec.timezone,
                 "yes" if s.spec.active else "no",
-                relative(s.next_fire_at),
+                (relative(fires[s.id], now) if fires[s.id] else "never") if s.id in fires else None,
             ]
             for s in schedules
         ],
     )
-    click.echo("\nrecent runs:")
+    click.echo("\nlast runs:")
     print_table(
-        ["ID", "STATE", "SCHEDULED"],
-        [[r.id, coloured(r.state), relative(r.scheduled_for)] for r in recent],
+        ["ID", "STATE", "TRY", "DUE", "TOOK", "EXIT", "ERROR"],
+        [
+            [
+                r.id,
+                coloured(r.state),
+                f"{r.attempt}/{r.max_attempts}",
+                relative(r.due_at, now),
+                duration(r.started_at, r.finished_at, now),
+                r.exit_code,
+                r.error,
+            ]
+            for r in recent
+        ],
     )
+    click.echo("\nnext runs:")
+    print_table(["ID", "DUE"], [[r.id, relative(r.due_at, now)] for r in upcoming])
 
 
 @deployment_group.command("apply")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy.exc import DBAPIError
@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from orchd.cli.deployments import deployment_detail_json, deployment_json
+from orchd.cli.deployments import deployment_detail_json, deployment_json, deployment_runs, next_run
 from orchd.cli.output import iso
 from orchd.cli.pools import pool_json, worker_json
 from orchd.cli.runs import get_run, run_detail_json, run_json
@@ -246,7 +246,10 @@ async def _in_thread(func: Callable[..., Any], *args: Any) -> Any:
 def deployments(request: Request) -> Response:
     web = web_of(request)
     include_archived = request.query_params.get("all") in ("1", "true", "yes")
-    return JSONResponse([deployment_json(d) for d in web.dashboard.deployments(include_archived)])
+    now = datetime.now(UTC)
+    return JSONResponse(
+        [deployment_json(d, next_run(web.admin, d, now)) for d in web.dashboard.deployments(include_archived)]
+    )
 
 
 @json_errors
@@ -256,8 +259,8 @@ def deployment(request: Request) -> Response:
     name = request.path_params["name"]
     row = web.admin.deployment(name)
     schedules = web.admin.schedules_of(row.id)
-    recent = web.store.list_runs(deployment=name, limit=5)
-    body = deployment_detail_json(row, schedules, recent)
+    recent, upcoming, next_fires = deployment_runs(web.store, web.admin, row, datetime.now(UTC))
+    body = deployment_detail_json(row, schedules, recent, upcoming, next_fires)
     fires = next_fire_times(web, row)
     for entry in body["schedules"]:
         entry["next_fire_times"] = fires.get(entry["id"], [])
