@@ -203,6 +203,12 @@ def test_a_deployment_new_in_the_config_is_applied_by_run_create(orchd: Orchd, s
     assert json.loads(orchd("deployment", "show", "hello", "--json").stdout)["priority"] == 7
     again = orchd("run", "create", "new")
     assert again.exit_code == 0 and again.stderr == ""
+    with_it = orchd.path.read_text()  # removed from the config (archived), then back: revived
+    orchd.path.write_text(with_it.split('[[deployments]]\nname = "new"')[0])
+    assert orchd("deployment", "apply").exit_code == 0
+    orchd.path.write_text(with_it)
+    revived = orchd("run", "create", "new")
+    assert revived.exit_code == 0 and "deployment new is new in the config" in revived.stderr
 
 
 @pytest.mark.usefixtures("worker")
