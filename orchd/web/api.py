@@ -8,6 +8,7 @@ parameters, 503 the database is unreachable.  Never a traceback.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 from collections.abc import Callable
@@ -237,8 +238,6 @@ def _event_stream(body: Any) -> Response:
 
 
 async def _in_thread(func: Callable[..., Any], *args: Any) -> Any:
-    import asyncio
-
     return await asyncio.to_thread(func, *args)
 
 

@@ -7,20 +7,20 @@ a redirect (the browser's back and reload stay harmless) and a one-line message.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
-import click
 from sqlalchemy.exc import DBAPIError
-from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from orchd.cli.output import age, duration, local, relative
+from orchd.cli.output import duration
 from orchd.cli.runs import get_run
 from orchd.cli.status import report
 from orchd.db.admin import NotFound
@@ -172,8 +172,6 @@ def run(request: Request) -> Response:
 
 
 def _json(value: Any) -> str:
-    import json
-
     return json.dumps(value, indent=2, sort_keys=True, default=str)
 
 
@@ -302,39 +300,29 @@ def _act(request: Request, back: str, call: Callable[[], Any], done: Callable[[A
     return RedirectResponse(back, 303)
 
 
-async def _in_thread(func: Callable[..., Response], *args: Any) -> Response:
-    import asyncio
+def _run_action(act: Callable[[Request, int], dict[str, Any]], said: Callable[[dict[str, Any]], str]) -> Any:
+    """A run's button (Cancel, Retry): the action, then back to the run with what happened."""
 
-    return await asyncio.to_thread(func, *args)
+    async def handler(request: Request) -> Response:
+        web = web_of(request)
+        run_id = int(request.path_params["run_id"])
+        await _form(request)
+        back = f"{web.base}runs/{run_id}"
+        return await asyncio.to_thread(_act, request, back, lambda: act(request, run_id), said)
 
-
-async def cancel(request: Request) -> Response:
-    web = web_of(request)
-    run_id = int(request.path_params["run_id"])
-    await _form(request)
-    return await _in_thread(
-        _act,
-        request,
-        f"{web.base}runs/{run_id}",
-        lambda: actions.cancel_run(request, run_id),
-        lambda r: (
-            f"run {run_id}: {r['state']}"
-            + (" (its worker stops it within seconds)" if r["state"] == "CANCELLING" else "")
-        ),
-    )
+    return handler
 
 
-async def retry(request: Request) -> Response:
-    web = web_of(request)
-    run_id = int(request.path_params["run_id"])
-    await _form(request)
-    return await _in_thread(
-        _act,
-        request,
-        f"{web.base}runs/{run_id}",
-        lambda: actions.retry_run(request, run_id),
-        lambda r: f"run {run_id}: SCHEDULED again as attempt {r['attempt']}, due now",
-    )
+cancel = _run_action(
+    actions.cancel_run,
+    lambda r: (
+        f"run {r['id']}: {r['state']}"
+        + (" (its worker stops it within seconds)" if r["state"] == "CANCELLING" else "")
+    ),
+)
+retry = _run_action(
+    actions.retry_run, lambda r: f"run {r['id']}: SCHEDULED again as attempt {r['attempt']}, due now"
+)
 
 
 async def run_now(request: Request) -> Response:
@@ -366,7 +354,7 @@ async def run_now(request: Request) -> Response:
         flash(request, "ok", f"run {created['id']} of {name} created")
         return RedirectResponse(f"{web.base}runs/{created['id']}", 303)
 
-    return await _in_thread(page_errors(lambda _r: go()), request)
+    return await asyncio.to_thread(page_errors(lambda _r: go()), request)
 
 
 def _pause(kind: str, paused: bool) -> Callable[[Request], Any]:
@@ -381,7 +369,7 @@ def _pause(kind: str, paused: bool) -> Callable[[Request], Any]:
             back = f"{web.base}pools"
             call = lambda: actions.set_pool_paused(request, name, paused)  # noqa: E731
         verb = "paused" if paused else "resumed"
-        return await _in_thread(_act, request, back, call, lambda _r: f"{kind} {name} {verb}")
+        return await asyncio.to_thread(_act, request, back, call, lambda _r: f"{kind} {name} {verb}")
 
     return handler
 
@@ -431,8 +419,6 @@ async def login(request: Request) -> Response:
 
 
 async def _check(web: Any, name: str, password: str) -> Any:
-    import asyncio
-
     return await asyncio.to_thread(web.auth.users.check, name, password)
 
 
@@ -490,6 +476,3 @@ def routes(base: str) -> list[Route]:
         Route(base + "login", login, methods=["POST"]),
         Route(base + "logout", logout, methods=["POST"]),
     ]
-
-
-__all__ = ["HTTPException", "age", "click", "format_duration", "local", "relative", "routes"]
