@@ -302,3 +302,28 @@ def test_run_pages_are_keyset_paginated(open_site: Site) -> None:
     assert times == sorted(times, reverse=True)
     html = client.get("/runs?deployment=fail").text
     assert html.count('data-run-id="') == 50 and "Older runs" in html
+
+
+def test_behind_a_proxy_under_a_base_path(tmp_path: Path, db_url: str) -> None:
+    """base_path "/orchd/": every link, form, redirect, cookie and asset is under it."""
+    path = write_web_config(tmp_path, db_url, auth=True, extra='base_path = "/orchd/"\n')
+    config = load(path, tmp_path)
+    store = synced_store(config)
+    try:
+        with client_for(config, store) as client:
+            assert client.get("/runs").status_code == 404
+            answer = client.get("/orchd/runs?state=FAILED")
+            assert answer.status_code == 303
+            assert answer.headers["location"] == "/orchd/login?next=/orchd/runs%3Fstate%3DFAILED"
+            login_page = client.get("/orchd/login")
+            assert 'href="/orchd/static/orchd.css' in login_page.text
+            assert {c.path for c in client.cookies.jar if c.name == "orchd_session"} == {"/orchd/"}
+            assert client.get("/orchd/static/htmx.min.js").status_code == 200
+            csrf = login(client, "olga", base="/orchd/")
+            html = client.get("/orchd/deployments/hello").text
+            assert 'action="/orchd/deployments/hello/runs"' in html and 'href="/orchd/runs' in html
+            created = client.post("/orchd/deployments/hello/runs", data={"csrf": csrf, "parameters": "{}"})
+            assert created.headers["location"].startswith("/orchd/runs/")
+            assert client.get("/orchd/api/runs").json()["runs"]
+    finally:
+        store.engine.dispose()

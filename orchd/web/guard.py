@@ -64,7 +64,10 @@ class Guard:
             await self.app(scope, receive, send)
             return
         path: str = scope["path"]
-        local = path[len(self.base) :] if path.startswith(self.base) else path.lstrip("/")
+        if not path.startswith(self.base):  # not ours: the router answers 404
+            await self.app(scope, receive, send)
+            return
+        local = path[len(self.base) :]
         api = local.startswith("api/")
         headers = Headers(scope=scope)
         method: str = scope["method"]
