@@ -90,6 +90,8 @@ class Strip:
 class Dashboard:
     def __init__(self, store: Store) -> None:
         self.store = store
+        #: finished runs per past hour and state (see _outcomes)
+        self._hours: dict[datetime, dict[str, int]] = {}
 
     def runs_page(
         self, where: RunFilter, now: datetime, *, after: tuple[datetime, int] | None, limit: int
@@ -120,8 +122,11 @@ class Dashboard:
         stmt = select(*to.RUN_COLUMNS).join(deployments, deployments.c.id == runs.c.deployment_id)
         if where.states:
             stmt = stmt.where(runs.c.state.in_(list(where.states)))
-        if where.deployment:
-            stmt = stmt.where(deployments.c.name == where.deployment)
+        if where.deployment:  # by id, so the planner knows to walk ix_runs_deployment_scheduled
+            stmt = stmt.where(
+                runs.c.deployment_id
+                == select(deployments.c.id).where(deployments.c.name == where.deployment).scalar_subquery()
+            )
         if where.pool:
             stmt = stmt.where(runs.c.pool == where.pool)
         if where.since:
@@ -156,13 +161,7 @@ class Dashboard:
         )
         with self.store.read() as conn:
             for start in starts:
-                counts = conn.execute(
-                    select(runs.c.state, func.count())
-                    .where(runs.c.finished_at >= start, runs.c.finished_at < start + timedelta(hours=1))
-                    .where(runs.c.state.in_([s.value for s in FINISHED]))
-                    .group_by(runs.c.state)
-                ).all()
-                view.outcomes[start] = {state: int(n) for state, n in counts}
+                view.outcomes[start] = self._outcomes(conn, start, now)
             joined = select(*bar_columns).join(deployments, deployments.c.id == runs.c.deployment_id)
             done = conn.execute(
                 joined.where(runs.c.finished_at >= window, runs.c.started_at.is_not(None))
@@ -189,6 +188,26 @@ class Dashboard:
                 )
             ]
         return view
+
+    def _outcomes(self, conn: Any, start: datetime, now: datetime) -> dict[str, int]:
+        """Runs that finished in the hour from ``start``, by state.  A past hour cannot change (a
+        run is finished at the time it finishes), so it is counted once and remembered."""
+        hour = start + timedelta(hours=1)
+        if hour <= now and start in self._hours:
+            return self._hours[start]
+        counts = {
+            state: int(n)
+            for state, n in conn.execute(
+                select(runs.c.state, func.count())
+                .where(runs.c.finished_at >= start, runs.c.finished_at < hour)
+                .where(runs.c.state.in_([s.value for s in FINISHED]))
+                .group_by(runs.c.state)
+            )
+        }
+        if hour <= now:
+            self._hours = {h: c for h, c in self._hours.items() if h > now - timedelta(days=2)}
+            self._hours[start] = counts
+        return counts
 
     def strips(self, deployment_ids: Sequence[int], size: int = 30) -> dict[int, Strip]:
         """The last ``size`` finished runs of each deployment (an index range per deployment)."""
