@@ -20,3 +20,11 @@ class ConfigError(OrchdError):
 
 class DatabaseUnavailable(OrchdError):
     """The database could not be reached; the message names host and port, never a password."""
+
+
+class DatabaseMissing(DatabaseUnavailable):
+    """The SQLite file of the config does not exist (yet)."""
+
+
+class DatabaseForbidden(DatabaseUnavailable):
+    """This process may not use the SQLite file (permissions): not an outage, waiting won't help."""

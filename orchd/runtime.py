@@ -13,8 +13,9 @@ from sqlalchemy.exc import OperationalError
 
 from orchd.config import Config
 from orchd.db import migrate
-from orchd.db.engine import make_engine, mask, wait_for_database
+from orchd.db.engine import check_sqlite_file, make_engine, mask, parse_url, wait_for_database
 from orchd.db.store import Store
+from orchd.errors import ConfigError, DatabaseForbidden, DatabaseMissing
 from orchd.logging import get_logger
 from orchd.notify import Notifier
 
@@ -69,10 +70,25 @@ class Signals:
 
 
 def open_store(
-    config: Config, actor: str, should_stop: Callable[[], bool], notifier: Notifier | None = None
+    config: Config,
+    actor: str,
+    should_stop: Callable[[], bool],
+    notifier: Notifier | None = None,
+    *,
+    create: bool = False,
 ) -> Store | None:
     """Wait for the database (with backoff), migrate or check the schema, and return a Store;
-    None if told to stop while waiting."""
+    None if told to stop while waiting.
+
+    An SQLite file is created only when it is the default one (no database.url) or ``create``
+    (the quick start): a path someone wrote that does not exist is a typo, and the daemon refuses
+    to start (exit 78) rather than run on an empty database.  A file it may not write is refused
+    too: it is no outage, and waiting would only hide it."""
+    default = config.sources.get("database.url") == "default"
+    try:
+        check_sqlite_file(parse_url(config.database.url), create=create or default)
+    except (DatabaseMissing, DatabaseForbidden) as exc:
+        raise ConfigError(f"database.url: {exc}") from None
     engine = make_engine(config.database)
     notify = notifier or Notifier()
 

@@ -17,7 +17,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from orchd.cli.oneline import debug, fail
 from orchd.config import Config, load_config
 from orchd.db import migrate
-from orchd.db.engine import describe, make_engine, parse_url
+from orchd.db.engine import check_sqlite_file, describe, make_engine, parse_url
 from orchd.db.store import Store
 from orchd.errors import ConfigError, DatabaseUnavailable, OrchdError
 
@@ -82,10 +82,6 @@ def friendly(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-class DatabaseMissing(DatabaseUnavailable):
-    """The SQLite file of the config does not exist (yet)."""
-
-
 def actor() -> str:
     """Who the run history says acted: the CLI and the person running it."""
     try:
@@ -105,13 +101,7 @@ def open_store(config: Config, *, schema: bool = True, create: bool = False) -> 
     """A Store for a short command.  The database must answer now (no waiting); with ``schema`` its
     schema must be current.  A missing SQLite file is an error unless ``create``: a typo in a path
     must not leave an empty database behind."""
-    url = parse_url(config.database.url)
-    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:") and not create:
-        path = Path(url.database or "").expanduser()
-        if not path.exists():
-            raise DatabaseMissing(
-                f"{describe(url)} does not exist (start orchd-scheduler, or `orchd db upgrade` creates it)"
-            )
+    check_sqlite_file(parse_url(config.database.url), create=create)
     engine = make_engine(config.database, pooled=False)
     try:
         with engine.connect():

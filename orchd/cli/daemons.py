@@ -252,7 +252,8 @@ def up(config_path: Path | None, metrics_listen: str | None) -> None:
     config = _configured(config_path, metrics_listen)
     check_session(config.database)
     signals = Signals().install()
-    store = open_store(config, "scheduler", signals.stop.is_set)
+    # the quick start makes its SQLite file; the daemons alone never make one a config names
+    store = open_store(config, "scheduler", signals.stop.is_set, create=True)
     if store is None:
         return
     worker_store = open_store(config, "worker", signals.stop.is_set)

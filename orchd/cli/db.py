@@ -7,7 +7,6 @@ from pathlib import Path
 import click
 
 from orchd.cli.common import (
-    DatabaseMissing,
     common_options,
     load,
     open_store,
@@ -17,6 +16,7 @@ from orchd.cli.output import print_json
 from orchd.db import migrate
 from orchd.db.admin import wipe
 from orchd.db.engine import describe, mask, ping
+from orchd.errors import DatabaseMissing
 
 
 @click.group("db")

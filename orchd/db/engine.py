@@ -8,6 +8,7 @@ PostgreSQL (many hosts): psycopg 3, pre-pinged pooled connections.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from collections.abc import Callable
@@ -20,7 +21,7 @@ from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.pool import NullPool
 
 from orchd.config import DatabaseConfig
-from orchd.errors import ConfigError, DatabaseUnavailable
+from orchd.errors import ConfigError, DatabaseForbidden, DatabaseMissing, DatabaseUnavailable
 
 #: Execution option for transactions that only read (SQLite: plain deferred BEGIN).
 READ_ONLY = {"orchd_read_only": True}
@@ -124,9 +125,32 @@ def conninfo(url: URL) -> str:
     return url.set(drivername="postgresql").render_as_string(hide_password=False)
 
 
+def check_sqlite_file(url: URL, *, create: bool) -> None:
+    """For an SQLite URL: the file must exist unless ``create`` (then it and its directories are
+    made), and this process must be able to write it and, for the WAL, its directory.  Raises
+    DatabaseMissing or DatabaseForbidden: a mistyped path must not become an empty database that a
+    worker sits idle on, and a permission problem is not an outage to wait out."""
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        return
+    path = Path(url.database or "").expanduser()
+    if not path.exists():
+        if not create:
+            raise DatabaseMissing(f"{describe(url)} does not exist (`orchd db upgrade` creates it)")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except PermissionError:
+            raise DatabaseForbidden(f"{describe(url)}: permission denied creating {path.parent}") from None
+    directory = path.parent
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise DatabaseForbidden(
+            f"{describe(url)}: permission denied: cannot write in {directory} "
+            "(SQLite creates its -wal and -shm files beside the database)"
+        )
+    if path.exists() and not os.access(path, os.R_OK | os.W_OK):
+        raise DatabaseForbidden(f"{describe(url)}: permission denied: cannot read and write {path}")
+
+
 def _sqlite_engine(url: URL, db: DatabaseConfig) -> Engine:
-    if url.database and url.database != ":memory:":
-        Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(
         url,
         connect_args={"timeout": db.busy_timeout, "check_same_thread": False},
