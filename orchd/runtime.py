@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from types import FrameType
 
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from orchd.config import Config
 from orchd.db import migrate
@@ -109,5 +109,11 @@ def open_store(
         except OperationalError as exc:  # it went away again between the ping and the schema check
             waiting(str(exc.orig).strip().splitlines()[-1] if str(exc.orig).strip() else "unreachable", 0.5)
             time.sleep(0.5)
+        except DBAPIError as exc:  # not an outage: a role that may not change the schema (orchd db roles)
+            reason = str(exc.orig).strip().splitlines()[0] if str(exc.orig).strip() else type(exc).__name__
+            raise ConfigError(
+                f"database: cannot upgrade the schema ({reason}): run `orchd db upgrade` as the owner of "
+                "orchd's tables, or set database.migrate_on_start = false"
+            ) from None
     log.info("database ready", url=mask(engine.url))
     return Store(engine, actor)

@@ -1,4 +1,4 @@
-"""``orchd db ...``: the database schema: upgrade it, check it, wipe it."""
+"""``orchd db ...``: the database schema (upgrade it, check it, wipe it) and the roles that use it."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ from orchd.cli.common import (
 )
 from orchd.cli.oneline import usage_error
 from orchd.cli.output import print_json
-from orchd.db import migrate
+from orchd.db import migrate, roles
 from orchd.db.admin import wipe
 from orchd.db.engine import describe, mask, ping
-from orchd.errors import DatabaseMissing
+from orchd.errors import DatabaseMissing, OrchdError
 
 
 @click.group("db")
@@ -108,3 +108,52 @@ def db_reset(yes: bool, config_path: Path | None, as_json: bool) -> None:
         print_json({"database": where, "revision": revision})
     else:
         click.echo(f"{where}: wiped; schema re-created at {revision}")
+
+
+def _prefix(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    try:
+        roles.role_names(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    return value
+
+
+@db_group.command("roles")
+@click.option("--apply", "apply_", is_flag=True, help="Create the roles and grant them, in one transaction.")
+@click.option(
+    "--prefix",
+    default=roles.DEFAULT_PREFIX,
+    show_default=True,
+    callback=_prefix,
+    help="The roles are PREFIX_scheduler, PREFIX_worker and PREFIX_viewer.",
+)
+@common_options
+def db_roles(apply_: bool, prefix: str, config_path: Path | None, as_json: bool) -> None:
+    """Least-privilege PostgreSQL roles: print (or --apply) the SQL creating a role for the
+    scheduler, one for the workers and a read-only one, each granted what it needs and no more.
+
+    --apply runs it as the configured user, who must own orchd's tables and may create roles.
+    The roles have no password: set one (ALTER ROLE ... PASSWORD) or use certificates.  Run it
+    again after an `orchd db upgrade` that adds tables.
+
+    \b
+    Example:
+      orchd db roles > roles.sql
+      orchd db roles --apply --prefix orchd
+    """
+    store = open_store(load(config_path))
+    if store.engine.dialect.name != "postgresql":
+        raise OrchdError(
+            "roles are a PostgreSQL matter: an SQLite database is guarded by its file's permissions"
+        )
+    sql = roles.statements(store.engine, prefix)
+    if apply_:
+        roles.apply(store.engine, sql)
+    names = roles.role_names(prefix)
+    if as_json:
+        print_json({"roles": names, "statements": sql, "applied": apply_})
+    elif apply_:
+        click.echo(f"{describe(store.engine.url)}: roles {', '.join(names.values())} created and granted")
+    else:
+        click.echo("-- orchd db roles: run as the owner of orchd's tables (or `orchd db roles --apply`)")
+        click.echo("".join(f"{statement};\n" for statement in sql), nl=False)
