@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
+
 EX_USAGE = 2
 EX_CONFIG = 78  # sysexits.h EX_CONFIG; the units set RestartPreventExitStatus=78
 
@@ -16,6 +19,16 @@ class ConfigError(OrchdError):
     """Bad configuration: refused before anything starts, so systemd must not restart-loop on it."""
 
     exit_code = EX_CONFIG
+
+
+class NotFound(OrchdError):
+    """A deployment, pool or run named on the command line (or in a URL) does not exist."""
+
+
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """' (did you mean 'x'?)' naming the closest of ``known`` to a mistyped ``name``, or ''."""
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 class DatabaseUnavailable(OrchdError):

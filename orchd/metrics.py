@@ -22,8 +22,8 @@ from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import REGISTRY, Collector
 
-from orchd.db.admin import LIVE, Admin
 from orchd.errors import OrchdError
+from orchd.states import LIVE
 
 if TYPE_CHECKING:
     from orchd.db.store import Store
@@ -80,7 +80,7 @@ class QueueCollector(Collector):
     def refresh(self, store: Store, now: datetime) -> None:
         if self._reading is not None and time.monotonic() - self._reading.at < REFRESH:
             return
-        admin = Admin(store)
+        admin = store
         queue = {pool: (n, (now - oldest).total_seconds()) for pool, (n, oldest) in admin.queue(now).items()}
         reading = _Reading(time.monotonic(), admin.pool_names(), admin.live_runs(), queue)
         with self._lock:

@@ -52,6 +52,8 @@ TRANSITIONS: Mapping[RunState, frozenset[RunState]] = {
 ACTIVE: frozenset[RunState] = frozenset({S.PENDING, S.RUNNING, S.CANCELLING})
 #: Outcomes that are retried while attempts remain.
 RETRYABLE: frozenset[RunState] = frozenset({S.FAILED, S.TIMED_OUT, S.CRASHED})
+#: States a run waits or works in (what the queue gauges count; the finished ones only grow).
+LIVE: tuple[str, ...] = (S.SCHEDULED.value, S.PENDING.value, S.RUNNING.value, S.CANCELLING.value)
 #: States a run never leaves (FAILED/TIMED_OUT/CRASHED are final once no retry is left).
 FINISHED: frozenset[RunState] = frozenset({S.COMPLETED, S.CANCELLED, S.MISSED}) | RETRYABLE
 

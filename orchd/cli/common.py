@@ -3,11 +3,10 @@ turning orchd's and the database's errors into one line on stderr (orchd.cli.one
 
 from __future__ import annotations
 
-import difflib
 import functools
 import getpass
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -111,8 +110,3 @@ def open_store(config: Config, *, schema: bool = True, create: bool = False) -> 
     if schema:
         migrate.ensure_current(engine)
     return Store(engine, actor())
-
-
-def did_you_mean(name: str, known: Sequence[str]) -> str:
-    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""

@@ -18,7 +18,6 @@ import tomli_w
 
 from orchd.cli.common import (
     common_options,
-    did_you_mean,
     load,
 )
 from orchd.cli.oneline import usage_error, warn
@@ -27,7 +26,7 @@ from orchd.config import Config, default_config_path, fields, load_config
 from orchd.config.model import ARRAYS, SECTIONS
 from orchd.config.template import render
 from orchd.db.engine import mask
-from orchd.errors import ConfigError, OrchdError
+from orchd.errors import ConfigError, OrchdError, did_you_mean
 from orchd.schedules import never_fires
 
 

@@ -18,12 +18,12 @@ from orchd.cli.params import Setting
 from orchd.config import Config, WorkerConfig
 from orchd.config.fields import parser_of
 from orchd.config.model import listen_address, pool_name, worker_name
+from orchd.db.locks import check_session
 from orchd.errors import ConfigError, OrchdError
 from orchd.logging import configure, get_logger
 from orchd.notify import Notifier
 from orchd.runtime import Signals, open_store
 from orchd.scheduler.daemon import Scheduler
-from orchd.scheduler.leader import check_session
 from orchd.worker.daemon import Worker
 
 log = get_logger("orchd")

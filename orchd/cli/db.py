@@ -14,8 +14,8 @@ from orchd.cli.common import (
 from orchd.cli.oneline import usage_error
 from orchd.cli.output import print_json
 from orchd.db import migrate, roles
-from orchd.db.admin import wipe
 from orchd.db.engine import describe, mask, ping
+from orchd.db.migrate import wipe
 from orchd.errors import DatabaseMissing, OrchdError
 
 

@@ -12,15 +12,13 @@ import click
 
 from orchd.cli.common import (
     common_options,
-    did_you_mean,
     load,
     open_store,
 )
 from orchd.cli.output import coloured, duration, iso, plural, print_fields, print_json, print_table, relative
 from orchd.config import Config, default_config_path, load_config
-from orchd.db.admin import Admin, NotFound
 from orchd.db.store import Store
-from orchd.errors import OrchdError
+from orchd.errors import NotFound, OrchdError, did_you_mean
 from orchd.models import Deployment, DeploymentReport, Run, Schedule
 
 
@@ -43,7 +41,7 @@ def apply_if_new(store: Store, config: Config, name: str) -> bool:
     if config.deployment(name) is None:
         return False
     try:
-        if Admin(store).deployment(name).archived_at is None:
+        if store.deployment(name).archived_at is None:
             return False
     except NotFound:
         pass
@@ -54,7 +52,7 @@ def apply_if_new(store: Store, config: Config, name: str) -> bool:
 def require_deployment(store: Store, config: Config, name: str) -> Deployment:
     """The deployment, or a one-line error that says what to do about it."""
     try:
-        row = Admin(store).deployment(name)
+        row = store.deployment(name)
     except NotFound:
         if config.deployment(name) is not None:
             raise NotFound(
@@ -67,7 +65,7 @@ def require_deployment(store: Store, config: Config, name: str) -> Deployment:
     return row
 
 
-def next_run(admin: Admin, d: DeploymentReport, now: datetime) -> datetime | None:
+def next_run(admin: Store, d: DeploymentReport, now: datetime) -> datetime | None:
     """When the deployment runs next: its earliest planned run, or the next fire time of its
     schedules (the scheduler plans runs only a horizon ahead: an hourly schedule often has none)."""
     times = [d.next_run_at] if d.next_run_at else []
@@ -130,7 +128,7 @@ def _run_summary(r: Run) -> dict[str, Any]:
 
 
 def deployment_runs(
-    store: Store, admin: Admin, row: Deployment, now: datetime
+    store: Store, admin: Store, row: Deployment, now: datetime
 ) -> tuple[list[Run], list[Run], dict[int, datetime | None]]:
     """What `deployment show` shows besides the settings: the last 5 runs due or done, the next 3
     planned, and the next fire time of each active schedule."""
@@ -162,7 +160,7 @@ def deployment_ls(include_archived: bool, config_path: Path | None, as_json: boo
       orchd deployment ls --all
     """
     store = open_store(load(config_path))
-    admin, now = Admin(store), datetime.now(UTC)
+    admin, now = store, datetime.now(UTC)
     found = [(d, next_run(admin, d, now)) for d in admin.deployments(include_archived)]
     if as_json:
         print_json([deployment_json(d, at) for d, at in found])
@@ -195,7 +193,7 @@ def deployment_show(deployment: str, config_path: Path | None, as_json: bool) ->
       orchd deployment show nightly-backup --json
     """
     store = open_store(load(config_path))
-    admin = Admin(store)
+    admin = store
     row = admin.deployment(deployment)
     schedules = admin.schedules_of(row.id)
     now = datetime.now(UTC)
@@ -282,7 +280,7 @@ def deployment_apply(config_path: Path | None, as_json: bool) -> None:
 
 def _set_paused(deployment: str, paused: bool, config_path: Path | None, as_json: bool) -> None:
     store = open_store(load(config_path))
-    changed, dropped = Admin(store).set_deployment_paused(deployment, paused, datetime.now(UTC))
+    changed, dropped = store.set_deployment_paused(deployment, paused, datetime.now(UTC))
     word = "paused" if paused else "resumed"
     if as_json:
         print_json({"name": deployment, "paused": paused, "changed": changed, "runs_dropped": dropped})

@@ -14,7 +14,7 @@ from orchd.cli.params import Setting
 from orchd.config import Config
 from orchd.config.fields import parser_of
 from orchd.config.model import PoolConfig, pool_name
-from orchd.db.admin import Admin
+from orchd.db.store import Store
 from orchd.models import PoolReport, Worker
 
 
@@ -57,7 +57,7 @@ def pool_ls(config_path: Path | None, as_json: bool) -> None:
     """
     config = load(config_path)
     now = datetime.now(UTC)
-    found = Admin(open_store(config)).pools(now, config.scheduler.worker_timeout)
+    found = open_store(config).pools(now, config.scheduler.worker_timeout)
     if as_json:
         print_json([pool_json(p) for p in found])
         return
@@ -89,7 +89,7 @@ POOL_NAME = Setting(pool_name, "NAME")
 POOL_LIMIT = Setting(parser_of(PoolConfig, "concurrency_limit"), "LIMIT")
 
 
-def _done(config: Config, admin: Admin, name: str, as_json: bool, message: str, **changed: Any) -> None:
+def _done(config: Config, admin: Store, name: str, as_json: bool, message: str, **changed: Any) -> None:
     """Say what changed, and warn when the config will change it back at the next apply."""
     declared = next((p for p in config.pools if p.name == name), None)
     for key, value in changed.items():
@@ -121,14 +121,14 @@ def pool_create(name: str, limit: int | None, paused: bool, config_path: Path | 
       orchd pool create gpu --limit 2
     """
     config = load(config_path)
-    admin = Admin(open_store(config))
+    admin = open_store(config)
     admin.create_pool(name, limit, paused, datetime.now(UTC))
     _done(config, admin, name, as_json, f"pool {name} created")
 
 
 def _update(name: str, config_path: Path | None, as_json: bool, message: str, **values: Any) -> None:
     config = load(config_path)
-    admin = Admin(open_store(config))
+    admin = open_store(config)
     admin.update_pool(name, datetime.now(UTC), **values)
     _done(config, admin, name, as_json, message, **values)
 
@@ -216,7 +216,7 @@ def worker_ls(config_path: Path | None, as_json: bool) -> None:
       orchd worker ls --json | jq '.[] | select(.status == "online") | .name'
     """
     config = load(config_path)
-    rows = Admin(open_store(config)).workers()
+    rows = open_store(config).workers()
     now = datetime.now(UTC)
     timeout = config.scheduler.worker_timeout
     if as_json:

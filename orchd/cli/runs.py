@@ -27,9 +27,9 @@ from orchd.cli.output import (
 )
 from orchd.cli.params import ATTEMPT, RUN_ID, Duration, JsonObject, KeyValue, When
 from orchd.config import Config
-from orchd.db.admin import Admin, NotFound
 from orchd.db.store import Store
 from orchd.durations import format_duration
+from orchd.errors import NotFound
 from orchd.models import LogLine, Run, StateChange
 from orchd.states import FINISHED, RunState
 
@@ -137,7 +137,7 @@ def run_ls(
       orchd run ls --since 2h --json | jq '.[].id'
     """
     store = open_store(load(config_path))
-    admin = Admin(store)
+    admin = store
     if deployment:
         admin.deployment(deployment)
     if pool:
@@ -454,7 +454,7 @@ class WorkerWatch:
     EVERY = 5.0
 
     def __init__(self, store: Store, config: Config) -> None:
-        self.admin, self.timeout = Admin(store), config.scheduler.worker_timeout
+        self.admin, self.timeout = store, config.scheduler.worker_timeout
         self.next_look = 0.0
         self.said: str | None = None
 

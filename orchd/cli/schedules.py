@@ -17,7 +17,6 @@ from orchd.cli.deployments import config_deployment, deployment_argument, requir
 from orchd.cli.oneline import usage_error, warn
 from orchd.cli.output import age, iso, plural, print_json, print_table
 from orchd.cli.params import When
-from orchd.db.admin import Admin
 from orchd.errors import OrchdError
 from orchd.schedules import ScheduleSpec, never_fires
 
@@ -121,7 +120,7 @@ def backfill(
         usage_error(f"--to ({iso(end)}) is in the future: the scheduler creates upcoming runs")
     config = load(config_path)
     store = open_store(config)
-    admin = Admin(store)
+    admin = store
     dep = require_deployment(store, config, deployment)
     schedules = admin.active_schedules(dep.id)
     if not schedules:

@@ -20,13 +20,12 @@ from orchd.cli.params import Duration
 from orchd.cli.pools import pool_json, print_pools
 from orchd.config import Config
 from orchd.db import migrate
-from orchd.db.admin import Admin
 from orchd.db.engine import describe, ping
 from orchd.db.store import Store
 from orchd.durations import format_duration
 from orchd.errors import DatabaseUnavailable
 from orchd.models import Health, PoolReport
-from orchd.scheduler.leader import SEEN_EVERY
+from orchd.scheduler.daemon import SEEN_EVERY
 from orchd.states import RETRYABLE, RunState
 from orchd.worker.containers import Engine, EngineUnavailable
 
@@ -180,7 +179,7 @@ def report(
         detail = f"{where}: schema {current or 'empty'}, orchd needs {head}: run `orchd db upgrade`"
         return [Check("database", False, detail)], {"database": database}, None
     now = datetime.now(UTC)
-    health = Admin(store).health(
+    health = store.health(
         now, worker_timeout=config.scheduler.worker_timeout, late_after=late_after, window=WINDOW
     )
     checks = [Check("database", True, f"{where}, {server}, schema {current} (current)")]

@@ -236,7 +236,7 @@ class Dashboard:
         return found
 
     def deployments(self, include_archived: bool = False) -> list[DeploymentReport]:
-        """What ``Admin.deployments`` reports (`deployment ls`), read with one index range per
+        """What ``Store.deployments`` reports (`deployment ls`), read with one index range per
         deployment instead of a window over the whole history (0.6 s at 100,000 runs on SQLite):
         the last finished run is the latest *scheduled* of the finished ones, which is the latest
         finished one unless runs of one deployment overlap."""

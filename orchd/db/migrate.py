@@ -76,6 +76,16 @@ def downgrade(engine: Engine, revision: str = "base") -> None:
         command.downgrade(_alembic_config(conn), revision)
 
 
+def wipe(engine: Engine) -> None:
+    """Drop every orchd table (and Alembic's bookkeeping), then re-create the schema by migrating."""
+    from orchd.db.schema import metadata
+
+    with engine.begin() as conn:
+        metadata.drop_all(conn)
+        conn.execute(text("DROP TABLE IF EXISTS alembic_version"))
+    upgrade(engine)
+
+
 def ensure_current(engine: Engine) -> None:
     """Refuse to run against a schema this version of orchd does not know."""
     current = current_revision(engine)

@@ -22,17 +22,20 @@ from sqlalchemy.exc import OperationalError
 
 from orchd import metrics
 from orchd.config import Config
+from orchd.db.locks import Leadership, leadership_for
 from orchd.db.store import Store
 from orchd.errors import ConfigError
 from orchd.logging import get_logger
 from orchd.models import DueSchedule, Materialization
 from orchd.notify import Notifier
-from orchd.scheduler.leader import SEEN_EVERY, Leadership, leadership_for
 from orchd.scheduler.plan import plan
 
 log = get_logger("orchd.scheduler")
 BATCH = 1000
 _PRUNE_EVERY = 60.0
+#: How often a scheduler records itself (leader or standby) in the schedulers table, seconds:
+#: what `orchd status` reads, so "seen 8s ago" is normal however short the tick.
+SEEN_EVERY = 10.0
 _UPKEEP_EVERY = 2.0  # reaping, misfires, offline workers: a crash is seen within lease + this
 _RECHECK_EVERY = 30.0
 

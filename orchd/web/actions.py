@@ -20,7 +20,6 @@ from orchd.cli.deployments import require_deployment
 from orchd.cli.params import When
 from orchd.cli.pools import pool_json
 from orchd.cli.runs import get_run, run_json
-from orchd.db.admin import Admin
 from orchd.db.store import Store
 from orchd.errors import OrchdError
 from orchd.web.auth import Principal
@@ -120,14 +119,14 @@ def retry_run(request: Request, run_id: int) -> dict[str, Any]:
 
 def set_deployment_paused(request: Request, name: str, paused: bool) -> dict[str, Any]:
     """`orchd deployment pause|resume NAME`."""
-    changed, dropped = Admin(acting_store(request)).set_deployment_paused(name, paused, now())
+    changed, dropped = acting_store(request).set_deployment_paused(name, paused, now())
     return {"name": name, "paused": paused, "changed": changed, "runs_dropped": dropped}
 
 
 def set_pool_paused(request: Request, name: str, paused: bool) -> dict[str, Any]:
     """`orchd pool pause|resume NAME`."""
     web = web_of(request)
-    admin = Admin(acting_store(request))
+    admin = acting_store(request)
     admin.update_pool(name, now(), paused=paused)
     report = next(p for p in admin.pools(now(), web.config.scheduler.worker_timeout) if p.name == name)
     return pool_json(report)

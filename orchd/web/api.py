@@ -25,10 +25,9 @@ from orchd.cli.output import iso
 from orchd.cli.pools import pool_json, worker_json
 from orchd.cli.runs import get_run, run_detail_json, run_json
 from orchd.cli.status import report
-from orchd.db.admin import NotFound
 from orchd.db.dashboard import RunFilter
 from orchd.db.engine import ping
-from orchd.errors import DatabaseUnavailable, OrchdError
+from orchd.errors import DatabaseUnavailable, NotFound, OrchdError
 from orchd.states import FINISHED, RunState
 from orchd.web import actions
 from orchd.web.actions import BadRequest, Unprocessable

@@ -25,7 +25,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from orchd import __version__
 from orchd.cli.output import duration, iso, relative
 from orchd.config import Config
-from orchd.db.admin import Admin
 from orchd.db.dashboard import Dashboard
 from orchd.db.store import Store
 from orchd.durations import format_duration
@@ -142,7 +141,7 @@ def create_app(config: Config, store: Store, watch_store: Any = None, auth: Auth
     web = Web(
         config=config,
         store=store,
-        admin=Admin(store),
+        admin=store,
         dashboard=Dashboard(store),
         auth=auth,
         feed=Feed(store, make_watch_store, config.database),

@@ -8,7 +8,6 @@ from jinja2 import Environment
 from starlette.requests import Request
 
 from orchd.config import Config
-from orchd.db.admin import Admin
 from orchd.db.dashboard import Dashboard
 from orchd.db.store import Store
 from orchd.web.auth import Auth
@@ -19,7 +18,7 @@ from orchd.web.live import Feed
 class Web:
     config: Config
     store: Store
-    admin: Admin
+    admin: Store
     dashboard: Dashboard
     auth: Auth
     feed: Feed

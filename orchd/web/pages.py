@@ -23,11 +23,10 @@ from starlette.routing import Route
 from orchd.cli.output import duration
 from orchd.cli.runs import get_run
 from orchd.cli.status import report
-from orchd.db.admin import NotFound
 from orchd.db.dashboard import RunFilter
 from orchd.db.engine import mask
 from orchd.durations import format_duration
-from orchd.errors import OrchdError
+from orchd.errors import NotFound, OrchdError
 from orchd.states import FINISHED, RunState
 from orchd.web import actions, charts, words
 from orchd.web.api import LATE_AFTER, filters, next_fire_times, status_of

@@ -25,8 +25,8 @@ from sqlalchemy.exc import OperationalError
 
 from orchd import metrics
 from orchd.config import Config
-from orchd.db.admin import Admin
 from orchd.db.engine import connect_args, mask, session_url
+from orchd.db.listen import Listener, WakeEvent
 from orchd.db.store import Store
 from orchd.durations import format_duration
 from orchd.errors import ConfigError
@@ -44,7 +44,6 @@ from orchd.worker.containers import (
     database_label,
 )
 from orchd.worker.process import ExitEvent, Guardian, OutputEvent, RunProcess, describe_exit
-from orchd.worker.wakeup import Listener, WakeEvent
 
 log = get_logger("orchd.worker")
 S = RunState
@@ -309,7 +308,7 @@ class Worker:
             return
         ours = {(a.run.id, a.run.attempt) for a in self.active.values()}
         others = [c for c in found if c.worker != self.name]
-        hosts = {w.name: (w.host, w.pid) for w in Admin(self.store).workers()} if others else {}
+        hosts = {w.name: (w.host, w.pid) for w in self.store.workers()} if others else {}
         stale = []
         for box in found:
             if box.worker == self.name:

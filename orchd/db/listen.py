@@ -16,8 +16,8 @@ from typing import Any
 
 from sqlalchemy.engine import URL
 
+from orchd.db.base import CHANNEL
 from orchd.db.engine import conninfo
-from orchd.db.store import CHANNEL
 from orchd.logging import get_logger
 
 log = get_logger("orchd.worker")

@@ -1,4 +1,4 @@
-"""Leader election: one scheduler acts, the others wait as hot standbys.
+"""Leader locks: one scheduler acts, the others wait as hot standbys.
 
 PostgreSQL: a session advisory lock on a connection of its own, to PostgreSQL itself (a
 transaction-mode pooler cannot hold a session: ``database.direct_url`` then).  If that connection
@@ -38,9 +38,6 @@ from orchd.db.engine import (
 from orchd.errors import ConfigError
 
 _LOCK_KEY = 0x6F72636864  # "orchd"
-#: How often a scheduler records itself (leader or standby) in the schedulers table, seconds:
-#: what `orchd status` reads, so "seen 8s ago" is normal however short the tick.
-SEEN_EVERY = 10.0
 
 
 class Leadership(Protocol):

@@ -1,0 +1,433 @@
+"""The work queue as the workers use it: claim due runs, start and finish them, keep their leases,
+hand them back, store their output, and notice wake-ups.
+
+Contract (what a worker may rely on, whatever races and restarts happen around it)
+---------------------------------------------------------------------------------
+* A run is handed out by ``claim`` to one worker at a time, for one attempt: the claim and the
+  PENDING state it writes are one transaction, and claimers skip rows another claimer holds.
+* A claimed run is held under a lease.  ``heartbeat`` extends the leases of the runs the worker
+  names; a run whose lease expires (its worker died, hung, or lost the database for longer than
+  the lease) is CRASHED by the scheduler's upkeep and retried if attempts remain.  A worker that
+  learns from ``heartbeat`` or ``start_many`` that a run is no longer its own must stop it.
+* Every write about a run (start, finish, release) is a guarded transition: it happens only if
+  the run is still in the state the writer expects, so a late writer (a worker whose run was
+  reaped or cancelled meanwhile) changes nothing and learns so from the return value.
+* A retryable outcome with attempts left is sent back to SCHEDULED in the same transaction that
+  records it, due after the deployment's backoff: a run is never left FAILED with a retry owed.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, Row, case, func, or_, select, update
+
+from orchd import __version__
+from orchd.db.base import Access, chunks
+from orchd.db.schema import deployments, pools, run_logs, runs, workers
+from orchd.db.transitions import BACK_TO_QUEUE, transition
+from orchd.models import ClaimedRun, DeploymentSpec
+from orchd.retries import retry_delay
+from orchd.states import ACTIVE, RETRYABLE, RunState
+
+S = RunState
+
+
+class Queue(Access):
+    #: SQLite's PRAGMA data_version when ``changed`` last looked.
+    _data_version = -1
+
+    def register_worker(
+        self, name: str, host: str, pid: int, pool_names: Sequence[str], concurrency: int, now: datetime
+    ) -> None:
+        """Record a worker as online (creating its pools if they are new).  A worker restarted under
+        the same name takes over its row; runs its predecessor held are not given back to it: they
+        expire and are reaped, since only the process that spawned a run can vouch for it."""
+        values = {
+            "host": host,
+            "pid": pid,
+            "pools": list(pool_names),
+            "concurrency": concurrency,
+            "running": 0,
+            "version": __version__,
+            "status": "online",
+            "started_at": now,
+            "last_heartbeat": now,
+        }
+        with self.write() as conn:
+            conn.execute(
+                self._insert(pools)
+                .values([{"name": p, "created_at": now, "updated_at": now} for p in pool_names])
+                .on_conflict_do_nothing()
+            )
+            stmt = self._insert(workers).values(name=name, **values)
+            conn.execute(stmt.on_conflict_do_update(index_elements=[workers.c.name], set_=values))
+
+    def worker_stopped(self, name: str, now: datetime) -> None:
+        """Record a clean stop (`orchd worker ls` shows it stopped, not offline)."""
+        with self.write() as conn:
+            conn.execute(
+                update(workers)
+                .where(workers.c.name == name)
+                .values(status="stopped", running=0, last_heartbeat=now)
+            )
+
+    def heartbeat(
+        self, worker: str, now: datetime, lease_until: datetime, run_ids: Sequence[int]
+    ) -> dict[int, RunState]:
+        """Extend to ``lease_until``, in one statement, the leases of the runs among ``run_ids`` that
+        ``worker`` still holds (PENDING, RUNNING or CANCELLING under its name), record it online,
+        and return those runs with their state: CANCELLING means a person asked to cancel it.
+
+        ``run_ids`` is what the worker has in memory, not every row carrying its name, so a run it
+        lost track of, or one a dead predecessor of the same name held, is not extended: it
+        expires and is reaped.  A run of ``run_ids`` missing from the answer was taken away (its
+        lease expired and it was reaped, or it was cancelled while PENDING) and must be stopped."""
+        with self.write() as conn:
+            held: list[Row[Any]] = []
+            for chunk in chunks(run_ids):
+                held += conn.execute(
+                    update(runs)
+                    .where(
+                        runs.c.id.in_(chunk),
+                        runs.c.worker == worker,
+                        runs.c.state.in_([s.value for s in ACTIVE]),
+                    )
+                    .values(lease_expires_at=lease_until)
+                    .returning(runs.c.id, runs.c.state)
+                ).all()
+            conn.execute(
+                update(workers)
+                .where(workers.c.name == worker)
+                .values(last_heartbeat=now, running=len(run_ids), status="online")
+            )
+        return {r.id: RunState(r.state) for r in held}
+
+    def claim(
+        self, worker: str, pool_names: Sequence[str], limit: int, now: datetime, lease_until: datetime
+    ) -> list[ClaimedRun]:
+        """Take up to ``limit`` due runs for ``worker``: SCHEDULED, ``due_at <= now``, of one of
+        ``pool_names``, pool not paused; highest priority first, then the longest due.  Each is
+        PENDING under ``worker`` with a lease until ``lease_until`` before this returns.
+
+        Guarantees, with any number of workers on any number of hosts:
+
+        * a run is returned to one caller only, for one attempt: ``FOR UPDATE SKIP LOCKED`` on
+          PostgreSQL (claimers skip each other's rows instead of waiting), the ``BEGIN IMMEDIATE``
+          write lock on SQLite;
+        * a pool's ``concurrency_limit`` and a deployment's ``max_active_runs`` hold across all
+          claimers: the rows of the limited pools and deployments are locked for the few
+          milliseconds of the claim, so two claimers cannot both take the last free slot;
+        * in the same transaction, a due run that its deployment's overlap policy turns away is
+          MISSED (``skip``), or the deployment's active runs are asked to cancel so it can start
+          next (``cancel_previous``); ``queue`` leaves it waiting.
+
+        If the caller dies after this returns, its runs stay PENDING until their lease expires and
+        the scheduler's upkeep crashes and retries them: a claimed run is never lost."""
+        if limit <= 0:
+            return []
+        with self.write() as conn:
+            # One statement picks the candidates with everything needed to run them; paused pools
+            # are left out by the join, and limited pools show their limit.
+            candidates = conn.execute(
+                select(
+                    runs.c.id,
+                    runs.c.deployment_id,
+                    runs.c.pool,
+                    runs.c.attempt,
+                    runs.c.max_attempts,
+                    runs.c.scheduled_for,
+                    runs.c.parameters,
+                    deployments.c.name.label("deployment"),
+                    deployments.c.spec,
+                    pools.c.concurrency_limit,
+                )
+                .join(deployments, deployments.c.id == runs.c.deployment_id)
+                .outerjoin(pools, pools.c.name == runs.c.pool)
+                .where(
+                    runs.c.state == S.SCHEDULED.value,
+                    runs.c.pool.in_(list(pool_names)),
+                    runs.c.due_at <= now,
+                    or_(pools.c.paused.is_(None), pools.c.paused.is_(False)),
+                )
+                .order_by(runs.c.priority.desc(), runs.c.due_at)
+                .limit(max(limit * 4, 50))
+                .with_for_update(skip_locked=True, of=runs)
+            ).all()
+            if not candidates:
+                return []
+            pool_caps = {c.pool: c.concurrency_limit for c in candidates if c.concurrency_limit}
+            if pool_caps:  # only limited pools serialise their claimers, on their row: re-read it locked
+                locked = conn.execute(
+                    select(pools.c.name, pools.c.concurrency_limit)
+                    .where(pools.c.name.in_(list(pool_caps)))
+                    .order_by(pools.c.name)
+                    .with_for_update()
+                ).all()
+                pool_caps = {r.name: r.concurrency_limit for r in locked if r.concurrency_limit}
+            specs = {c.deployment_id: DeploymentSpec.from_json(c.spec) for c in candidates}
+            dep_caps = {d: cap for d, spec in specs.items() if (cap := spec.active_cap)}
+            if dep_caps:
+                conn.execute(
+                    select(deployments.c.id)
+                    .where(deployments.c.id.in_(list(dep_caps)))
+                    .order_by(deployments.c.id)
+                    .with_for_update()
+                ).all()
+            pool_active = self._active_counts(conn, runs.c.pool, list(pool_caps))
+            dep_active = self._active_counts(conn, runs.c.deployment_id, list(dep_caps))
+            take: list[int] = []
+            skip: list[int] = []
+            supersede: set[int] = set()
+            for c in candidates:
+                if len(take) >= limit:
+                    break
+                if c.pool in pool_caps and pool_active[c.pool] >= pool_caps[c.pool]:
+                    continue
+                if c.deployment_id in dep_caps and dep_active[c.deployment_id] >= dep_caps[c.deployment_id]:
+                    overlap = specs[c.deployment_id].overlap
+                    if overlap == "skip":
+                        skip.append(c.id)
+                    elif overlap == "cancel_previous":
+                        supersede.add(c.deployment_id)
+                    continue
+                take.append(c.id)
+                pool_active[c.pool] += 1
+                dep_active[c.deployment_id] += 1
+            transition(
+                conn,
+                skip,
+                S.SCHEDULED,
+                S.MISSED,
+                now=now,
+                actor=worker,
+                values={"finished_at": now},
+                reason="skipped: the deployment's max_active_runs are still active (overlap = skip)",
+            )
+            self._supersede(conn, supersede, worker, now)
+            moved = transition(
+                conn,
+                take,
+                S.SCHEDULED,
+                S.PENDING,
+                now=now,
+                actor=worker,
+                reason="claimed",
+                values={"worker": worker, "claimed_at": now, "lease_expires_at": lease_until},
+            )
+        ours = set(moved)
+        return [
+            ClaimedRun(
+                c.id,
+                c.deployment,
+                c.attempt,
+                c.max_attempts,
+                c.scheduled_for,
+                c.parameters,
+                specs[c.deployment_id],
+            )
+            for c in candidates
+            if c.id in ours
+        ]
+
+    @staticmethod
+    def _active_counts(conn: Connection, column: Any, keys: Sequence[Any]) -> Counter[Any]:
+        counts: Counter[Any] = Counter()
+        if keys:
+            counts.update(
+                dict(
+                    conn.execute(
+                        select(column, func.count())
+                        .where(column.in_(list(keys)), runs.c.state.in_([s.value for s in ACTIVE]))
+                        .group_by(column)
+                    ).all()
+                )
+            )
+        return counts
+
+    def _supersede(self, conn: Connection, deployment_ids: Iterable[int], actor: str, now: datetime) -> None:
+        """overlap = cancel_previous: the active runs of these deployments are cancelled so the due one
+        can start (it waits in the queue until they are gone)."""
+        ids = list(deployment_ids)
+        if not ids:
+            return
+        reason = "superseded by a newer run (overlap = cancel_previous)"
+        active = conn.execute(
+            select(runs.c.id, runs.c.state).where(
+                runs.c.deployment_id.in_(ids), runs.c.state.in_([S.PENDING.value, S.RUNNING.value])
+            )
+        ).all()
+        for state, target in ((S.RUNNING, S.CANCELLING), (S.PENDING, S.CANCELLED)):
+            transition(
+                conn,
+                [r.id for r in active if r.state == state],
+                state,
+                target,
+                now=now,
+                actor=actor,
+                reason=reason,
+            )
+
+    def start(self, run_id: int, worker: str, pid: int, now: datetime) -> bool:
+        """``start_many`` for one run."""
+        return bool(self.start_many({run_id: pid}, worker, now))
+
+    def start_many(self, pids: Mapping[int, int], worker: str, now: datetime) -> list[int]:
+        """PENDING -> RUNNING, with its pid, for runs whose processes were just spawned (run id ->
+        pid), in one transaction; returns those moved.  A run cancelled or reaped since its claim
+        is not, and its process must be stopped: it is no longer the worker's to run."""
+        if not pids:
+            return []
+        with self.write() as conn:
+            return transition(
+                conn,
+                list(pids),
+                S.PENDING,
+                S.RUNNING,
+                now=now,
+                actor=worker,
+                values={"started_at": now, "pid": case(dict(pids), value=runs.c.id)},
+            )
+
+    def complete_many(self, run_ids: Sequence[int], worker: str, now: datetime) -> list[int]:
+        """RUNNING -> COMPLETED (exit code 0, no result) for several runs in one transaction: the
+        common case, batched so a busy worker spends its time running runs, not recording them."""
+        if not run_ids:
+            return []
+        with self.write() as conn:
+            return transition(
+                conn,
+                run_ids,
+                S.RUNNING,
+                S.COMPLETED,
+                now=now,
+                actor=worker,
+                values={"finished_at": now, "exit_code": 0, "lease_expires_at": None},
+            )
+
+    def finish(
+        self,
+        run_id: int,
+        worker: str,
+        outcome: RunState,
+        now: datetime,
+        *,
+        exit_code: int | None = None,
+        error: str | None = None,
+        result: object = None,
+        source: RunState = S.RUNNING,
+    ) -> RunState | None:
+        """Record a run's outcome (``source`` -> ``outcome``) with its exit code, error and result;
+        return the state it ends in, or None when the run was no longer in ``source`` under this
+        worker's watch (reaped or cancelled meanwhile: nothing is written).  A retryable outcome
+        with attempts left ends in SCHEDULED: the retry is queued in the same transaction."""
+        with self.write() as conn:
+            moved = transition(
+                conn,
+                [run_id],
+                source,
+                outcome,
+                now=now,
+                actor=worker,
+                reason=error,
+                values={
+                    "finished_at": now,
+                    "exit_code": exit_code,
+                    "error": error,
+                    "result": result,
+                    "lease_expires_at": None,
+                },
+            )
+            if not moved:
+                return None
+            return S.SCHEDULED if requeue_failed(conn, moved, outcome, now, worker) else outcome
+
+    def release(self, run_ids: Sequence[int], worker: str, now: datetime, reason: str) -> list[int]:
+        """Hand PENDING or RUNNING runs back to the queue, due now, without charging an attempt (a
+        stopping worker whose shutdown grace ran out); returns those handed back.  A run that
+        moved on meanwhile (finished, reaped) is left alone."""
+        back = {**BACK_TO_QUEUE, "due_at": now}
+        with self.write() as conn:
+            return [
+                rid
+                for state in (S.PENDING, S.RUNNING)
+                for rid in transition(
+                    conn, run_ids, state, S.SCHEDULED, now=now, actor=worker, reason=reason, values=back
+                )
+            ]
+
+    def cancel_requested(self, worker: str) -> list[int]:
+        """Runs of ``worker`` a user asked to cancel (CANCELLING)."""
+        with self.read() as conn:
+            return list(
+                conn.execute(
+                    select(runs.c.id).where(runs.c.worker == worker, runs.c.state == S.CANCELLING.value)
+                ).scalars()
+            )
+
+    def append_logs(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Store lines of run output (run_id, attempt, at, stream, line) in one statement.  A worker
+        stores a run's output before its outcome, so a reader that sees the run finished and then
+        reads its output has all of it."""
+        if rows:
+            with self.write() as conn:
+                conn.execute(run_logs.insert(), list(rows))
+
+    def changed(self) -> bool:
+        """SQLite: has another connection (the scheduler, the CLI, another worker) committed since we
+        last asked?  PRAGMA data_version answers from shared memory, so polling it costs no I/O.
+        PostgreSQL workers are woken by NOTIFY instead: always False."""
+        if self.engine.dialect.name != "sqlite":
+            return False
+        with self.engine.connect() as conn:
+            version = int(conn.exec_driver_sql("PRAGMA data_version").scalar_one())
+        changed, self._data_version = version != self._data_version, version
+        return changed
+
+    def next_due_at(self, pool_names: Sequence[str]) -> datetime | None:
+        """When the earliest SCHEDULED run of these pools is due (may be past), or None."""
+        with self.read() as conn:
+            value: datetime | None = conn.execute(
+                select(func.min(runs.c.due_at)).where(
+                    runs.c.state == S.SCHEDULED.value, runs.c.pool.in_(list(pool_names))
+                )
+            ).scalar()
+        return value
+
+
+def requeue_failed(
+    conn: Connection, run_ids: Sequence[int], state: RunState, now: datetime, actor: str
+) -> list[int]:
+    """Send runs that just ended in ``state`` back to SCHEDULED (attempt + 1, due after their
+    deployment's backoff) when it is a retryable outcome and attempts remain; return those sent."""
+    if not run_ids or state not in RETRYABLE:
+        return []
+    rows = conn.execute(
+        select(runs.c.id, runs.c.attempt, runs.c.max_attempts, deployments.c.spec)
+        .join(deployments, deployments.c.id == runs.c.deployment_id)
+        .where(runs.c.id.in_(list(run_ids)), runs.c.attempt < runs.c.max_attempts)
+    ).all()
+    retried = []
+    for r in rows:
+        spec = DeploymentSpec.from_json(r.spec)
+        delay = retry_delay(spec.retry_delay, spec.retry_backoff, r.attempt)
+        retried += transition(
+            conn,
+            [r.id],
+            state,
+            S.SCHEDULED,
+            now=now,
+            actor=actor,
+            reason=f"retry {r.attempt + 1}/{r.max_attempts} in {delay:.1f}s",
+            values={
+                **BACK_TO_QUEUE,
+                "attempt": runs.c.attempt + 1,
+                "due_at": now + timedelta(seconds=delay),
+                "finished_at": None,
+                "exit_code": None,
+            },
+        )
+    return retried

@@ -1,0 +1,350 @@
+"""What people and monitoring read: runs with their history and output, deployments, pools,
+workers, the queue and the health report, as read models (``orchd.models``).
+
+Every report is read in one read-only transaction that sees one snapshot of the database
+(``Access.read``), so its numbers agree with each other, and is served by an index of the schema
+(``ix_runs_due``, ``ix_runs_active_lease``, ``ix_runs_finished_at``) or reads a small table, so
+`orchd status`, the web pages and a metrics scrape stay cheap however long the run history grows.
+A report may be stale the moment it is returned: acting on what it shows goes through a guarded
+call that checks again.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Row, Table, and_, func, not_, select
+
+from orchd.db import rows as to
+from orchd.db.base import Access
+from orchd.db.schema import (
+    RUNS_ACTIVE,
+    deployments,
+    pools,
+    run_logs,
+    run_states,
+    runs,
+    schedulers,
+    schedules,
+    workers,
+)
+from orchd.errors import NotFound, did_you_mean
+from orchd.models import (
+    Deployment,
+    DeploymentReport,
+    Health,
+    LastRun,
+    LogLine,
+    Pool,
+    PoolReport,
+    Run,
+    Schedule,
+    StateChange,
+    Worker,
+)
+from orchd.states import FINISHED, LIVE, RETRYABLE, RunState
+
+S = RunState
+
+
+class Reports(Access):
+    def list_runs(
+        self,
+        *,
+        deployment: str | None = None,
+        states: Iterable[str] = (),
+        pool: str | None = None,
+        since: datetime | None = None,
+        limit: int = 50,
+        now: datetime | None = None,
+        upcoming: bool = False,
+    ) -> list[Run]:
+        """Up to ``limit`` runs filtered by deployment name, states, pool and scheduled time:
+        newest scheduled first; with ``now``, those due or done by then (a waiting run whose due
+        time has come, and every run that was ever claimed), most recently due first, or with
+        ``upcoming`` those still planned after it, soonest first."""
+        stmt = select(*to.RUN_COLUMNS).join(deployments, deployments.c.id == runs.c.deployment_id)
+        if deployment:
+            stmt = stmt.where(deployments.c.name == deployment)
+        if states := list(states):
+            stmt = stmt.where(runs.c.state.in_(states))
+        if pool:
+            stmt = stmt.where(runs.c.pool == pool)
+        if since:
+            stmt = stmt.where(runs.c.scheduled_for >= since)
+        if now is None:
+            stmt = stmt.order_by(runs.c.scheduled_for.desc(), runs.c.id.desc())
+        else:
+            planned = and_(runs.c.state == S.SCHEDULED.value, runs.c.due_at > now)
+            if upcoming:
+                stmt = stmt.where(planned).order_by(runs.c.due_at, runs.c.id)
+            else:
+                stmt = stmt.where(not_(planned)).order_by(runs.c.due_at.desc(), runs.c.id.desc())
+        stmt = stmt.limit(limit)
+        with self.read() as conn:
+            return [to.run(r) for r in conn.execute(stmt)]
+
+    def get_run(self, run_id: int) -> Run | None:
+        """The run, or None (never existed, or pruned by retention)."""
+        stmt = (
+            select(*to.RUN_COLUMNS)
+            .join(deployments, deployments.c.id == runs.c.deployment_id)
+            .where(runs.c.id == run_id)
+        )
+        with self.read() as conn:
+            row = conn.execute(stmt).first()
+        return None if row is None else to.run(row)
+
+    def run_history(self, run_id: int) -> list[StateChange]:
+        """Every transition of the run, oldest first: written in the transaction that made it, so
+        the history is complete and in the order things happened (its ids are the order)."""
+        with self.read() as conn:
+            return [
+                to.state_change(r)
+                for r in conn.execute(
+                    select(run_states).where(run_states.c.run_id == run_id).order_by(run_states.c.id)
+                )
+            ]
+
+    def run_logs(self, run_id: int, after_id: int = 0, limit: int = 10_000) -> list[LogLine]:
+        """Up to ``limit`` lines of the run's output after line id ``after_id``, in order: pass the
+        last id seen to follow a run without reading a line twice."""
+        with self.read() as conn:
+            return [
+                to.log_line(r)
+                for r in conn.execute(
+                    select(run_logs)
+                    .where(run_logs.c.run_id == run_id, run_logs.c.id > after_id)
+                    .order_by(run_logs.c.id)
+                    .limit(limit)
+                )
+            ]
+
+    def deployments(self, include_archived: bool = False) -> list[DeploymentReport]:
+        """Each deployment with its number of active schedules, its next run and its last finished run."""
+        stmt = select(deployments).order_by(deployments.c.name)
+        if not include_archived:
+            stmt = stmt.where(deployments.c.archived_at.is_(None))
+        n_schedules = (
+            select(schedules.c.deployment_id, func.count().label("n"))
+            .where(schedules.c.active, schedules.c.archived_at.is_(None))
+            .group_by(schedules.c.deployment_id)
+        )
+        next_due = (
+            select(runs.c.deployment_id, func.min(runs.c.due_at).label("at"))
+            .where(runs.c.state == S.SCHEDULED.value)
+            .group_by(runs.c.deployment_id)
+        )
+        latest = (
+            select(
+                runs.c.deployment_id,
+                runs.c.id,
+                runs.c.state,
+                runs.c.finished_at,
+                func.row_number()
+                .over(
+                    partition_by=runs.c.deployment_id, order_by=(runs.c.finished_at.desc(), runs.c.id.desc())
+                )
+                .label("rank"),
+            )
+            .where(runs.c.finished_at.is_not(None), runs.c.state.in_([s.value for s in FINISHED]))
+            .subquery()
+        )
+        with self.read() as conn:
+            rows = conn.execute(stmt).all()
+            counts = {r.deployment_id: int(r.n) for r in conn.execute(n_schedules)}
+            nexts = {r.deployment_id: r.at for r in conn.execute(next_due)}
+            lasts = {
+                r.deployment_id: LastRun(r.id, RunState(r.state), r.finished_at)
+                for r in conn.execute(
+                    select(latest.c.deployment_id, latest.c.id, latest.c.state, latest.c.finished_at).where(
+                        latest.c.rank == 1
+                    )
+                )
+            }
+        return [
+            DeploymentReport(to.deployment(row), counts.get(row.id, 0), nexts.get(row.id), lasts.get(row.id))
+            for row in rows
+        ]
+
+    def deployment(self, name: str) -> Deployment:
+        """The deployment (archived or not), or NotFound suggesting the closest name."""
+        return to.deployment(self._named(deployments, "deployment", name))
+
+    def schedules_of(self, deployment_id: int, include_archived: bool = False) -> list[Schedule]:
+        """A deployment's schedules as stored (active or not), oldest first."""
+        stmt = select(schedules).where(schedules.c.deployment_id == deployment_id).order_by(schedules.c.id)
+        if not include_archived:
+            stmt = stmt.where(schedules.c.archived_at.is_(None))
+        with self.read() as conn:
+            return [to.schedule(r) for r in conn.execute(stmt)]
+
+    def active_schedules(self, deployment_id: int) -> list[Schedule]:
+        """A deployment's active schedules as the database knows them: with the keys its runs carry,
+        so backfilled and scheduled runs share one unique key."""
+        return [s for s in self.schedules_of(deployment_id) if s.spec.active]
+
+    def workers(self) -> list[Worker]:
+        """Every worker that has registered and not been pruned, by name (see ``Worker.status_at``)."""
+        with self.read() as conn:
+            return [to.worker(r) for r in conn.execute(select(workers).order_by(workers.c.name))]
+
+    def pool_names(self) -> list[str]:
+        with self.read() as conn:
+            return list(conn.execute(select(pools.c.name).order_by(pools.c.name)).scalars())
+
+    def pool(self, name: str) -> Pool:
+        """The pool, or NotFound suggesting the closest name."""
+        return to.pool(self._named(pools, "pool", name))
+
+    def pools(self, now: datetime, worker_timeout: float) -> list[PoolReport]:
+        """Every pool with its queue (due, upcoming, oldest due), active runs, online workers and
+        their slots, and the live deployments that use it, as one snapshot."""
+        with self.read() as conn:
+            return self._pools(conn, now, worker_timeout)
+
+    def _pools(self, conn: Any, now: datetime, worker_timeout: float) -> list[PoolReport]:
+        due = self._queue(conn, now)
+        upcoming = dict(
+            conn.execute(
+                select(runs.c.pool, func.count())
+                .where(runs.c.state == S.SCHEDULED.value, runs.c.due_at > now)
+                .group_by(runs.c.pool)
+            ).all()
+        )
+        active = dict(
+            conn.execute(select(runs.c.pool, func.count()).where(RUNS_ACTIVE).group_by(runs.c.pool)).all()
+        )
+        used_by = dict(
+            conn.execute(
+                select(deployments.c.pool, func.count())
+                .where(deployments.c.archived_at.is_(None), deployments.c.paused.is_(False))
+                .group_by(deployments.c.pool)
+            ).all()
+        )
+        online: Counter[str] = Counter()
+        slots: Counter[str] = Counter()
+        for w in self._online_workers(conn, now, worker_timeout):
+            for pool in w.pools:
+                online[pool] += 1
+                slots[pool] += w.concurrency
+        return [
+            PoolReport(
+                name=p.name,
+                concurrency_limit=p.concurrency_limit,
+                paused=p.paused,
+                due=due.get(p.name, (0, None))[0],
+                upcoming=upcoming.get(p.name, 0),
+                oldest_due=due.get(p.name, (0, None))[1],
+                active=active.get(p.name, 0),
+                workers=online[p.name],
+                slots=slots[p.name],
+                deployments=used_by.get(p.name, 0),
+            )
+            for p in conn.execute(select(pools).order_by(pools.c.name))
+        ]
+
+    def queue(self, now: datetime) -> dict[str, tuple[int, datetime]]:
+        """Per pool: how many runs are due and not claimed, and the due time of the oldest."""
+        with self.read() as conn:
+            return self._queue(conn, now)
+
+    @staticmethod
+    def _queue(conn: Any, now: datetime) -> dict[str, tuple[int, datetime]]:
+        return {
+            r.pool: (int(r.n), r.oldest)
+            for r in conn.execute(
+                select(runs.c.pool, func.count().label("n"), func.min(runs.c.due_at).label("oldest"))
+                .where(runs.c.state == S.SCHEDULED.value, runs.c.due_at <= now)
+                .group_by(runs.c.pool)
+            )
+        }
+
+    @staticmethod
+    def _online_workers(conn: Any, now: datetime, worker_timeout: float) -> list[Row[Any]]:
+        """Workers that say they are online and have heartbeated recently (the scheduler marks the
+        silent ones offline, but it may be the one that is down)."""
+        return list(
+            conn.execute(
+                select(workers).where(
+                    workers.c.status == "online",
+                    workers.c.last_heartbeat >= now - timedelta(seconds=worker_timeout),
+                )
+            ).all()
+        )
+
+    def health(self, now: datetime, *, worker_timeout: float, late_after: float, window: float) -> Health:
+        """What `orchd status` shows: leader, pools with their workers and queues, late runs (due
+        longer than ``late_after`` ago), runs stuck past their lease, failures within ``window``."""
+        with self.read() as conn:
+            leader = conn.execute(
+                select(schedulers)
+                .where(schedulers.c.role == "leader")
+                .order_by(schedulers.c.last_tick_at.desc())
+                .limit(1)
+            ).first()
+            standbys = conn.execute(
+                select(func.count()).where(
+                    schedulers.c.role == "standby",
+                    schedulers.c.last_tick_at >= now - timedelta(seconds=worker_timeout),
+                )
+            ).scalar_one()
+            late = conn.execute(
+                select(runs.c.id)
+                .where(runs.c.state == S.SCHEDULED.value, runs.c.due_at < now - timedelta(seconds=late_after))
+                .order_by(runs.c.due_at)
+                .limit(100)
+            ).scalars()
+            stuck = conn.execute(
+                select(runs.c.id)
+                .where(RUNS_ACTIVE, runs.c.lease_expires_at < now)
+                # by lease, which ix_runs_active_lease serves: ordered by id, SQLite walked the
+                # whole table when nothing was stuck
+                .order_by(runs.c.lease_expires_at, runs.c.id)
+                .limit(100)
+            ).scalars()
+            failures = conn.execute(
+                select(func.count()).where(
+                    runs.c.finished_at >= now - timedelta(seconds=window),
+                    runs.c.state.in_([s.value for s in RETRYABLE]),
+                )
+            ).scalar_one()
+            return Health(
+                now=now,
+                leader=None if leader is None else to.scheduler_seen(leader),
+                standbys=int(standbys),
+                pools=self._pools(conn, now, worker_timeout),
+                workers_online=len(self._online_workers(conn, now, worker_timeout)),
+                late=list(late),
+                stuck=list(stuck),
+                failures=int(failures),
+            )
+
+    def live_runs(self) -> dict[tuple[str, str], int]:
+        """Runs waiting or working, by (state, pool): the partial indexes of the queue serve it."""
+        with self.read() as conn:
+            return {
+                (r.state, r.pool): int(r.n)
+                for r in conn.execute(
+                    select(runs.c.state, runs.c.pool, func.count().label("n"))
+                    .where(runs.c.state.in_(LIVE))
+                    .group_by(runs.c.state, runs.c.pool)
+                )
+            }
+
+    def _named(self, table: Table, kind: str, name: str) -> Row[Any]:
+        """The row of ``table`` called ``name``, or NotFound suggesting the closest existing name."""
+        with self.read() as conn:
+            row: Row[Any] | None = conn.execute(select(table).where(table.c.name == name)).first()
+            if row is None:
+                names = conn.execute(select(table.c.name)).scalars().all()
+                raise NotFound(self._unknown(kind, name, names))
+        return row
+
+    @staticmethod
+    def _unknown(kind: str, name: str, known: Iterable[str]) -> str:
+        hint = did_you_mean(name, known) or f" (see `orchd {kind} ls`)"
+        return f"{kind} {name!r} not found{hint}"
