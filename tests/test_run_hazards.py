@@ -8,8 +8,10 @@ would have left it CRASHED or stuck.
 from __future__ import annotations
 
 import dataclasses
+import os
 import random
 import signal
+import subprocess
 import sys
 import threading
 from datetime import UTC, datetime
@@ -25,7 +27,7 @@ from orchd.db.store import Store
 from orchd.retries import MAX_DELAY, retry_delay
 from orchd.worker.daemon import Worker
 from orchd.worker.output import decode_line, encode_line
-from orchd.worker.process import describe_exit
+from orchd.worker.process import Guardian, describe_exit
 from tests.conftest import MakeConfig
 
 NOW = datetime.now(UTC)
@@ -295,3 +297,22 @@ def test_retry_delays_never_overflow() -> None:
         for backoff in (1.0, 2.0, 100.0, 1e300):
             assert 0 <= retry_delay(10, backoff, attempt, rng) <= MAX_DELAY * 1.1
     assert retry_delay(0, 2.0, 10**6) == 0.0
+
+
+def test_a_guardian_that_died_is_replaced_and_still_guards_every_run() -> None:
+    """The worker used to die with BrokenPipeError at its next run once its guardian was gone."""
+    sleepers = [
+        subprocess.Popen(["sleep", "60"], start_new_session=True, stdout=subprocess.DEVNULL) for _ in range(2)
+    ]
+    guardian = Guardian()
+    try:
+        guardian.watch(sleepers[0].pid)
+        first = guardian._process.pid
+        os.kill(first, signal.SIGKILL)
+        guardian._process.wait(timeout=10)
+        guardian.watch(sleepers[1].pid)  # finds it gone: a new one, told about both groups
+        assert guardian._process.pid != first and guardian._process.poll() is None
+    finally:
+        guardian.close()  # as when the worker dies: the groups still watched are killed
+    for sleeper in sleepers:
+        assert sleeper.wait(timeout=10) == -signal.SIGKILL

@@ -63,10 +63,17 @@ class Guardian:
     def __init__(self, remove_containers: Sequence[str] = (), env: Mapping[str, str] | None = None) -> None:
         """``remove_containers``: the engine's force-remove command (run with ``env``), for the
         containers it is told about."""
+        self._command = [sys.executable, str(self.SCRIPT), *remove_containers]
+        self._env = None if env is None else dict(env)
+        self._watched: set[int | str] = set()
+        self._lock = threading.Lock()  # the main thread watches, pump threads forget
+        self._start()
+
+    def _start(self) -> None:
         read_end, self._write_end = os.pipe()  # not inheritable: runs never hold it open
         self._process = subprocess.Popen(
-            [sys.executable, str(self.SCRIPT), *remove_containers],
-            env=None if env is None else dict(env),
+            self._command,
+            env=self._env,
             stdin=read_end,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -76,14 +83,28 @@ class Guardian:
         os.close(read_end)
 
     def _say(self, line: str) -> None:
-        os.write(self._write_end, line.encode())  # one small write: atomic, no lock needed
+        """One small write (atomic).  If the guardian is gone (the OOM killer, an admin's kill), a
+        new one takes over everything the old one watched: the worker goes on, protected again."""
+        try:
+            os.write(self._write_end, line.encode())
+        except BrokenPipeError:
+            os.close(self._write_end)
+            self._process.wait(timeout=10)  # it has exited: reap it
+            self._start()
+            replay = "".join(f"+{what}\n" for what in self._watched).encode()
+            while replay:  # more than a pipe's atomic size: write it all
+                replay = replay[os.write(self._write_end, replay) :]
 
     def watch(self, what: int | str) -> None:
         """A run's process group (int), or a container's name (str, before it is created)."""
-        self._say(f"+{what}\n")
+        with self._lock:
+            self._watched.add(what)
+            self._say(f"+{what}\n")
 
     def forget(self, what: int | str) -> None:
-        self._say(f"-{what}\n")
+        with self._lock:
+            self._watched.discard(what)
+            self._say(f"-{what}\n")
 
     def close(self) -> None:
         os.close(self._write_end)
