@@ -101,7 +101,13 @@
     const again = debounce(() => refresh("#overview", base), 2000);
     live(`${base}api/events/stream?after=${lastEvent}`, {
       state: (ev) => {
-        for (const row of document.querySelectorAll(`[data-live-states] tr[data-run-id="${ev.run_id}"]`)) setState(row, ev.to);
+        const rows = document.querySelectorAll(`[data-live-states] tr[data-run-id="${ev.run_id}"]`);
+        for (const row of rows) setState(row, ev.to);
+        // a run that starts and is not listed: offer to show it (the list is not reordered under the reader)
+        const hint = document.getElementById("new-runs");
+        const listing = document.querySelector("[data-new-runs]");
+        const shown = listing && [ev.deployment, ""].includes(listing.dataset.newRuns);
+        if (hint && shown && !rows.length && ev.to === "PENDING") hint.hidden = false;
         if (overview) again();
       },
     });
