@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, Row, case, func, or_, select, update
@@ -30,7 +30,7 @@ from orchd.db.base import Access, chunks
 from orchd.db.schema import deployments, pools, run_logs, runs, workers
 from orchd.db.transitions import BACK_TO_QUEUE, transition
 from orchd.models import ClaimedRun, DeploymentSpec
-from orchd.retries import retry_delay
+from orchd.policy import Candidate, admit, candidates_for, retry_due
 from orchd.states import ACTIVE, RETRYABLE, RunState
 
 S = RunState
@@ -125,8 +125,11 @@ class Queue(Access):
           MISSED (``skip``), or the deployment's active runs are asked to cancel so it can start
           next (``cancel_previous``); ``queue`` leaves it waiting.
 
-        If the caller dies after this returns, its runs stay PENDING until their lease expires and
-        the scheduler's upkeep crashes and retries them: a claimed run is never lost."""
+        Which candidates are taken, skipped or make room is ``orchd.policy.admit``'s decision (and
+        how many are looked at, ``candidates_for``'s); this reads the facts under the locks and
+        applies the answer.  If the caller dies after this returns, its runs stay PENDING until
+        their lease expires and the scheduler's upkeep crashes and retries them: a claimed run
+        is never lost."""
         if limit <= 0:
             return []
         with self.write() as conn:
@@ -154,7 +157,7 @@ class Queue(Access):
                     or_(pools.c.paused.is_(None), pools.c.paused.is_(False)),
                 )
                 .order_by(runs.c.priority.desc(), runs.c.due_at)
-                .limit(max(limit * 4, 50))
+                .limit(candidates_for(limit))
                 .with_for_update(skip_locked=True, of=runs)
             ).all()
             if not candidates:
@@ -177,29 +180,18 @@ class Queue(Access):
                     .order_by(deployments.c.id)
                     .with_for_update()
                 ).all()
-            pool_active = self._active_counts(conn, runs.c.pool, list(pool_caps))
-            dep_active = self._active_counts(conn, runs.c.deployment_id, list(dep_caps))
-            take: list[int] = []
-            skip: list[int] = []
-            supersede: set[int] = set()
-            for c in candidates:
-                if len(take) >= limit:
-                    break
-                if c.pool in pool_caps and pool_active[c.pool] >= pool_caps[c.pool]:
-                    continue
-                if c.deployment_id in dep_caps and dep_active[c.deployment_id] >= dep_caps[c.deployment_id]:
-                    overlap = specs[c.deployment_id].overlap
-                    if overlap == "skip":
-                        skip.append(c.id)
-                    elif overlap == "cancel_previous":
-                        supersede.add(c.deployment_id)
-                    continue
-                take.append(c.id)
-                pool_active[c.pool] += 1
-                dep_active[c.deployment_id] += 1
+            decided = admit(
+                [Candidate(c.id, c.pool, c.deployment_id) for c in candidates],
+                limit,
+                pool_limits=pool_caps,
+                deployment_limits=dep_caps,
+                active_in_pool=self._active_counts(conn, runs.c.pool, list(pool_caps)),
+                active_in_deployment=self._active_counts(conn, runs.c.deployment_id, list(dep_caps)),
+                overlap={d: spec.overlap for d, spec in specs.items()},
+            )
             transition(
                 conn,
-                skip,
+                decided.skip,
                 S.SCHEDULED,
                 S.MISSED,
                 now=now,
@@ -207,10 +199,10 @@ class Queue(Access):
                 values={"finished_at": now},
                 reason="skipped: the deployment's max_active_runs are still active (overlap = skip)",
             )
-            self._supersede(conn, supersede, worker, now)
+            self._supersede(conn, decided.supersede, worker, now)
             moved = transition(
                 conn,
-                take,
+                decided.take,
                 S.SCHEDULED,
                 S.PENDING,
                 now=now,
@@ -270,10 +262,6 @@ class Queue(Access):
                 actor=actor,
                 reason=reason,
             )
-
-    def start(self, run_id: int, worker: str, pid: int, now: datetime) -> bool:
-        """``start_many`` for one run."""
-        return bool(self.start_many({run_id: pid}, worker, now))
 
     def start_many(self, pids: Mapping[int, int], worker: str, now: datetime) -> list[int]:
         """PENDING -> RUNNING, with its pid, for runs whose processes were just spawned (run id ->
@@ -401,8 +389,9 @@ class Queue(Access):
 def requeue_failed(
     conn: Connection, run_ids: Sequence[int], state: RunState, now: datetime, actor: str
 ) -> list[int]:
-    """Send runs that just ended in ``state`` back to SCHEDULED (attempt + 1, due after their
-    deployment's backoff) when it is a retryable outcome and attempts remain; return those sent."""
+    """Send runs that just ended in ``state`` back to SCHEDULED (attempt + 1, due when
+    ``orchd.policy.retry_due`` says) when it is a retryable outcome and attempts remain; return
+    those sent."""
     if not run_ids or state not in RETRYABLE:
         return []
     rows = conn.execute(
@@ -412,8 +401,7 @@ def requeue_failed(
     ).all()
     retried = []
     for r in rows:
-        spec = DeploymentSpec.from_json(r.spec)
-        delay = retry_delay(spec.retry_delay, spec.retry_backoff, r.attempt)
+        due_at, delay = retry_due(DeploymentSpec.from_json(r.spec), r.attempt, now)
         retried += transition(
             conn,
             [r.id],
@@ -425,7 +413,7 @@ def requeue_failed(
             values={
                 **BACK_TO_QUEUE,
                 "attempt": runs.c.attempt + 1,
-                "due_at": now + timedelta(seconds=delay),
+                "due_at": due_at,
                 "finished_at": None,
                 "exit_code": None,
             },
