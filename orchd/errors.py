@@ -31,8 +31,18 @@ def did_you_mean(name: str, known: Iterable[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-class DatabaseUnavailable(OrchdError):
-    """The database could not be reached; the message names host and port, never a password."""
+class DatabaseError(OrchdError):
+    """The database failed a statement (raised by the data layer in place of the driver's error).
+    ``reason`` is its cause in one line, for logs; the message is what a person reads."""
+
+    def __init__(self, message: str, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason or message
+
+
+class DatabaseUnavailable(DatabaseError):
+    """The database could not be reached or is not answering: worth waiting out, which the daemons
+    do with backoff.  A message names host and port, never a password."""
 
 
 class DatabaseMissing(DatabaseUnavailable):

@@ -1,7 +1,8 @@
 """Prometheus metrics of the daemons, served when ``[metrics] listen`` (or ``--metrics-listen``) is set.
 
-Counters and histograms count what this process saw: a worker's claims, heartbeats and runs, a
-scheduler's ticks.  What describes the whole queue (runs by state and pool, queue depth) is read
+Counters and histograms count what this process saw, through ``Metrics``, the observer the
+daemons are given (``orchd.observer``): a worker's claims, heartbeats and runs, a scheduler's
+ticks.  What describes the whole queue (runs by state and pool, queue depth) is read
 from the database by the leading scheduler alone, at most every ``REFRESH`` seconds from its own
 loop, so each database has one such series however many daemons are scraped, a scrape never
 waits for a query, and a standby or a stalled leader stops reporting instead of reporting stale
@@ -15,20 +16,17 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import REGISTRY, Collector
 
+from orchd.db.store import Store
 from orchd.errors import OrchdError
-from orchd.states import LIVE
-
-if TYPE_CHECKING:
-    from orchd.db.store import Store
-    from orchd.models import ClaimedRun
-    from orchd.scheduler.daemon import TickReport
+from orchd.models import ClaimedRun, TickReport
+from orchd.observer import Observer
+from orchd.states import LIVE, RunState
 
 disable_created_metrics()  # type: ignore[no-untyped-call]  # no *_created series: nobody graphs when a counter was created
 
@@ -80,9 +78,8 @@ class QueueCollector(Collector):
     def refresh(self, store: Store, now: datetime) -> None:
         if self._reading is not None and time.monotonic() - self._reading.at < REFRESH:
             return
-        admin = store
-        queue = {pool: (n, (now - oldest).total_seconds()) for pool, (n, oldest) in admin.queue(now).items()}
-        reading = _Reading(time.monotonic(), admin.pool_names(), admin.live_runs(), queue)
+        queue = {pool: (n, (now - oldest).total_seconds()) for pool, (n, oldest) in store.queue(now).items()}
+        reading = _Reading(time.monotonic(), store.pool_names(), store.live_runs(), queue)
         with self._lock:
             self._reading = reading
 
@@ -123,25 +120,41 @@ QUEUE = QueueCollector()
 REGISTRY.register(QUEUE)
 
 
-def scheduler_ticked(store: Store, report: TickReport, now: datetime) -> None:
-    """Count a leader's tick and refresh the queue reading when it is due."""
-    TICKS.inc()
-    RUNS_MATERIALIZED.inc(report.created)
-    RUNS_REAPED.inc(report.crashed)
-    RUNS_MISSED.inc(report.missed)
-    QUEUE.refresh(store, now)
+class Metrics(Observer):
+    """The daemons' observer that counts for Prometheus; the leading scheduler's ticks also
+    refresh the queue reading from ``store`` (at most every ``REFRESH`` seconds)."""
 
+    def __init__(self, store: Store) -> None:
+        self.store = store
 
-def leading(leader: bool) -> None:
-    LEADER.set(int(leader))
-    if not leader:
-        QUEUE.clear()
+    def database_error(self, daemon: str, reason: str) -> None:
+        DATABASE_ERRORS.labels(daemon).inc()
 
+    def leading(self, leader: bool) -> None:
+        LEADER.set(int(leader))
+        if not leader:
+            QUEUE.clear()
 
-def run_started(run: ClaimedRun, now: datetime) -> None:
-    """Schedule lag of a first attempt (a retry's lag would count its retry delay)."""
-    if run.attempt == 1:
-        SCHEDULE_LAG.labels(run.deployment).observe(max(0.0, (now - run.scheduled_for).total_seconds()))
+    def ticked(self, report: TickReport, now: datetime) -> None:
+        TICKS.inc()
+        RUNS_MATERIALIZED.inc(report.created)
+        RUNS_REAPED.inc(report.crashed)
+        RUNS_MISSED.inc(report.missed)
+        QUEUE.refresh(self.store, now)
+
+    def claimed(self, runs: int) -> None:
+        RUNS_CLAIMED.inc(runs)
+
+    def heartbeat(self) -> None:
+        HEARTBEATS.inc()
+
+    def run_started(self, run: ClaimedRun, now: datetime) -> None:
+        """Schedule lag of a first attempt (a retry's lag would count its retry delay)."""
+        if run.attempt == 1:
+            SCHEDULE_LAG.labels(run.deployment).observe(max(0.0, (now - run.scheduled_for).total_seconds()))
+
+    def run_ended(self, deployment: str, outcome: RunState, seconds: float) -> None:
+        RUN_DURATION.labels(deployment, outcome.value).observe(seconds)
 
 
 def serve(listen: str) -> WSGIServer:

@@ -243,6 +243,17 @@ class Materialization:
     next_fire_at: datetime | None
 
 
+@dataclass
+class TickReport:
+    """What one scheduler tick did."""
+
+    schedules: int = 0
+    created: int = 0
+    crashed: int = 0
+    missed: int = 0
+    pruned: int = 0
+
+
 # ---------------------------------------------------------------------------------- fleet
 
 

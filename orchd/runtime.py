@@ -9,13 +9,11 @@ import time
 from collections.abc import Callable
 from types import FrameType
 
-from sqlalchemy.exc import DBAPIError, OperationalError
-
 from orchd.config import Config
 from orchd.db import migrate
 from orchd.db.engine import check_sqlite_file, make_engine, mask, parse_url, wait_for_database
 from orchd.db.store import Store
-from orchd.errors import ConfigError, DatabaseForbidden, DatabaseMissing
+from orchd.errors import ConfigError, DatabaseError, DatabaseForbidden, DatabaseMissing, DatabaseUnavailable
 from orchd.logging import get_logger
 from orchd.notify import Notifier
 
@@ -106,13 +104,12 @@ def open_store(
             else:
                 migrate.ensure_current(engine)
             break
-        except OperationalError as exc:  # it went away again between the ping and the schema check
-            waiting(str(exc.orig).strip().splitlines()[-1] if str(exc.orig).strip() else "unreachable", 0.5)
+        except DatabaseUnavailable as exc:  # it went away again between the ping and the schema check
+            waiting(exc.reason, 0.5)
             time.sleep(0.5)
-        except DBAPIError as exc:  # not an outage: a role that may not change the schema (orchd db roles)
-            reason = str(exc.orig).strip().splitlines()[0] if str(exc.orig).strip() else type(exc).__name__
+        except DatabaseError as exc:  # not an outage: a role that may not change the schema (orchd db roles)
             raise ConfigError(
-                f"database: cannot upgrade the schema ({reason}): run `orchd db upgrade` as the owner of "
+                f"database: cannot upgrade the schema ({exc.reason}): run `orchd db upgrade` as the owner of "
                 "orchd's tables, or set database.migrate_on_start = false"
             ) from None
     log.info("database ready", url=mask(engine.url))

@@ -45,7 +45,8 @@ from orchd.limits import check_year, json_safe
 Kind = Literal["cron", "interval", "rrule", "at"]
 KINDS: tuple[Kind, ...] = ("cron", "interval", "rrule", "at")
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_TICK = timedelta(microseconds=1)
+#: The smallest step of time orchd stores (a microsecond): "just after" a fire time.
+TICK = timedelta(microseconds=1)
 _DAY = timedelta(days=1)
 _DOW_NAMES = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
 #: The ranges of a schedule's durations (README, "Schedules").
@@ -103,7 +104,7 @@ class ScheduleSpec:
 
     def next_after(self, after: datetime) -> datetime | None:
         """The first fire time strictly after ``after`` (aware), or None when the schedule is over."""
-        return self.next_at_or_after(after.astimezone(UTC) + _TICK)
+        return self.next_at_or_after(after.astimezone(UTC) + TICK)
 
     def next_at_or_after(self, start: datetime, end: datetime | None = None) -> datetime | None:
         """The first fire time at or after ``start``, or None when the schedule is over.  With
@@ -133,7 +134,7 @@ class ScheduleSpec:
         while True:
             best = self._next_cron(start)
             if best is not None and self._drops_repeated_hour and best.astimezone(self.zone).fold == 1:
-                start = best + _TICK
+                start = best + TICK
                 continue
             return best
 
@@ -197,12 +198,12 @@ class ScheduleSpec:
         computed however long the window is: walking it would take minutes for a scheduler that
         was down for a month next to a schedule firing every second.
         """
-        last = end - _TICK
+        last = end - TICK
         found = self.fire_times(start, last, count + 1)
         if len(found) <= count:
             return found
         lo, hi = start, end  # more than ``count`` fire times in [lo, end), at most ``count`` in [hi, end)
-        while hi - lo > _TICK:
+        while hi - lo > TICK:
             mid = lo + (hi - lo) / 2
             if len(self.fire_times(mid, last, count + 1)) > count:
                 lo = mid
@@ -214,7 +215,7 @@ class ScheduleSpec:
         nxt = self.next_at_or_after(start, end)
         while nxt is not None and (end is None or nxt <= end):
             yield nxt
-            nxt = self.next_at_or_after(nxt + _TICK, end)
+            nxt = self.next_at_or_after(nxt + TICK, end)
 
 
 def never_fires(spec: ScheduleSpec, now: datetime) -> str | None:
@@ -250,7 +251,7 @@ def _offset_change(zone: ZoneInfo, start: datetime, end: datetime) -> datetime |
     while lo < end:
         hi = min(lo + _DAY, end)
         if _offset(hi, zone) != offset:
-            while hi - lo > _TICK:
+            while hi - lo > TICK:
                 mid = lo + (hi - lo) / 2
                 lo, hi = (mid, hi) if _offset(mid, zone) == offset else (lo, mid)
             return hi
@@ -355,7 +356,7 @@ def _build_rrule(text: str, zone: ZoneInfo, anchor: datetime | None) -> tuple[rr
         # the same rule ending at its last occurrence: it can then be iterated from any point
         uncounted = rule.replace(count=None)
         occurrences = list(itertools.islice(_bounded(uncounted, dtstart, None), count))
-        rule = uncounted.replace(until=occurrences[-1] if occurrences else dtstart - _TICK)
+        rule = uncounted.replace(until=occurrences[-1] if occurrences else dtstart - TICK)
     return rule, dtstart.tzinfo is None
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import textwrap
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,6 +15,7 @@ from orchd.cli import main
 from orchd.config import Config, load_config
 from orchd.db.schema import metadata
 from orchd.db.store import Store
+from tests import helpers
 
 #: The deployments most CLI tests use.
 DEPLOYMENTS = """
@@ -71,8 +71,8 @@ class Orchd:
 
 
 def write_config(path: Path, db_url: str, body: str = DEPLOYMENTS) -> Path:
-    path.write_text(f'[database]\nurl = "{db_url}"\n' + textwrap.dedent(body))
-    return path
+    """tests.helpers.write_config, with the CLI tests' deployments by default."""
+    return helpers.write_config(path, db_url, body)
 
 
 def snapshot(store: Store) -> dict[str, list[tuple[Any, ...]]]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -10,10 +9,10 @@ import pytest
 
 from orchd.config import Config, load_config
 from orchd.db import migrate
-from orchd.db.engine import make_engine
 from orchd.db.store import Store
 from orchd.worker.containers import Engine
 from tests.containers import images
+from tests.helpers import engine_for, write_config
 from tests.pg import PgServer, postgres_server
 
 BACKENDS = ["sqlite", "postgresql"]
@@ -32,9 +31,7 @@ def pg_server() -> Iterator[PgServer]:
 def pg_template(pg_server: PgServer) -> Iterator[str]:
     """A migrated database that fresh test databases are copied from (fast: no migration per test)."""
     name = pg_server.create_database()
-    engine = make_engine(
-        load_config("/dev/null", env={"ORCHD_DATABASE_URL": pg_server.url_for(name)}).database
-    )
+    engine = engine_for(pg_server.url_for(name))
     migrate.upgrade(engine)
     engine.dispose()
     yield name
@@ -63,7 +60,7 @@ def db_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iter
     """URL of a new database with the current schema on the backend under test."""
     if backend == "sqlite":
         url = f"sqlite:///{tmp_path / 'orchd.db'}"
-        engine = make_engine(load_config("/dev/null", env={"ORCHD_DATABASE_URL": url}).database)
+        engine = engine_for(url)
         migrate.upgrade(engine)
         engine.dispose()
         yield url
@@ -82,8 +79,7 @@ def make_config(tmp_path: Path, db_url: str) -> MakeConfig:
     """Write ``body`` (TOML) to a config file pointing at the test database and load it."""
 
     def make(body: str = "", **env: str) -> Config:
-        path = tmp_path / "orchd.toml"
-        path.write_text(f'[database]\nurl = "{db_url}"\n' + textwrap.dedent(body))
+        path = write_config(tmp_path / "orchd.toml", db_url, body)
         return load_config(path, env={"ORCHD_STATE_DIR": str(tmp_path / "state"), **env})
 
     return make
@@ -91,7 +87,7 @@ def make_config(tmp_path: Path, db_url: str) -> MakeConfig:
 
 @pytest.fixture
 def store(db_url: str) -> Iterator[Store]:
-    engine = make_engine(load_config("/dev/null", env={"ORCHD_DATABASE_URL": db_url}).database)
+    engine = engine_for(db_url)
     yield Store(engine, "test")
     engine.dispose()
 
@@ -99,7 +95,7 @@ def store(db_url: str) -> Iterator[Store]:
 @pytest.fixture
 def worker_store(db_url: str) -> Iterator[Store]:
     """A second connection to the test database, as a worker process would have its own."""
-    engine = make_engine(load_config("/dev/null", env={"ORCHD_DATABASE_URL": db_url}).database)
+    engine = engine_for(db_url)
     yield Store(engine, "worker")
     engine.dispose()
 

@@ -10,10 +10,11 @@ import textwrap
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import TypeVar
 
-from sqlalchemy import func, select
+from sqlalchemy import Engine, func, select
 
 from orchd.config import load_config
 from orchd.db.engine import make_engine
@@ -24,13 +25,19 @@ T = TypeVar("T")
 BIN = Path(sys.executable).parent
 
 
-def store_for(url: str) -> Store:
+def engine_for(url: str) -> Engine:
+    """An engine on ``url`` set up as orchd's daemons set theirs up (every other key defaulted)."""
+    return make_engine(load_config("/dev/null", env={"ORCHD_DATABASE_URL": url}).database)
+
+
+def store_for(url: str, actor: str = "test") -> Store:
     """A Store of its own on the test database, as another process would have."""
-    return Store(make_engine(load_config("/dev/null", env={"ORCHD_DATABASE_URL": url}).database), "test")
+    return Store(engine_for(url), actor)
 
 
-def write_config(path: Path, url: str, body: str) -> Path:
-    """An orchd.toml pointing at the test database, plus ``body`` (TOML, dedented)."""
+def write_config(path: Path, url: str, body: str = "") -> Path:
+    """An orchd.toml pointing at the test database, plus ``body`` (TOML, dedented): for tests,
+    the bench and the chaos run alike."""
     path.write_text(f'[database]\nurl = "{url}"\n' + textwrap.dedent(body))
     return path
 
@@ -89,6 +96,11 @@ def daemons(log_dir: Path) -> Iterator[Daemons]:
         yield group
     finally:
         group.cleanup()
+
+
+def reap(store: Store, now: datetime) -> list[int]:
+    """The reaping part of the scheduler's upkeep: the runs whose lease expired, now CRASHED."""
+    return store.upkeep(now, misfire_grace=None, worker_timeout=3600)[0]
 
 
 def state_of(store: Store, run_id: int) -> str:

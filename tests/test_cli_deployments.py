@@ -75,7 +75,7 @@ def test_ls_and_show(applied: Orchd, store: Store) -> None:
     run_id = store.create_run("fail", now())
     at = now()
     store.claim("w", ["default"], 5, at, at + timedelta(minutes=1))
-    store.start(run_id, "w", 1, at)
+    store.start_many({run_id: 1}, "w", at)
     store.finish(run_id, "w", RunState.FAILED, at, exit_code=3)
     table = applied("deployment", "ls")
     assert table.exit_code == 0, table.output

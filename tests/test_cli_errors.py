@@ -57,7 +57,7 @@ def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     store.sync(config, at)
     completed = store.create_run("fail", at)
     [claimed] = store.claim("w1", ["default"], 1, at, at)
-    store.start(claimed.id, "w1", 1, at)
+    store.start_many({claimed.id: 1}, "w1", at)
     store.finish(claimed.id, "w1", S.COMPLETED, at, exit_code=0)
     scheduled = store.create_run("hello", at)
     yield World(orchd, store, {"scheduled": scheduled, "completed": completed})

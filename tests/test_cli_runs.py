@@ -70,7 +70,7 @@ def finish(store: Store, run_id: int, outcome: RunState = S.COMPLETED, exit_code
     at = now()
     [claimed] = store.claim("w1", ["default"], 1, at, at + timedelta(minutes=1))
     assert claimed.id == run_id
-    store.start(claimed.id, "w1", 123, at)
+    store.start_many({claimed.id: 123}, "w1", at)
     store.finish(
         claimed.id, "w1", outcome, at, exit_code=exit_code, error=None if exit_code == 0 else "exit 3"
     )
@@ -315,7 +315,7 @@ def test_cancel_and_retry(orchd: Orchd, store: Store) -> None:
     running = store.create_run("fail", now())
     at = now()
     store.claim("w1", ["default"], 1, at, at + timedelta(minutes=1))
-    store.start(running, "w1", 1, at)
+    store.start_many({running: 1}, "w1", at)
     asked = orchd("run", "cancel", str(running), "--json")
     assert json.loads(asked.stdout)["state"] == "CANCELLING"
     retried = orchd("run", "retry", str(waiting))  # it never ran: still its first attempt

@@ -12,11 +12,11 @@ from pathlib import Path
 import httpx2
 import pytest
 from sqlalchemy import select
-from sqlalchemy.exc import OperationalError
 
 from orchd.config import load_config
 from orchd.db.schema import runs
 from orchd.db.store import Store
+from orchd.errors import DatabaseUnavailable
 from tests.helpers import claims_per_run, daemons, pid_alive, run_cli, store_for, wait_for, write_config
 from tests.web_support import free_port
 
@@ -27,7 +27,7 @@ pytestmark = pytest.mark.slow
 def _completed(store: Store) -> list[int]:
     try:
         return [r.id for r in store.list_runs(states=["COMPLETED"], limit=1000)]
-    except OperationalError:  # the daemon has not created the schema yet
+    except DatabaseUnavailable:  # the daemon has not created the schema yet
         return []
 
 

@@ -69,10 +69,11 @@ def test_scheduler_and_worker_metrics(endpoint: int, make_config: MakeConfig, st
     store.sync(config, now())
     for name in ("job", "job", "bad"):
         store.create_run(name, now())
-    metrics.leading(False)  # forget readings of other tests' databases
-    metrics.leading(True)
+    observer = metrics.Metrics(store)  # what orchd-scheduler and orchd-worker are given
+    observer.leading(False)  # forget readings of other tests' databases
+    observer.leading(True)
     before = scrape(endpoint)
-    Scheduler(config, store).tick()
+    Scheduler(config, store, observer=observer).tick()
     ticked = scrape(endpoint)
     assert value(ticked, "orchd_scheduler_leader") == 1
     assert value(ticked, "orchd_scheduler_ticks_total") == value(before, "orchd_scheduler_ticks_total") + 1
@@ -80,7 +81,7 @@ def test_scheduler_and_worker_metrics(endpoint: int, make_config: MakeConfig, st
     assert value(ticked, "orchd_runs", state="SCHEDULED", pool="default") == 3
     assert ("orchd_runs", (("pool", "default"), ("state", "RUNNING"))) in ticked  # zero, not absent
     assert value(ticked, "orchd_queue_oldest_seconds", pool="default") >= 0
-    Worker(config, store, ["default"], 4, name="w", burst=True).run(threading.Event())
+    Worker(config, store, ["default"], 4, name="w", burst=True, observer=observer).run(threading.Event())
     after = scrape(endpoint)
     assert value(after, "orchd_runs_claimed_total") == value(before, "orchd_runs_claimed_total") + 3
     completed = ("orchd_run_duration_seconds_count", {"deployment": "job", "state": "COMPLETED"})
@@ -92,7 +93,7 @@ def test_scheduler_and_worker_metrics(endpoint: int, make_config: MakeConfig, st
     )
     for name in ("orchd_heartbeats_total", "orchd_runs_reaped_total", "orchd_runs_missed_total"):
         assert (name, ()) in after
-    metrics.leading(False)
+    observer.leading(False)
     standby = scrape(endpoint)
     assert value(standby, "orchd_scheduler_leader") == 0
     assert not [key for key in standby if key[0] == "orchd_queue_depth"]  # only the leader reports the queue
@@ -104,7 +105,8 @@ def test_database_errors_are_counted(endpoint: int, tmp_path: Path) -> None:
     )
     before = value(scrape(endpoint), "orchd_database_errors_total", daemon="scheduler")
     stop = threading.Event()
-    scheduler = Scheduler(config, Store(make_engine(config.database), "scheduler"))
+    store = Store(make_engine(config.database), "scheduler")
+    scheduler = Scheduler(config, store, observer=metrics.Metrics(store))
     thread = threading.Thread(target=scheduler.run, args=(stop,))
     thread.start()
     try:

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import select
-from sqlalchemy.exc import OperationalError
 
 from orchd.config import load_config
 from orchd.db.schema import runs, schedulers
 from orchd.db.store import Store
+from orchd.errors import DatabaseUnavailable
 from tests.helpers import daemons, history, pid_alive, store_for, wait_for, write_config
 from tests.pg import PgServer
 
@@ -33,7 +33,7 @@ def _leaders(store: Store, since: datetime) -> list[str]:
                     )
                 ).scalars()
             )
-    except OperationalError:  # the schema is not there yet
+    except DatabaseUnavailable:  # the schema is not there yet
         return []
 
 
@@ -261,7 +261,7 @@ def test_database_restart_while_runs_are_running(
         def done() -> bool:
             try:
                 return store.get_run(run_id).state == "COMPLETED"  # type: ignore[union-attr]
-            except OperationalError:
+            except DatabaseUnavailable:
                 return False
 
         wait_for(done, timeout=40, what="the run to be recorded after the restart")

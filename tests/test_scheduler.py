@@ -16,7 +16,7 @@ from orchd.db.store import Store
 from orchd.scheduler.daemon import Scheduler
 from orchd.states import RunState
 from tests.conftest import MakeConfig
-from tests.helpers import history, state_of
+from tests.helpers import history, reap, state_of
 
 T0 = datetime(2026, 11, 22, 12, 0, 0, tzinfo=UTC)
 EVERY_MINUTE = """
@@ -176,12 +176,14 @@ def test_removed_deployment_is_archived_and_its_future_runs_dropped(
     due = store.create_run("tick", T0)  # due now, never claimed
     clock.now = T0 + timedelta(seconds=1)
     scheduler.reload(make_config(""))
+    scheduler.apply_config()
     with store.read() as conn:
         archived = conn.execute(select(deployments.c.archived_at)).scalar_one()
     assert archived is not None
     assert state_of(store, due) == "SCHEDULED"  # ad-hoc runs are not the schedule's
     assert _times(store, "SCHEDULED") == [T0]
     scheduler.reload(make_config(EVERY_MINUTE.format(catchup="latest")))
+    scheduler.apply_config()
     with store.read() as conn:
         assert conn.execute(select(deployments.c.archived_at)).scalar_one() is None
     assert scheduler.tick().created == 10
@@ -192,6 +194,7 @@ def test_edited_schedule_replaces_its_future_runs(store: Store, make_config: Mak
     scheduler = _scheduler(make_config, store, clock)
     scheduler.tick()
     scheduler.reload(make_config(EVERY_MINUTE.format(catchup="latest").replace('"1m"', '"2m"')))
+    scheduler.apply_config()
     scheduler.tick()
     assert _times(store, "SCHEDULED") == [T0 + timedelta(minutes=m) for m in range(0, 11, 2)]
     assert _times(store, "CANCELLED") == [T0]  # due, unclaimed, of the old definition
@@ -225,15 +228,15 @@ def test_reaper_crashes_expired_leases_and_retries(store: Store, make_config: Ma
     run_id = store.create_run("job", T0)
     assert store.claim("w1", ["default"], 1, T0, T0 + timedelta(seconds=30))
     assert (
-        store.reap(T0 + timedelta(seconds=29)) == []
+        reap(store, T0 + timedelta(seconds=29)) == []
     )  # a claimed run that never started: judged by its lease
-    assert store.reap(T0 + timedelta(seconds=31)) == [run_id]
+    assert reap(store, T0 + timedelta(seconds=31)) == [run_id]
     assert state_of(store, run_id) == RunState.SCHEDULED
     assert history(store, run_id)[-2:] == [("PENDING", "CRASHED"), ("CRASHED", "SCHEDULED")]
     later = T0 + timedelta(minutes=1)
     assert store.claim("w2", ["default"], 1, later, later + timedelta(seconds=30))[0].attempt == 2
-    assert store.start(run_id, "w2", 123, later)
-    assert store.reap(later + timedelta(seconds=31)) == [run_id]
+    assert store.start_many({run_id: 123}, "w2", later)
+    assert reap(store, later + timedelta(seconds=31)) == [run_id]
     assert state_of(store, run_id) == RunState.CRASHED  # no attempts left
 
 
@@ -289,7 +292,7 @@ def test_retention_prunes_old_finished_runs_with_their_history(store: Store, mak
     store.append_logs([{"run_id": old_done, "attempt": 1, "at": T0, "stream": "stdout", "line": "x"}])
     for run_id, at in ((old_done, T0), (recent, T0 + timedelta(days=29))):
         assert store.claim("w", ["default"], 1, at, at + timedelta(minutes=1))[0].id == run_id
-        assert store.start(run_id, "w", 1, at)
+        assert store.start_many({run_id: 1}, "w", at)
         store.complete_many([run_id], "w", at)
     pruned = store.prune(T0 + timedelta(days=31), retention=30 * 86400)
     assert pruned == 1
@@ -307,5 +310,5 @@ def test_heartbeat_extends_only_the_runs_the_worker_holds(store: Store, make_con
     assert len(store.claim("w", ["default"], 2, T0, T0 + timedelta(seconds=30))) == 2
     later = T0 + timedelta(seconds=20)
     assert store.heartbeat("w", later, later + timedelta(seconds=30), [held]) == {held: RunState.PENDING}
-    assert store.reap(T0 + timedelta(seconds=31)) == [forgotten]
+    assert reap(store, T0 + timedelta(seconds=31)) == [forgotten]
     assert state_of(store, held) == "PENDING"

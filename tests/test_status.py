@@ -120,7 +120,7 @@ def test_stuck_runs(healthy: Orchd, store: Store) -> None:
     run_id = store.create_run("job", now())
     at = now()
     store.claim("w-dead", ["default"], 1, at, at - timedelta(minutes=1))  # a lease that ran out
-    store.start(run_id, "w-dead", 99, at)
+    store.start_many({run_id: 99}, "w-dead", at)
     failed = failed_checks(healthy)
     assert failed == {"stuck runs": f"1 run past their lease: {run_id} (is a scheduler up to reap them?)"}
     assert json.loads(healthy("status", "--json").stdout)["stuck_runs"] == [run_id]
@@ -132,7 +132,7 @@ def test_late_runs_and_failures(healthy: Orchd, store: Store) -> None:
     assert failed_checks(healthy, "--late-after", "10m") == {}
     at = now()
     store.claim("w1", ["default"], 1, at, at + timedelta(minutes=1))
-    store.start(late, "w1", 1, at)
+    store.start_many({late: 1}, "w1", at)
     store.finish(late, "w1", RunState.FAILED, at, exit_code=1, error="exit code 1")
     hint = "orchd run ls --since 1h --state FAILED --state TIMED_OUT --state CRASHED"
     assert failed_checks(healthy) == {
@@ -140,7 +140,7 @@ def test_late_runs_and_failures(healthy: Orchd, store: Store) -> None:
     }
     timed_out = store.create_run("job", now())
     store.claim("w1", ["default"], 1, now(), now() + timedelta(minutes=1))
-    store.start(timed_out, "w1", 2, now())
+    store.start_many({timed_out: 2}, "w1", now())
     store.finish(timed_out, "w1", RunState.TIMED_OUT, now(), error="timed out after 1s")
     assert failed_checks(healthy)["failures"].startswith("2 runs failed, timed out or crashed")
     # the command the hint gives lists exactly the runs it counted

@@ -11,14 +11,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
-from sqlalchemy.exc import DBAPIError, OperationalError
 
 from orchd.cli.oneline import debug, fail
 from orchd.config import Config, load_config
 from orchd.db import migrate
-from orchd.db.engine import check_sqlite_file, describe, make_engine, parse_url
+from orchd.db.engine import check_sqlite_file, make_engine, parse_url, ping
 from orchd.db.store import Store
-from orchd.errors import ConfigError, DatabaseUnavailable, OrchdError
+from orchd.errors import ConfigError, OrchdError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -37,30 +36,6 @@ def common_options(func: F) -> F:
     return config_option(json_option(friendly(func)))
 
 
-def _last_line(exc: DBAPIError) -> str:
-    lines = [ln.strip() for ln in str(exc.orig).splitlines() if ln.strip()]
-    return lines[-1] if lines else exc.__class__.__name__
-
-
-#: PostgreSQL's "undefined table / column / function": what an old schema looks like.
-_SCHEMA_STATES = {"42P01", "42703", "42883"}
-
-
-def _hint(exc: DBAPIError) -> str:
-    """A likely cause, only when it is likely: an old schema (a table or column it does not
-    know), or a file that is not an SQLite database at all; nothing for other errors."""
-    text = str(exc.orig).lower()
-    if (
-        getattr(exc.orig, "sqlstate", None) in _SCHEMA_STATES
-        or "no such table" in text
-        or "no such column" in text
-    ):
-        return " (is the schema current? `orchd db status`)"
-    if "file is not a database" in text or "disk image is malformed" in text:
-        return " (is database.url an orchd SQLite database?)"
-    return ""
-
-
 def friendly(func: F) -> F:
     """Turn orchd's errors into one line on stderr and an exit status; ORCHD_DEBUG=1 adds the traceback."""
 
@@ -71,9 +46,6 @@ def friendly(func: F) -> F:
         except OrchdError as exc:
             debug()
             fail(str(exc), exc.exit_code)
-        except DBAPIError as exc:
-            debug()
-            fail(f"database error: {_last_line(exc)}{_hint(exc)}")
         except OSError as exc:  # a file orchd was told to use cannot be read or written
             debug()
             fail(f"{exc.filename}: {exc.strerror}" if exc.filename else str(exc))
@@ -102,11 +74,7 @@ def open_store(config: Config, *, schema: bool = True, create: bool = False) -> 
     must not leave an empty database behind."""
     check_sqlite_file(parse_url(config.database.url), create=create)
     engine = make_engine(config.database, pooled=False)
-    try:
-        with engine.connect():
-            pass
-    except OperationalError as exc:
-        raise DatabaseUnavailable(f"cannot reach {describe(engine.url)}: {_last_line(exc)}") from None
+    ping(engine)
     if schema:
         migrate.ensure_current(engine)
     return Store(engine, actor())

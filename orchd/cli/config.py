@@ -138,10 +138,7 @@ def _field(key: str) -> dataclasses.Field[Any]:
 def _value(key: str, field: dataclasses.Field[Any], text: str) -> Any:
     """The value as it will be written: a TOML literal when it is one (8, true, ["a"]) except for
     text keys, else the text; validated by the key's own parser."""
-    value: Any = text
-    if not field.metadata["text"]:
-        with contextlib.suppress(tomllib.TOMLDecodeError):
-            value = tomllib.loads(f"v = {text}")["v"]
+    value = fields.typed(field, text)
     try:
         parsed = field.metadata["parser"](value)
     except ValueError as exc:  # what the file would say with this value: a config error

@@ -99,7 +99,7 @@ def scheduler_main(config_path: Path | None, once: bool, metrics_listen: str | N
     store = open_store(config, "scheduler", signals.stop.is_set, notifier)
     if store is None:
         return
-    scheduler = Scheduler(config, store, stop=signals.stop)
+    scheduler = Scheduler(config, store, stop=signals.stop, observer=metrics.Metrics(store))
     if once:
         scheduler.apply_config()
         report = scheduler.tick()
@@ -164,6 +164,7 @@ def worker_main(
         concurrency or config.worker.concurrency,
         name or "",
         burst,
+        observer=metrics.Metrics(store),
     )
     worker.run(signals.stop, notifier)
 
@@ -258,7 +259,7 @@ def up(config_path: Path | None, metrics_listen: str | None) -> None:
         return
     worker_store = open_store(config, "worker", signals.stop.is_set)
     assert worker_store is not None
-    scheduler = Scheduler(config, store)
+    scheduler = Scheduler(config, store, observer=metrics.Metrics(store))
     thread = threading.Thread(
         target=scheduler.run,
         args=(signals.stop, _reloader(signals, config_path)),
@@ -268,7 +269,13 @@ def up(config_path: Path | None, metrics_listen: str | None) -> None:
     thread.start()
     web = _start_web(config, signals.stop)
     log.info("orchd up: scheduler and worker running; Ctrl-C stops both", database=config.database.url)
-    Worker(config, worker_store, list(config.worker.pools), config.worker.concurrency).run(signals.stop)
+    Worker(
+        config,
+        worker_store,
+        list(config.worker.pools),
+        config.worker.concurrency,
+        observer=metrics.Metrics(worker_store),
+    ).run(signals.stop)
     thread.join(timeout=10)
     if web is not None:
         web.join(timeout=10)

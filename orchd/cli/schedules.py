@@ -18,10 +18,9 @@ from orchd.cli.oneline import usage_error, warn
 from orchd.cli.output import age, iso, plural, print_json, print_table
 from orchd.cli.params import When
 from orchd.errors import OrchdError
-from orchd.schedules import ScheduleSpec, never_fires
+from orchd.schedules import TICK, ScheduleSpec, never_fires
 
 _FAR = timedelta(days=366 * 100)
-_TICK = timedelta(microseconds=1)
 #: Fire times inserted per transaction by a backfill (SQLite write transactions stay tiny).
 BATCH = 500
 
@@ -147,7 +146,7 @@ def backfill(
                     bar.update(int((end - cursor).total_seconds()))
                     break
                 bar.update(int((times[-1] - cursor).total_seconds()))
-                cursor = times[-1] + _TICK
+                cursor = times[-1] + TICK
     result = {
         "deployment": deployment,
         "from": iso(start),

@@ -6,9 +6,11 @@ and the documentation (``orchd config init``, README) from drifting apart.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import re
+import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
@@ -29,6 +31,16 @@ def setting(default: Any, parser: Parser, doc: str, *, as_text: bool = False) ->
         factory = default.copy
         return dataclasses.field(default_factory=factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
+
+
+def typed(fd: dataclasses.Field[Any], text: str) -> Any:
+    """A value typed as text for key ``fd`` (an environment override, `orchd config set`): a TOML
+    literal when it is one (8, true, ["a"]) unless it is a text key, else the text as written;
+    the key's parser validates it next, as it does a value read from the file."""
+    if not fd.metadata["text"]:
+        with contextlib.suppress(tomllib.TOMLDecodeError):
+            return tomllib.loads(f"v = {text}")["v"]
+    return text
 
 
 def parser_of(cls: type, name: str) -> Parser:

@@ -7,7 +7,6 @@ the key, and what was expected, so a person can fix it without reading a traceba
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import difflib
 import os
@@ -17,6 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from orchd.config.fields import typed
 from orchd.config.model import (
     ARRAYS,
     NAME_PATTERN,
@@ -27,7 +27,7 @@ from orchd.config.model import (
     PoolConfig,
 )
 from orchd.durations import format_duration
-from orchd.errors import ConfigError
+from orchd.errors import ConfigError, did_you_mean
 from orchd.limits import nul_path
 from orchd.schedules import parse_schedule
 
@@ -119,8 +119,7 @@ class _Document:
 
 
 def _unknown(key: str, known: list[str]) -> str:
-    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
-    hint = f" (did you mean {close[0]!r}?)" if close else f" (expected one of: {', '.join(known)})"
+    hint = did_you_mean(key, known) or f" (expected one of: {', '.join(known)})"
     return f"unknown key{hint}"
 
 
@@ -171,12 +170,7 @@ _NOT_KEYS = {
     "ORCHD_RESULT_FILE",
     "ORCHD_TEST_DATABASE_URL",
 }
-_TEXT_KEYS = {
-    (section, fd.name)
-    for section, cls in SECTIONS.items()
-    for fd in dataclasses.fields(cls)
-    if fd.metadata["text"]
-}
+_FIELDS = {(section, fd.name): fd for section, cls in SECTIONS.items() for fd in dataclasses.fields(cls)}
 
 
 def _env_overrides(env: Mapping[str, str]) -> dict[str, dict[str, tuple[Any, str]]]:
@@ -189,10 +183,8 @@ def _env_overrides(env: Mapping[str, str]) -> dict[str, dict[str, tuple[Any, str
             _misspelled_section(var)
             continue
         section, key = match.group(1).lower(), match.group(2).lower()
-        value: Any = text
-        if (section, key) not in _TEXT_KEYS:
-            with contextlib.suppress(tomllib.TOMLDecodeError):
-                value = tomllib.loads(f"v = {text}")["v"]
+        fd = _FIELDS.get((section, key))
+        value = typed(fd, text) if fd is not None else text  # an unknown key: refused later
         found.setdefault(section, {})[key] = (value, f"environment {var}")
     return found
 

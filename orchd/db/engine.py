@@ -17,10 +17,12 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.exc import ArgumentError
 from sqlalchemy.pool import NullPool
 
+from orchd.backoff import Backoff
 from orchd.config import DatabaseConfig
+from orchd.db.errors import install
 from orchd.errors import ConfigError, DatabaseForbidden, DatabaseMissing, DatabaseUnavailable
 
 #: Execution option for transactions that only read (SQLite: plain deferred BEGIN).
@@ -64,7 +66,7 @@ def describe(url: URL) -> str:
 def make_engine(db: DatabaseConfig, *, pooled: bool = True) -> Engine:
     url = parse_url(db.url)
     if url.get_backend_name() == "sqlite":
-        return _sqlite_engine(url, db)
+        return install(_sqlite_engine(url, db))
     # No pre-ping: it would double the queries of an idle daemon.  A connection broken by a
     # database restart fails once, SQLAlchemy invalidates the pool, and the loops retry.
     kwargs: dict[str, Any] = {"pool_size": db.pool_size, "max_overflow": db.pool_size}
@@ -73,7 +75,7 @@ def make_engine(db: DatabaseConfig, *, pooled: bool = True) -> Engine:
     args = connect_args(db)
     if not prepares(db):
         args["prepare_threshold"] = None
-    return create_engine(url, connect_args=args, **kwargs)
+    return install(create_engine(url, connect_args=args, **kwargs))
 
 
 def connect_args(db: DatabaseConfig, application: str = "orchd") -> dict[str, Any]:
@@ -197,13 +199,9 @@ def ping(engine: Engine) -> str:
             if engine.dialect.name == "sqlite":
                 return "SQLite " + str(conn.exec_driver_sql("select sqlite_version()").scalar())
             return str(conn.execute(text("show server_version")).scalar()).split()[0]
-    except OperationalError as exc:
-        raise DatabaseUnavailable(f"cannot reach {describe(engine.url)}: {_reason(exc)}") from None
-
-
-def _reason(exc: OperationalError) -> str:
-    lines = [ln.strip() for ln in str(exc.orig).splitlines() if ln.strip()]
-    return lines[-1] if lines else exc.__class__.__name__
+    except DatabaseUnavailable as exc:
+        message = f"cannot reach {describe(engine.url)}: {exc.reason}"
+        raise DatabaseUnavailable(message, reason=exc.reason) from None
 
 
 def wait_for_database(
@@ -214,15 +212,15 @@ def wait_for_database(
     max_delay: float = 30.0,
 ) -> bool:
     """Ping with exponential backoff until the database answers; False if told to stop first."""
-    delay = 0.5
+    backoff = Backoff(0.5, max_delay)
     while not should_stop():
         try:
             ping(engine)
             return True
         except DatabaseUnavailable as exc:
+            delay = backoff.failed()
             on_wait(str(exc), delay)
             deadline = time.monotonic() + delay
             while time.monotonic() < deadline and not should_stop():
                 time.sleep(min(0.1, delay))
-            delay = min(delay * 2, max_delay)
     return False

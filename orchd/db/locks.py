@@ -35,7 +35,8 @@ from orchd.db.engine import (
     parse_url,
     session_url,
 )
-from orchd.errors import ConfigError
+from orchd.db.errors import install
+from orchd.errors import ConfigError, DatabaseError
 
 _LOCK_KEY = 0x6F72636864  # "orchd"
 
@@ -61,7 +62,7 @@ _SERVER_KEEPALIVES = (
 class AdvisoryLock:
     def __init__(self, url: URL, db: DatabaseConfig) -> None:
         args = {**connect_args(db, "orchd-leader"), "options": _SERVER_KEEPALIVES}
-        self._engine = create_engine(url, poolclass=NullPool, connect_args=args)
+        self._engine = install(create_engine(url, poolclass=NullPool, connect_args=args))
         self._conn: Connection | None = None
         self._held = False
 
@@ -74,7 +75,7 @@ class AdvisoryLock:
             self._held = bool(
                 self._conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": _LOCK_KEY}).scalar()
             )
-        except DBAPIError:
+        except DatabaseError:
             self._drop()
             raise
         return self._held
@@ -90,7 +91,7 @@ class AdvisoryLock:
                 ),
                 {"k": _LOCK_KEY},
             ).scalar()
-        except DBAPIError:
+        except DatabaseError:
             self._drop()
             return False
         self._held = bool(still)
@@ -99,7 +100,7 @@ class AdvisoryLock:
     def _drop(self) -> None:
         self._held = False
         if self._conn is not None:
-            with contextlib.suppress(DBAPIError):
+            with contextlib.suppress(DBAPIError, DatabaseError):
                 self._conn.invalidate()
                 self._conn.close()
             self._conn = None

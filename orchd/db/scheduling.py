@@ -126,8 +126,11 @@ class Scheduling(Access):
             ).scalar()
         return value
 
-    def upkeep(self, now: datetime, misfire_grace: float | None, worker_timeout: float) -> tuple[int, int]:
-        """The scheduler's periodic upkeep in one short transaction; returns (crashed, missed).
+    def upkeep(
+        self, now: datetime, misfire_grace: float | None, worker_timeout: float
+    ) -> tuple[list[int], list[int]]:
+        """The scheduler's periodic upkeep in one short transaction; returns the runs it CRASHED
+        (some of them retried since) and those it marked MISSED.
 
         * Runs whose lease expired (their worker died, hung, or lost the database for longer than
           the lease) become CRASHED, and are retried when attempts remain.  The lease is set at
@@ -148,12 +151,7 @@ class Scheduling(Access):
                 )
                 .values(status="offline")
             )
-        return len(crashed), len(missed)
-
-    def reap(self, now: datetime, limit: int = 500) -> list[int]:
-        """Expired leases -> CRASHED (then retried when attempts remain).  Returns the crashed ids."""
-        with self.write() as conn:
-            return self._reap(conn, now, limit)
+        return crashed, missed
 
     def _reap(self, conn: Connection, now: datetime, limit: int = 500) -> list[int]:
         crashed: list[int] = []

@@ -15,19 +15,17 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy.exc import OperationalError
-
-from orchd import metrics
+from orchd.backoff import Backoff
 from orchd.config import Config
 from orchd.db.locks import Leadership, leadership_for
 from orchd.db.store import Store
-from orchd.errors import ConfigError
+from orchd.errors import ConfigError, DatabaseError, DatabaseUnavailable
 from orchd.logging import get_logger
-from orchd.models import DueSchedule, Materialization
+from orchd.models import DueSchedule, Materialization, TickReport
 from orchd.notify import Notifier
+from orchd.observer import Observer
 from orchd.scheduler.plan import plan
 
 log = get_logger("orchd.scheduler")
@@ -44,21 +42,6 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def _reason(exc: Exception) -> str:
-    """One line: the driver's last line for a database error, else the exception itself."""
-    lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-    return lines[-1] if lines else type(exc).__name__
-
-
-@dataclass
-class TickReport:
-    schedules: int = 0
-    created: int = 0
-    crashed: int = 0
-    missed: int = 0
-    pruned: int = 0
-
-
 class Scheduler:
     def __init__(
         self,
@@ -66,10 +49,12 @@ class Scheduler:
         store: Store,
         clock: Callable[[], datetime] = utcnow,
         stop: threading.Event | None = None,
+        observer: Observer | None = None,
     ) -> None:
         self.config = config
         self.store = store
         self.clock = clock
+        self.observer = observer or Observer()
         #: Set when the daemon is asked to stop: a long materialization ends between two schedules.
         self.stop = stop or threading.Event()
         self._broken: set[int] = set()  # schedules whose fire times could not be computed (logged once)
@@ -99,8 +84,10 @@ class Scheduler:
         )
 
     def reload(self, config: Config) -> None:
-        self._previous, self.config = self.config, config
-        self.apply_config()
+        """Take a new config (SIGHUP).  The leader applies it (``apply_config``) before its next
+        tick, or when it becomes leader; if the database refuses it, the one in force stays."""
+        self._previous = self._previous or self.config
+        self.config, self._needs_sync = config, True
 
     def apply_config(self) -> None:
         """Sync the config in force.  One the database refuses (a value validation let through)
@@ -108,10 +95,10 @@ class Scheduler:
         promises; at start it is a configuration error (exit 78, no restart loop)."""
         try:
             self.sync()
-        except OperationalError:
+        except DatabaseUnavailable:
             raise  # an outage: waited out, and the sync retried
         except Exception as exc:
-            error = _reason(exc)
+            error = exc.reason if isinstance(exc, DatabaseError) else str(exc) or type(exc).__name__
             if self._previous is None:
                 raise ConfigError(f"the database refused the config: {error}") from None
             log.error(
@@ -133,13 +120,14 @@ class Scheduler:
         if self._earliest is None or horizon_end >= self._earliest or time.monotonic() >= self._recheck_at:
             self._materialize(now, horizon_end, report)
         if time.monotonic() >= self._next_upkeep:
-            report.crashed, report.missed = self.store.upkeep(now, cfg.misfire_grace, cfg.worker_timeout)
+            crashed, missed = self.store.upkeep(now, cfg.misfire_grace, cfg.worker_timeout)
+            report.crashed, report.missed = len(crashed), len(missed)
             self._next_upkeep = time.monotonic() + _UPKEEP_EVERY
         if cfg.retention and time.monotonic() >= self._next_prune:
             report.pruned = self.store.prune(now, cfg.retention)
             self._next_prune = time.monotonic() + (0 if report.pruned else _PRUNE_EVERY)
         self._seen("leader", now)
-        metrics.scheduler_ticked(self.store, report, now)
+        self.observer.ticked(report, now)
         if report.created or report.crashed or report.missed or report.pruned:
             log.info(
                 "tick",
@@ -223,34 +211,31 @@ class Scheduler:
         self.stop = stop
         leader = False
         notify.ready("started: electing a leader")
-        backoff = 0.0
+        backoff = Backoff(1.0, 30.0)
         try:
             while not stop.is_set():
                 notify.watchdog()
                 try:
                     if reload is not None and (new := reload()) is not None:
                         notify.reloading()
-                        self._previous = self._previous or self.config
-                        self.config, self._needs_sync = new, True
+                        self.reload(new)
                         notify.ready(self._status(leader))
                     leader = self._lead(lock, leader)
                     if leader and self._needs_sync:
                         self.apply_config()
-                    metrics.leading(leader)
+                    self.observer.leading(leader)
                     if leader:
                         self.tick()
                     else:
                         self._seen("standby", self.clock())
-                    backoff = 0.0
+                    backoff.succeeded()
                     notify.status(self._status(leader))
-                except OperationalError as exc:
-                    metrics.DATABASE_ERRORS.labels("scheduler").inc()
-                    backoff = min(30.0, max(1.0, backoff * 2))
-                    lines = str(exc.orig).strip().splitlines()
-                    reason = lines[-1] if lines else "unreachable"
-                    log.warning("database unavailable, retrying", error=reason, retry_in=backoff)
-                    notify.status(f"database unavailable: {reason}; retrying in {backoff:.0f}s")
-                stop.wait(backoff or self.config.scheduler.loop_interval)
+                except DatabaseUnavailable as exc:
+                    self.observer.database_error("scheduler", exc.reason)
+                    delay = backoff.failed()
+                    log.warning("database unavailable, retrying", error=exc.reason, retry_in=delay)
+                    notify.status(f"database unavailable: {exc.reason}; retrying in {delay:.0f}s")
+                stop.wait(backoff.delay or self.config.scheduler.loop_interval)
         finally:
             lock.release()
             notify.stopping()

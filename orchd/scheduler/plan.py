@@ -13,8 +13,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from orchd.models import DueSchedule, Materialization
-
-_TICK = timedelta(microseconds=1)
+from orchd.schedules import TICK
 
 
 def plan(
@@ -37,7 +36,7 @@ def plan(
         cursor = spec.next_at_or_after(floor)
     if cursor is None:
         return Materialization(schedule, times, None)
-    already = len(spec.fire_times(now + _TICK, cursor - _TICK, max_future)) if cursor > now else 0
+    already = len(spec.fire_times(now + TICK, cursor - TICK, max_future)) if cursor > now else 0
     upcoming = spec.fire_times(cursor, horizon_end, max_future - already) if already < max_future else []
     times.extend(upcoming)
     next_fire = spec.next_after(upcoming[-1]) if upcoming else cursor

@@ -15,7 +15,6 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy.exc import DBAPIError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -27,7 +26,7 @@ from orchd.cli.runs import get_run, run_detail_json, run_json
 from orchd.cli.status import report
 from orchd.db.dashboard import RunFilter
 from orchd.db.engine import ping
-from orchd.errors import DatabaseUnavailable, NotFound, OrchdError
+from orchd.errors import DatabaseError, DatabaseUnavailable, NotFound, OrchdError
 from orchd.states import FINISHED, RunState
 from orchd.web import actions
 from orchd.web.actions import BadRequest, Unprocessable
@@ -54,7 +53,7 @@ def status_of(exc: Exception) -> int:
         return 400
     if isinstance(exc, Unprocessable):
         return 422
-    if isinstance(exc, DatabaseUnavailable):
+    if isinstance(exc, DatabaseError):  # unreachable, or it refused: not the client's fault
         return 503
     return 409
 
@@ -68,9 +67,6 @@ def json_errors(handler: Handler) -> Handler:
             return handler(request)  # type: ignore[no-any-return]
         except OrchdError as exc:
             return error(status_of(exc), str(exc))
-        except DBAPIError as exc:
-            lines = [ln.strip() for ln in str(exc.orig).splitlines() if ln.strip()]
-            return error(503, f"database error: {lines[-1] if lines else type(exc.orig).__name__}")
 
     return wrapper
 

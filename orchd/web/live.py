@@ -27,12 +27,11 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy.engine import URL
-
 from orchd.cli.output import iso
 from orchd.config import DatabaseConfig
 from orchd.db.dashboard import Dashboard
-from orchd.db.engine import connect_args, conninfo, session_url
+from orchd.db.engine import connect_args, session_url
+from orchd.db.listen import notifications
 from orchd.db.store import Store
 from orchd.logging import get_logger
 from orchd.states import FINISHED, RunState
@@ -254,24 +253,9 @@ class Feed:
         if active:
             self._live_runs.add(run_id)
 
-    async def _listen(self, url: URL) -> None:
-        import psycopg
-
-        delay = 0.5
-        while True:
-            try:
-                async with await psycopg.AsyncConnection.connect(
-                    conninfo(url), autocommit=True, **self._session_args
-                ) as conn:
-                    await conn.execute(f"LISTEN {CHANNEL}")
-                    delay = 0.5
-                    self._wake.set()  # (re)connected: something may have happened meanwhile
-                    async for _note in conn.notifies():
-                        self._wake.set()
-            except psycopg.Error as exc:
-                log.debug("live feed: listen connection lost", error=str(exc).strip())
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
+    async def _listen(self, url: Any) -> None:
+        async for _ in notifications(url, self._session_args, CHANNEL):
+            self._wake.set()
 
     async def _poll(self) -> None:
         """No session to LISTEN on: wake the feed every POLL while someone watches (it reads the

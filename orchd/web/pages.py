@@ -15,7 +15,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
-from sqlalchemy.exc import DBAPIError
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
@@ -66,11 +65,6 @@ def page_errors(handler: Callable[[Request], Response]) -> Callable[[Request], R
             return handler(request)
         except OrchdError as exc:
             return render(request, "error.html", status_of(exc), message=str(exc))
-        except DBAPIError as exc:
-            lines = [ln.strip() for ln in str(exc.orig).splitlines() if ln.strip()]
-            return render(
-                request, "error.html", 503, message=f"database error: {lines[-1] if lines else exc}"
-            )
 
     wrapper.__name__ = handler.__name__
     return wrapper

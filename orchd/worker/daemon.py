@@ -18,21 +18,21 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy.exc import OperationalError
-
-from orchd import metrics
+from orchd.backoff import Backoff
 from orchd.config import Config
 from orchd.db.engine import connect_args, mask, session_url
 from orchd.db.listen import Listener, WakeEvent
 from orchd.db.store import Store
 from orchd.durations import format_duration
-from orchd.errors import ConfigError
+from orchd.errors import ConfigError, DatabaseUnavailable
 from orchd.logging import get_logger
 from orchd.models import ClaimedRun
 from orchd.notify import Notifier
+from orchd.observer import Observer
 from orchd.states import RunState
 from orchd.worker.command import Invocation, check_working_dir, invocation, read_result, start_error
 from orchd.worker.containers import (
@@ -54,7 +54,17 @@ _CANCEL_GRACE = 1.0  # SIGTERM, then SIGKILL this much later, so a cancel lands 
 _LOG_BATCH = 500
 #: Poll-only workers (no LISTEN) with a longer poll start new runs late: they say so.
 POLL_ONLY_HINT = 5.0
-LOST, RELEASED = "lost", "released"
+
+
+class Ending(StrEnum):
+    """Why orchd ended a run early when there is no outcome of its own to record."""
+
+    #: Someone else's now (reaped, or cancelled before it started): nothing to record.
+    LOST = "lost"
+    #: Handed back to the queue at shutdown (the attempt is not charged).
+    RELEASED = "released"
+
+
 _NEVER = datetime.min.replace(tzinfo=UTC)
 
 
@@ -83,9 +93,8 @@ class ActiveRun:
     #: Whether its RUNNING state is written (its outcome is recorded only after that).
     recorded: bool = False
     kill_at: float | None = None
-    #: Why orchd ended it early: TIMED_OUT or CANCELLED (recorded as such), LOST (someone else's
-    #: now, nothing to record) or RELEASED (handed back to the queue at shutdown).
-    ending: RunState | str | None = None
+    #: Why orchd ended it early: TIMED_OUT or CANCELLED (recorded as such), or an Ending.
+    ending: RunState | Ending | None = None
     reason: str | None = None
     returncode: int | None = None
     #: Why it failed beyond its exit status (a container out of memory, an engine error).
@@ -96,7 +105,7 @@ class ActiveRun:
     def bound(self) -> Any:
         return log.bind(run_id=self.run.id, deployment=self.run.deployment, attempt=self.run.attempt)
 
-    def end(self, why: RunState | str, reason: str, grace: float, now: float) -> None:
+    def end(self, why: RunState | Ending, reason: str, grace: float, now: float) -> None:
         """Stop the run's process group: SIGTERM now, SIGKILL after ``grace``."""
         if self.ending is None:
             self.ending, self.reason = why, reason
@@ -110,20 +119,16 @@ class Outage:
     backoff, saying so once rather than on every attempt."""
 
     retry_at: float = 0.0
-    backoff: float = 0.0
+    backoff: Backoff = field(default_factory=lambda: Backoff(0.25, 5.0))
 
-    def failed(self, exc: OperationalError, now: float) -> None:
-        metrics.DATABASE_ERRORS.labels("worker").inc()
-        if not self.backoff:
-            lines = str(exc.orig).strip().splitlines()
-            log.warning("database unavailable; runs keep running", error=lines[0] if lines else "unreachable")
-        self.backoff = min(5.0, max(0.25, self.backoff * 2))
-        self.retry_at = now + self.backoff
+    def failed(self, exc: DatabaseUnavailable, now: float) -> None:
+        if not self.backoff.delay:
+            log.warning("database unavailable; runs keep running", error=exc.reason)
+        self.retry_at = now + self.backoff.failed()
 
     def over(self) -> None:
-        if self.backoff:
+        if self.backoff.succeeded():
             log.info("database reachable again")
-            self.backoff = 0.0
 
 
 @dataclass
@@ -135,6 +140,7 @@ class Worker:
     name: str = ""
     burst: bool = False
     clock: Callable[[], datetime] = utcnow
+    observer: Observer = field(default_factory=Observer)
     events: queue.Queue[Any] = field(default_factory=queue.Queue)
     active: dict[int, ActiveRun] = field(default_factory=dict)
     _logs: list[dict[str, Any]] = field(default_factory=list)
@@ -257,7 +263,8 @@ class Worker:
                         claimed = self._claim()
                         self._next_claim = now if claimed else now + self._idle_wait()
                     outage.over()
-                except OperationalError as exc:
+                except DatabaseUnavailable as exc:
+                    self.observer.database_error("worker", exc.reason)
                     outage.failed(exc, now)
             if not self.active and (drain_until is not None or (self.burst and not claimed)):
                 break
@@ -372,7 +379,7 @@ class Worker:
         runs = self.store.claim(
             self.name, self.pools, self.concurrency - len(self.active), now, now + self.lease
         )
-        metrics.RUNS_CLAIMED.inc(len(runs))
+        self.observer.claimed(len(runs))
         for run in runs:
             self._spawn(run)
         self._record_starts()
@@ -381,7 +388,7 @@ class Worker:
     def _record_starts(self) -> None:
         """PENDING -> RUNNING for spawned runs not yet recorded; if the database fails here the
         runs keep running and this is retried on the next pass (before their outcome is)."""
-        waiting = [a for a in self.active.values() if not a.recorded and a.ending != LOST]
+        waiting = [a for a in self.active.values() if not a.recorded and a.ending != Ending.LOST]
         if not waiting:
             return
         now = self.clock()
@@ -389,9 +396,9 @@ class Worker:
         for active in waiting:
             active.recorded = True
             if active.run.id not in ours:
-                active.end(LOST, "cancelled or reaped before it started", 0.0, active.started)
+                active.end(Ending.LOST, "cancelled or reaped before it started", 0.0, active.started)
                 continue
-            metrics.run_started(active.run, now)
+            self.observer.run_started(active.run, now)
             active.bound.info("run started", pid=active.process.pid, command=" ".join(active.argv))
 
     def _spawn(self, run: ClaimedRun) -> None:
@@ -493,7 +500,9 @@ class Worker:
         """Record the runs whose process ended: plain successes in one statement, the rest one by
         one.  A run leaves ``active`` only once its outcome is written."""
         ended = [
-            a for a in self.active.values() if a.returncode is not None and (a.recorded or a.ending == LOST)
+            a
+            for a in self.active.values()
+            if a.returncode is not None and (a.recorded or a.ending == Ending.LOST)
         ]
         plain = [a for a in ended if a.returncode == 0 and a.ending is None and a.result_file is None]
         if plain:
@@ -516,7 +525,7 @@ class Worker:
 
     def _completed(self, active: ActiveRun) -> None:
         duration = time.monotonic() - active.started
-        metrics.RUN_DURATION.labels(active.run.deployment, S.COMPLETED.value).observe(duration)
+        self.observer.run_ended(active.run.deployment, S.COMPLETED, duration)
         active.bound.info("run completed", exit_code=0, duration=round(duration, 3))
 
     def _record_end(self, active: ActiveRun) -> None:
@@ -525,10 +534,10 @@ class Worker:
         assert rc is not None  # only runs whose process exited are recorded
         now = self.clock()
         result, raised = read_result(active.result_file) if active.result_file else (None, None)
-        if active.ending == LOST:
+        if active.ending == Ending.LOST:
             bound.warning("run stopped: it is no longer ours", reason=active.reason, exit_code=rc)
             return
-        if active.ending == RELEASED:
+        if active.ending == Ending.RELEASED:
             if self.store.release([run.id], self.name, now, "worker shutting down: handed back"):
                 bound.warning("run handed back to the queue", exit_code=rc)
             else:
@@ -556,7 +565,7 @@ class Worker:
             return
         level = bound.info if outcome == S.COMPLETED else bound.warning
         duration = round(time.monotonic() - active.started, 3)
-        metrics.RUN_DURATION.labels(run.deployment, outcome.value).observe(duration)
+        self.observer.run_ended(run.deployment, outcome, duration)
         level(
             f"run {outcome.value.lower()}",
             exit_code=rc,
@@ -577,17 +586,17 @@ class Worker:
             elif active.deadline is not None and now >= active.deadline:
                 active.end(S.TIMED_OUT, f"timed out after {round(now - active.started, 1)}s", kill_grace, now)
             elif drain_until is not None and now >= drain_until:
-                active.end(RELEASED, "shutdown grace over", kill_grace, now)
+                active.end(Ending.RELEASED, "shutdown grace over", kill_grace, now)
 
     def _heartbeat(self, now: float) -> None:
         """Extend our leases; a run we hold that the database no longer gives us was reaped: stop it."""
         clock = self.clock()
         held = self.store.heartbeat(self.name, clock, clock + self.lease, list(self.active))
-        metrics.HEARTBEATS.inc()
+        self.observer.heartbeat()
         for run_id, active in self.active.items():
             if active.returncode is None and run_id not in held:
                 active.bound.warning("lease lost: stopping the run")
-                active.end(LOST, "lease lost", 0.0, now)
+                active.end(Ending.LOST, "lease lost", 0.0, now)
         self._cancel([run_id for run_id, state in held.items() if state == S.CANCELLING], now)
 
     def _check_cancellations(self, now: float) -> None:

@@ -15,12 +15,11 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from sqlalchemy import Engine
-
 from orchd.config import Config, load_config
 from orchd.db import migrate
-from orchd.db.engine import make_engine
 from orchd.db.store import Store
+from tests import helpers
+from tests.helpers import engine_for
 from tests.pg import PgServer
 
 BIN = Path(sys.executable).parent
@@ -94,16 +93,13 @@ class Databases:
                 self.pg.drop_database(name)
 
 
-def engine_for(url: str) -> Engine:
-    return make_engine(load_config("/dev/null", env={"ORCHD_DATABASE_URL": url}).database)
-
-
 def store_for(url: str, actor: str = "bench") -> Store:
-    return Store(engine_for(url), actor)
+    return helpers.store_for(url, actor)
 
 
 def write_config(path: Path, url: str, body: str) -> Config:
-    path.write_text(f'[database]\nurl = "{url}"\n[logging]\nlevel = "warning"\n' + textwrap.dedent(body))
+    """The test config, quieter (the bench prints a table), loaded."""
+    helpers.write_config(path, url, '[logging]\nlevel = "warning"\n' + textwrap.dedent(body))
     return load_config(path, env={"ORCHD_STATE_DIR": str(path.parent / "state")})
 
 

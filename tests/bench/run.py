@@ -20,12 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, insert, select, text
-from sqlalchemy.exc import OperationalError
 
 from orchd.config import load_config
 from orchd.config.model import ContainerConfig
 from orchd.db.schema import deployments, runs, schedulers
 from orchd.db.store import Store
+from orchd.errors import DatabaseUnavailable
 from orchd.logging import configure
 from orchd.scheduler.daemon import Scheduler
 from orchd.states import RunState
@@ -221,7 +221,7 @@ def bench_queue_only(dbs: Databases, backend: str, tmp: Path, repeats: int, coun
                     now = _now()
                     try:
                         claimed = store.claim(store.actor, ["default"], 16, now, now + timedelta(minutes=1))
-                    except OperationalError:  # SQLite with many writers: back off like a worker does
+                    except DatabaseUnavailable:  # SQLite with many writers: back off like a worker does
                         time.sleep(0.01)
                         continue
                     if not claimed:
@@ -231,7 +231,7 @@ def bench_queue_only(dbs: Databases, backend: str, tmp: Path, repeats: int, coun
                         try:
                             store.complete_many(store.start_many(pending, store.actor, now), store.actor, now)
                             pending = {}
-                        except OperationalError:
+                        except DatabaseUnavailable:
                             time.sleep(0.01)
 
             began = time.perf_counter()

@@ -40,17 +40,17 @@ from typing import Any
 
 import tomli_w
 from sqlalchemy import Engine, func, select
-from sqlalchemy.exc import DBAPIError
 
-from orchd.config import load_config
-from orchd.db.engine import make_engine, mask
+from orchd.db.engine import mask
 from orchd.db.schema import deployments, run_states, runs, schedulers, schedules
+from orchd.errors import DatabaseError
 from orchd.states import FINISHED, RunState
 from orchd.worker import containers
 from orchd.worker.containers import EngineUnavailable, database_label
 from tests.chaos.checks import Job, Observed, Violation, check_all, read_ledger, unexplained_crashes
 from tests.chaos.fleet import KINDS, Daemon, Fleet
 from tests.containers import images
+from tests.helpers import engine_for
 from tests.pg import PgServer, postgres_server
 
 S = RunState
@@ -196,7 +196,7 @@ class Chaos:
         self.seed = settings.seed if settings.seed is not None else random.randrange(2**32)
         self.rng = random.Random(self.seed)
         self.server = server
-        self.engine: Engine = make_engine(load_config("/dev/null", env={"ORCHD_DATABASE_URL": url}).database)
+        self.engine: Engine = engine_for(url)
         self.ledger = work / "ledger"
         self.ledger.touch()
         (work / "logs").mkdir()
@@ -283,7 +283,7 @@ class Chaos:
                         schedulers.c.pid.in_(alive), schedulers.c.role == "leader"
                     )
                 ).all()
-        except DBAPIError:  # the database is restarting: any victim will do
+        except DatabaseError:  # the database is restarting: any victim will do
             return None
         return max(rows, key=lambda r: r.last_tick_at).pid if rows else None
 
@@ -397,7 +397,7 @@ class Chaos:
             try:
                 if done():
                     return True
-            except DBAPIError:
+            except DatabaseError:
                 pass  # the schema is not there yet, or the database is restarting
             time.sleep(0.2)
         self.violations.append(Violation("drain", f"timed out after {timeout:g}s waiting for {what}"))
