@@ -115,7 +115,7 @@ def test_the_next_run_of_an_hourly_schedule_is_known_before_it_is_planned(
     done = store.create_run("hello", now() - timedelta(minutes=1))
     at = now()
     store.claim("w", ["default"], 5, at, at + timedelta(minutes=1))
-    store.start(done, "w", 1, at)
+    store.start_many({done: 1}, "w", at)
     store.finish(done, "w", RunState.COMPLETED, at, exit_code=0)
     top = (now() + timedelta(hours=1)).replace(minute=0, second=0, microsecond=0)
     listing = {d["name"]: d for d in json.loads(applied("deployment", "ls", "--json").stdout)}

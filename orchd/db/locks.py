@@ -48,7 +48,8 @@ class Leadership(Protocol):
     def held(self) -> bool:
         """Is the lock still ours?  Checked before every tick."""
 
-    def release(self) -> None: ...
+    def release(self) -> None:
+        """Give the lock up (at shutdown); a standby takes it on its next try."""
 
 
 #: Server-side keepalives of the lock's session: the server drops a vanished leader's session
@@ -60,6 +61,10 @@ _SERVER_KEEPALIVES = (
 
 
 class AdvisoryLock:
+    """PostgreSQL: a session advisory lock held by a connection of its own.  ``held`` asks the
+    server, so a leader whose session was dropped (network, server restart) learns it at its next
+    check; a database error while checking counts as lost, never as held."""
+
     def __init__(self, url: URL, db: DatabaseConfig) -> None:
         args = {**connect_args(db, "orchd-leader"), "options": _SERVER_KEEPALIVES}
         self._engine = install(create_engine(url, poolclass=NullPool, connect_args=args))
@@ -111,6 +116,9 @@ class AdvisoryLock:
 
 
 class FileLock:
+    """SQLite: ``flock`` on a file beside the database; the kernel releases it when the process
+    dies, however it dies, so a standby on the same host takes over at its next try."""
+
     def __init__(self, path: Path) -> None:
         self._path = path
         self._fd: int | None = None
@@ -151,6 +159,8 @@ def check_session(db: DatabaseConfig) -> URL | None:
 
 
 def leadership_for(engine: Engine, db: DatabaseConfig) -> Leadership:
+    """The leader lock of ``engine``'s database (an advisory lock on PostgreSQL, over
+    ``check_session``'s URL; a file lock on SQLite)."""
     if engine.dialect.name == "postgresql":
         url = check_session(db)
         assert url is not None

@@ -193,6 +193,7 @@ class Reports(Access):
             return [to.worker(r) for r in conn.execute(select(workers).order_by(workers.c.name))]
 
     def pool_names(self) -> list[str]:
+        """Every pool, by name (what the metrics export a series for, zero or not)."""
         with self.read() as conn:
             return list(conn.execute(select(pools.c.name).order_by(pools.c.name)).scalars())
 
