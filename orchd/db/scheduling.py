@@ -156,7 +156,7 @@ class Scheduling(Access):
     def _reap(self, conn: Connection, now: datetime, limit: int = 500) -> list[int]:
         crashed: list[int] = []
         expired = conn.execute(
-            select(runs.c.id, runs.c.state, runs.c.worker)
+            select(runs.c.id, runs.c.state, runs.c.worker, runs.c.lease_expires_at)
             .where(runs.c.state.in_([s.value for s in ACTIVE]), runs.c.lease_expires_at < now)
             .limit(limit)
         ).all()
@@ -177,6 +177,21 @@ class Scheduling(Access):
                 },
             )
         requeue_failed(conn, crashed, S.CRASHED, now, self.actor)
+        # Their workers, silent since before the leases lapsed, are gone: shown offline now, not
+        # after worker_timeout.  A live worker that only lost track of a run is online again at
+        # its next heartbeat.
+        lapsed: dict[str, datetime] = {}
+        for r in expired:
+            if r.id in crashed and r.worker:
+                lapsed[r.worker] = max(lapsed.get(r.worker, r.lease_expires_at), r.lease_expires_at)
+        for name, expiry in lapsed.items():
+            conn.execute(
+                update(workers)
+                .where(
+                    workers.c.name == name, workers.c.status == "online", workers.c.last_heartbeat < expiry
+                )
+                .values(status="offline")
+            )
         return crashed
 
     def _mark_missed(self, conn: Connection, now: datetime, grace: float, limit: int = 500) -> list[int]:

@@ -182,6 +182,9 @@ class Worker:
         notify.ready(self._status())
         try:
             self._loop(stop, notify)
+        except Exception as exc:
+            self._fail(exc)
+            raise
         finally:
             if listener is not None:
                 listener.stop()
@@ -191,6 +194,27 @@ class Worker:
         self._flush_logs()
         self.store.worker_stopped(self.name, self.clock())
         log.info("worker stopped", worker=self.name)
+
+    def _fail(self, exc: Exception) -> None:
+        """The worker dies from an error of its own: first its runs (the guardian kills their
+        process groups, so no retry can start beside one), then, as far as the database lets it,
+        their outcome (CRASHED, retried if attempts remain) and its own stop, so that neither the
+        runs nor `orchd status` wait for a lease or a timeout to tell."""
+        error = f"worker failed: {type(exc).__name__}: {exc}"
+        log.error("worker failed: stopping its runs", worker=self.name, error=error, runs=len(self.active))
+        self.guardian.close()
+        now = self.clock()
+        try:
+            self._flush_logs()
+            for active in self.active.values():
+                if active.ending == S.CANCELLED:
+                    self.store.finish(active.run.id, self.name, S.CANCELLED, now, source=S.CANCELLING)
+                elif active.ending != Ending.LOST:
+                    source = S.RUNNING if active.recorded else S.PENDING
+                    self.store.finish(active.run.id, self.name, S.CRASHED, now, error=error, source=source)
+            self.store.worker_stopped(self.name, now)
+        except Exception as record:  # the error may be the database's: the reaper does it later
+            log.warning("could not record the worker's failure", error=str(record))
 
     def _listener(self) -> Listener | None:
         """PostgreSQL: the LISTEN connection that wakes this worker, on a session of its own; behind
@@ -271,7 +295,12 @@ class Worker:
             wake_at = min(
                 next_heartbeat, self._next_claim if len(self.active) < self.concurrency else next_heartbeat
             )
-            self._handle_events(timeout=max(0.0, min(wake_at - time.monotonic(), _MAX_WAIT)))
+            # in an outage the heartbeat is overdue: waiting for it would mean not waiting at all
+            wake_at = max(wake_at, outage.retry_at)
+            self._handle_events(
+                timeout=max(0.0, min(wake_at - time.monotonic(), _MAX_WAIT)),
+                writable=time.monotonic() >= outage.retry_at,
+            )
 
     def _status(self) -> str:
         status = f"running {len(self.active)}/{self.concurrency} runs, pools {','.join(self.pools)}"
@@ -453,8 +482,10 @@ class Worker:
         self.guardian.watch(launch.name)  # before it exists: a death right after still removes it
         return ContainerRun(launch.engine, launch.name, launch.memory, **args)
 
-    def _handle_events(self, timeout: float) -> None:
-        """Take what the pump and listen threads posted: output, exits, wake-ups."""
+    def _handle_events(self, timeout: float, writable: bool = True) -> None:
+        """Take what the pump and listen threads posted: output, exits, wake-ups.  Output cuts the
+        wait short to be written soon, unless the database is away (``writable`` false): then
+        it only waits to be written, and cutting the wait would spin the loop."""
         deadline = time.monotonic() + timeout
         while True:
             remaining = deadline - time.monotonic()
@@ -466,14 +497,15 @@ class Worker:
                 self._take_output(event)
                 # output is written within _LOG_FLUSH of its arrival (in batches, still), so a
                 # person tailing the run sees a line a moment after it was printed
-                deadline = min(deadline, time.monotonic() + _LOG_FLUSH)
+                if writable:
+                    deadline = min(deadline, time.monotonic() + _LOG_FLUSH)
             elif isinstance(event, WakeEvent):
                 self._next_claim = 0.0
                 deadline = 0.0  # act now, after taking what else is already there
             elif isinstance(event, ExitEvent) and (active := self.active.get(event.run_id)) is not None:
                 active.returncode, active.exit_error = event.returncode, event.error
                 deadline = 0.0  # record it promptly, with any other exit already posted
-            if len(self._logs) >= _LOG_BATCH:
+            if writable and len(self._logs) >= _LOG_BATCH:
                 return
 
     def _take_output(self, event: OutputEvent) -> None:

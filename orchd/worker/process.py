@@ -84,7 +84,10 @@ class Guardian:
 
     def _say(self, line: str) -> None:
         """One small write (atomic).  If the guardian is gone (the OOM killer, an admin's kill), a
-        new one takes over everything the old one watched: the worker goes on, protected again."""
+        new one takes over everything the old one watched: the worker goes on, protected again.
+        Once closed (the worker is done), there is nothing left to say."""
+        if self._write_end < 0:
+            return
         try:
             os.write(self._write_end, line.encode())
         except BrokenPipeError:
@@ -107,7 +110,12 @@ class Guardian:
             self._say(f"-{what}\n")
 
     def close(self) -> None:
-        os.close(self._write_end)
+        """The worker is done: the guardian kills whatever it still watches, then exits."""
+        with self._lock:
+            if self._write_end < 0:
+                return
+            os.close(self._write_end)
+            self._write_end = -1
         self._process.wait(timeout=10)
 
 

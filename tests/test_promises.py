@@ -1,0 +1,72 @@
+"""Promises the README makes about workers, catch-up, claims, leadership and archived deployments,
+each kept on both databases."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime, timedelta
+
+from orchd.db.store import Store
+from orchd.worker.daemon import Worker
+from tests.conftest import MakeConfig
+from tests.helpers import history, pid_alive, wait_for
+
+T0 = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
+
+
+# ---------------------------------------------------------------- B16: dead workers are shown dead
+
+
+def test_a_worker_whose_leases_lapsed_is_offline_at_once(store: Store, make_config: MakeConfig) -> None:
+    """`orchd status` showed a dead worker online for worker_timeout (2 min) after the reaper had
+    already taken its runs (lease_timeout, 60 s)."""
+    store.sync(make_config('[[deployments]]\nname = "d"\ncommand = ["true"]\n'), T0)
+    lease = timedelta(seconds=60)
+    for name in ("dead", "alive"):
+        store.register_worker(name, "host", 1, ["default"], 1, T0)
+        store.create_run("d", T0)
+        (claimed,) = store.claim(name, ["default"], 1, T0, T0 + lease)
+        store.start_many({claimed.id: 1}, name, T0)
+    later = T0 + lease + timedelta(seconds=1)
+    store.heartbeat("alive", later, later + lease, [])  # alive, it only lost track of its run
+    crashed, _ = store.upkeep(later, None, worker_timeout=120)
+    assert len(crashed) == 2
+    status = {w.name: w.status_at(later, 120) for w in store.workers()}
+    assert status == {"dead": "offline", "alive": "online"}
+
+
+def test_a_worker_that_dies_of_an_error_kills_records_and_stops(
+    store: Store, make_config: MakeConfig
+) -> None:
+    """A worker dying from an exception never marked itself stopped, and its runs waited for their
+    leases (a minute) to be reaped."""
+    config = make_config('[[deployments]]\nname = "long"\ncommand = ["sleep", "60"]\nretries = 1\n')
+    store.sync(config, datetime.now(UTC))
+    run_id = store.create_run("long", datetime.now(UTC))
+    worker = Worker(config, store, ["default"], 1, name="w")
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            worker.run(threading.Event())
+        except RuntimeError as exc:
+            failure.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    wait_for(lambda: store.get_run(run_id).state == "RUNNING", what="the run to start")  # type: ignore[union-attr]
+    pid = store.get_run(run_id).pid  # type: ignore[union-attr]
+
+    def boom(now: float) -> None:
+        raise RuntimeError("boom")
+
+    worker._check_cancellations = boom  # type: ignore[method-assign]  # a bug of the worker's own
+    thread.join(timeout=30)
+    assert not thread.is_alive() and [str(e) for e in failure] == ["boom"]
+    assert pid is not None and not pid_alive(pid)
+    assert ("RUNNING", "CRASHED") in history(store, run_id)
+    crash = [h for h in store.run_history(run_id) if h.to_state == "CRASHED"]
+    assert crash[0].reason == "worker failed: RuntimeError: boom"
+    row = store.get_run(run_id)
+    assert row is not None and (row.state, row.attempt) == ("SCHEDULED", 2)  # retried at once
+    assert {w.name: w.status for w in store.workers()} == {"w": "stopped"}
