@@ -13,10 +13,12 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import TypeVar
 
 from orchd.models import DeploymentSpec
 from orchd.retries import retry_delay
 
+K = TypeVar("K")
 #: A claim looks at this many due runs per free slot (at least ``CANDIDATES_MIN``): some of the
 #: first are turned away by a full pool or deployment limit, and the claim should still fill its
 #: slots from the runs behind them instead of waiting for the next poll.  Bounded, so a claim
@@ -38,6 +40,21 @@ def retry_due(
 def candidates_for(slots: int) -> int:
     """How many due runs a claim with ``slots`` free slots reads (see ``CANDIDATES_PER_SLOT``)."""
     return max(slots * CANDIDATES_PER_SLOT, CANDIDATES_MIN)
+
+
+def only_waiting(
+    limits: Mapping[K, int], active: Mapping[K, int], overlap: Mapping[K, str] | None = None
+) -> set[K]:
+    """The pools (or deployments) at their limit whose due runs can only wait: no overlap policy
+    (``skip``, ``cancel_previous``) acts on them.  A claim leaves their runs out of the candidates
+    it reads, so a long backlog behind a full deployment or pool cannot fill the look-ahead and
+    hide the runs that could start (head-of-line blocking); ``admit`` still checks every limit
+    under the locks."""
+    return {
+        key
+        for key, limit in limits.items()
+        if active.get(key, 0) >= limit and (overlap or {}).get(key, "allow") in ("allow", "queue")
+    }
 
 
 @dataclass(frozen=True)

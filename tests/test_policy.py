@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from orchd.models import DeploymentSpec
-from orchd.policy import CANDIDATES_MIN, Candidate, admit, candidates_for, retry_due
+from orchd.policy import CANDIDATES_MIN, Candidate, admit, candidates_for, only_waiting, retry_due
 from orchd.retries import JITTER, MAX_DELAY
 
 NOW = datetime(2026, 5, 4, 12, 0, tzinfo=UTC)
@@ -116,3 +116,12 @@ def test_overlap_at_the_limit() -> None:
     assert decide("queue", 1) == ([3], [], set())
     assert decide("skip", 1) == ([3], [1, 2], set())
     assert decide("cancel_previous", 1) == ([3], [], {7})
+
+
+def test_only_runs_that_can_only_wait_are_left_out_of_a_claim() -> None:
+    limits = {1: 1, 2: 1, 3: 1, 4: 2}
+    active = {1: 1, 2: 1, 3: 1, 4: 1}
+    overlap = {1: "queue", 2: "skip", 3: "cancel_previous", 4: "queue"}
+    # 2 and 3 are full, but their runs are acted on (MISSED, or room made); 4 has a free slot
+    assert only_waiting(limits, active, overlap) == {1}
+    assert only_waiting({"p": 2, "q": 2}, {"p": 2, "q": 1}) == {"p"}

@@ -70,3 +70,42 @@ def test_a_worker_that_dies_of_an_error_kills_records_and_stops(
     row = store.get_run(run_id)
     assert row is not None and (row.state, row.attempt) == ("SCHEDULED", 2)  # retried at once
     assert {w.name: w.status for w in store.workers()} == {"w": "stopped"}
+
+
+# ---------------------------------------------------------------- B11: no head-of-line blocking
+
+BACKLOG = """
+[[pools]]
+name = "narrow"
+concurrency_limit = 1
+[[deployments]]
+name = "capped"
+command = ["true"]
+max_active_runs = 1
+priority = 5
+[[deployments]]
+name = "crowd"
+pool = "narrow"
+command = ["true"]
+priority = 5
+[[deployments]]
+name = "other"
+command = ["true"]
+"""
+
+
+def test_free_slots_go_to_runs_that_may_run_however_long_the_blocked_backlog(
+    store: Store, make_config: MakeConfig
+) -> None:
+    """A deployment at max_active_runs = 1 with 60 queued runs (and a full pool with 60) starved
+    every other deployment: the claim's look-ahead (4 per slot, at least 50) held only them."""
+    store.sync(make_config(BACKLOG), T0)
+    for name in ("capped", "crowd"):
+        store.create_run(name, T0)
+        (first,) = store.claim(f"w-{name}", ["default", "narrow"], 1, T0, T0 + timedelta(minutes=1))
+        store.start_many({first.id: 1}, f"w-{name}", T0)
+        for _ in range(60):
+            store.create_run(name, T0)
+    other = store.create_run("other", T0 + timedelta(seconds=1))  # due later, lower priority
+    claimed = store.claim("w", ["default", "narrow"], 4, T0 + timedelta(seconds=2), T0 + timedelta(minutes=1))
+    assert [c.id for c in claimed] == [other]

@@ -27,10 +27,10 @@ from sqlalchemy import Connection, Row, case, func, or_, select, update
 
 from orchd import __version__
 from orchd.db.base import Access, chunks
-from orchd.db.schema import deployments, pools, run_logs, runs, workers
+from orchd.db.schema import RUNS_ACTIVE, deployments, pools, run_logs, runs, workers
 from orchd.db.transitions import BACK_TO_QUEUE, transition
 from orchd.models import ClaimedRun, DeploymentSpec
-from orchd.policy import Candidate, admit, candidates_for, retry_due
+from orchd.policy import Candidate, admit, candidates_for, only_waiting, retry_due
 from orchd.states import ACTIVE, RETRYABLE, RunState
 
 S = RunState
@@ -133,6 +133,7 @@ class Queue(Access):
         if limit <= 0:
             return []
         with self.write() as conn:
+            full_pools, full_deployments = self._only_waiting(conn, pool_names)
             # One statement picks the candidates with everything needed to run them; paused pools
             # are left out by the join, and limited pools show their limit.
             candidates = conn.execute(
@@ -152,9 +153,10 @@ class Queue(Access):
                 .outerjoin(pools, pools.c.name == runs.c.pool)
                 .where(
                     runs.c.state == S.SCHEDULED.value,
-                    runs.c.pool.in_(list(pool_names)),
+                    runs.c.pool.in_([p for p in pool_names if p not in full_pools]),
                     runs.c.due_at <= now,
                     or_(pools.c.paused.is_(None), pools.c.paused.is_(False)),
+                    runs.c.deployment_id.not_in(list(full_deployments)),
                 )
                 .order_by(runs.c.priority.desc(), runs.c.due_at)
                 .limit(candidates_for(limit))
@@ -224,6 +226,41 @@ class Queue(Access):
             for c in candidates
             if c.id in ours
         ]
+
+    def _only_waiting(self, conn: Connection, pool_names: Sequence[str]) -> tuple[set[str], set[int]]:
+        """The pools and deployments whose due runs a claim can only leave waiting now (at their
+        limit, ``policy.only_waiting``), read from the active runs of these pools (a handful)."""
+        active = conn.execute(
+            select(runs.c.pool, runs.c.deployment_id, func.count())
+            .where(RUNS_ACTIVE, runs.c.pool.in_(list(pool_names)))  # literal: SQLite's partial index
+            .group_by(runs.c.pool, runs.c.deployment_id)
+        ).all()
+        if not active:
+            return set(), set()
+        in_pool: Counter[str] = Counter()
+        in_deployment: Counter[int] = Counter()
+        for pool, deployment_id, count in active:
+            in_pool[pool] += count
+            in_deployment[deployment_id] += count
+        pool_limits = dict(
+            conn.execute(
+                select(pools.c.name, pools.c.concurrency_limit).where(
+                    pools.c.name.in_(list(in_pool)), pools.c.concurrency_limit.is_not(None)
+                )
+            ).all()
+        )
+        specs = {
+            r.id: DeploymentSpec.from_json(r.spec)
+            for r in conn.execute(
+                select(deployments.c.id, deployments.c.spec).where(deployments.c.id.in_(list(in_deployment)))
+            )
+        }
+        deployment_limits = {d: cap for d, spec in specs.items() if (cap := spec.active_cap)}
+        overlap = {d: spec.overlap for d, spec in specs.items()}
+        return (
+            only_waiting(pool_limits, in_pool),
+            only_waiting(deployment_limits, in_deployment, overlap),
+        )
 
     @staticmethod
     def _active_counts(conn: Connection, column: Any, keys: Sequence[Any]) -> Counter[Any]:
