@@ -6,7 +6,12 @@ from __future__ import annotations
 import threading
 from datetime import UTC, datetime, timedelta
 
+import pytest
+from sqlalchemy import text
+
 from orchd.db.store import Store
+from orchd.errors import OrchdError
+from orchd.states import RunState
 from orchd.worker.daemon import Worker
 from tests.conftest import MakeConfig
 from tests.helpers import history, pid_alive, wait_for
@@ -109,3 +114,32 @@ def test_free_slots_go_to_runs_that_may_run_however_long_the_blocked_backlog(
     other = store.create_run("other", T0 + timedelta(seconds=1))  # due later, lower priority
     claimed = store.claim("w", ["default", "narrow"], 4, T0 + timedelta(seconds=2), T0 + timedelta(minutes=1))
     assert [c.id for c in claimed] == [other]
+
+
+# ---------------------------------------------------------------- B15: runs of an archived deployment
+
+
+def test_no_run_of_a_deployment_removed_from_the_config_starts(store: Store, make_config: MakeConfig) -> None:
+    """A queued ad-hoc run and `run retry` still ran a deployment that `run create` refused as archived."""
+    both = '[[deployments]]\nname = "gone"\ncommand = ["false"]\nretries = 2\n'
+    both += '[[deployments]]\nname = "kept"\ncommand = ["true"]\n'
+    store.sync(make_config(both), T0)
+    finished, running, queued = (store.create_run("gone", T0) for _ in range(3))
+    store.start_many(
+        {c.id: 1 for c in store.claim("w", ["default"], 2, T0, T0 + timedelta(minutes=1))}, "w", T0
+    )
+    store.finish(finished, "w", RunState.COMPLETED, T0, exit_code=0)
+    store.sync(make_config('[[deployments]]\nname = "kept"\ncommand = ["true"]\n'), T0)  # "gone" left
+    row = store.get_run(queued)
+    assert row is not None and row.state == "CANCELLED"
+    assert store.run_history(queued)[-1].reason == "its deployment was removed from the config"
+    with pytest.raises(OrchdError, match="removed from the config"):
+        store.retry_run(finished, T0)
+    # the running one finishes, and is not retried
+    assert store.finish(running, "w", RunState.FAILED, T0, exit_code=1) == RunState.FAILED
+    # and one that slipped into the queue (created as the config changed) is never claimed
+    with store.engine.begin() as conn:
+        conn.execute(
+            text("UPDATE runs SET state = 'SCHEDULED', due_at = :t WHERE id = :i"), {"t": T0, "i": queued}
+        )
+    assert store.claim("w", ["default"], 4, T0 + timedelta(seconds=1), T0 + timedelta(minutes=1)) == []

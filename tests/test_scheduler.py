@@ -180,8 +180,8 @@ def test_removed_deployment_is_archived_and_its_future_runs_dropped(
     with store.read() as conn:
         archived = conn.execute(select(deployments.c.archived_at)).scalar_one()
     assert archived is not None
-    assert state_of(store, due) == "SCHEDULED"  # ad-hoc runs are not the schedule's
-    assert _times(store, "SCHEDULED") == [T0]
+    assert state_of(store, due) == "CANCELLED"  # no run of a removed deployment starts (ad-hoc too)
+    assert _times(store, "SCHEDULED") == []
     scheduler.reload(make_config(EVERY_MINUTE.format(catchup="latest")))
     scheduler.apply_config()
     with store.read() as conn:

@@ -90,13 +90,27 @@ class RunActions(Access):
         Its max_attempts grows if needed so the new attempt counts.  A run whose attempt no worker
         ever claimed (cancelled or missed while it waited) is re-queued as the same attempt:
         nothing was attempted, so nothing is counted.  OrchdError if it is not found, not
-        finished (a run never executes twice at once), or changed state meanwhile."""
+        finished (a run never executes twice at once), of a deployment removed from the config,
+        or changed state meanwhile."""
         with self.write() as conn:
             row = conn.execute(
-                select(runs.c.state, runs.c.attempt, runs.c.claimed_at).where(runs.c.id == run_id)
+                select(
+                    runs.c.state,
+                    runs.c.attempt,
+                    runs.c.claimed_at,
+                    deployments.c.name,
+                    deployments.c.archived_at,
+                )
+                .join(deployments, deployments.c.id == runs.c.deployment_id)
+                .where(runs.c.id == run_id)
             ).first()
             if row is None:
                 raise OrchdError(f"run {run_id} not found")
+            if row.archived_at is not None:
+                raise OrchdError(
+                    f"run {run_id}: deployment {row.name!r} was removed from the config: "
+                    "its runs do not run again (add it back to run it)"
+                )
             current = RunState(row.state)
             if current not in FINISHED:
                 raise OrchdError(f"run {run_id} is {current}: only a finished run can be retried")

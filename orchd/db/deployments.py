@@ -96,10 +96,31 @@ class Deployments(Reports):
                     .where(deployments.c.id.in_(chunk))
                     .values(archived_at=now, updated_at=now)
                 )
+                self._cancel_waiting(conn, chunk, now)
             report.created, report.updated, report.archived = len(new), len(changed), len(gone)
             wanted = {ids[d.name]: d.schedules for d in chosen}
             self._sync_schedules(conn, wanted, now, report, every=only is None)
         return report
+
+    def _cancel_waiting(self, conn: Connection, deployment_ids: Sequence[int], now: datetime) -> None:
+        """The one rule for runs of a deployment that left the config: none starts any more.  Its
+        waiting runs, ad-hoc ones and retries included, are CANCELLED with the reason (its
+        schedules' future runs are dropped with the schedules); running ones finish, unretried."""
+        waiting = conn.execute(
+            select(runs.c.id).where(
+                runs.c.deployment_id.in_(deployment_ids), runs.c.state == S.SCHEDULED.value
+            )
+        ).scalars()
+        transition(
+            conn,
+            list(waiting),
+            S.SCHEDULED,
+            S.CANCELLED,
+            now=now,
+            actor=self.actor,
+            reason="its deployment was removed from the config",
+            values={"finished_at": now},
+        )
 
     def _sync_pools(self, conn: Connection, config: Config, now: datetime) -> None:
         declared = {p.name: p for p in config.pools}

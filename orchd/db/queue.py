@@ -157,6 +157,7 @@ class Queue(Access):
                     runs.c.due_at <= now,
                     or_(pools.c.paused.is_(None), pools.c.paused.is_(False)),
                     runs.c.deployment_id.not_in(list(full_deployments)),
+                    deployments.c.archived_at.is_(None),  # removed from the config: never started
                 )
                 .order_by(runs.c.priority.desc(), runs.c.due_at)
                 .limit(candidates_for(limit))
@@ -434,7 +435,11 @@ def requeue_failed(
     rows = conn.execute(
         select(runs.c.id, runs.c.attempt, runs.c.max_attempts, deployments.c.spec)
         .join(deployments, deployments.c.id == runs.c.deployment_id)
-        .where(runs.c.id.in_(list(run_ids)), runs.c.attempt < runs.c.max_attempts)
+        .where(
+            runs.c.id.in_(list(run_ids)),
+            runs.c.attempt < runs.c.max_attempts,
+            deployments.c.archived_at.is_(None),  # removed from the config: not run again
+        )
     ).all()
     retried = []
     for r in rows:
