@@ -96,10 +96,12 @@ class Deployments(Reports):
                     .where(deployments.c.id.in_(chunk))
                     .values(archived_at=now, updated_at=now)
                 )
-                self._cancel_waiting(conn, chunk, now)
             report.created, report.updated, report.archived = len(new), len(changed), len(gone)
             wanted = {ids[d.name]: d.schedules for d in chosen}
             self._sync_schedules(conn, wanted, now, report, every=only is None)
+            # after its schedules' future runs are dropped (a revived deployment fires them again)
+            for chunk in chunks(gone):
+                self._cancel_waiting(conn, chunk, now)
         return report
 
     def _cancel_waiting(self, conn: Connection, deployment_ids: Sequence[int], now: datetime) -> None:
