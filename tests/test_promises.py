@@ -5,16 +5,20 @@ from __future__ import annotations
 
 import threading
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from sqlalchemy import text
+from structlog.testing import capture_logs
 
+from orchd.config import Config, load_config
 from orchd.db.store import Store
 from orchd.errors import OrchdError
+from orchd.scheduler.daemon import Scheduler
 from orchd.states import RunState
 from orchd.worker.daemon import Worker
 from tests.conftest import MakeConfig
-from tests.helpers import history, pid_alive, wait_for
+from tests.helpers import history, pid_alive, store_for, wait_for, write_config
 
 T0 = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
 
@@ -143,3 +147,60 @@ def test_no_run_of_a_deployment_removed_from_the_config_starts(store: Store, mak
             text("UPDATE runs SET state = 'SCHEDULED', due_at = :t WHERE id = :i"), {"t": T0, "i": queued}
         )
     assert store.claim("w", ["default"], 4, T0 + timedelta(seconds=1), T0 + timedelta(minutes=1)) == []
+
+
+# ---------------------------------------------------------------- B12: a new leader reads the config
+
+
+def test_a_scheduler_taking_over_leads_with_the_config_on_disk(
+    tmp_path: Path, db_url: str, make_config: MakeConfig
+) -> None:
+    """A standby that took over re-applied the config it had loaded at its own start, archiving a
+    deployment the old leader had added on SIGHUP and that is in the file."""
+    path = tmp_path / "orchd.toml"
+    env = {"ORCHD_STATE_DIR": str(tmp_path / "state")}
+    one = '[scheduler]\nloop_interval = "100ms"\n[[deployments]]\nname = "a"\ncommand = ["true"]\n'
+    write_config(path, db_url, one)
+    started_with = load_config(path, env=env)
+    stores = [store_for(db_url), store_for(db_url)]
+    read = lambda: load_config(path, env=env)  # noqa: E731
+    old, new = (Scheduler(started_with, s, read_config=read) for s in stores)
+    stops = [threading.Event(), threading.Event()]
+    hup = threading.Event()
+
+    def reload() -> Config | None:
+        if hup.is_set():
+            hup.clear()
+            return read()
+        return None
+
+    with capture_logs() as logs:
+        threads = [
+            threading.Thread(target=old.run, args=(stops[0], reload), daemon=True),
+            threading.Thread(target=new.run, args=(stops[1],), daemon=True),
+        ]
+        threads[0].start()
+        wait_for(lambda: any(e["event"] == "became leader" for e in logs), what="a leader")
+        threads[1].start()
+        write_config(path, db_url, one + '[[deployments]]\nname = "added"\ncommand = ["true"]\n')
+        hup.set()  # the leader's SIGHUP
+        wait_for(lambda: "added" in _live(stores[0]), what="the leader to apply the new config")
+        stops[0].set()  # the leader goes; the standby takes over
+        threads[0].join(timeout=10)
+        wait_for(
+            lambda: (
+                sum(e["event"] == "became leader" for e in logs) == 2
+                and any(e["event"] == "deployments synced" for e in logs[-5:])
+            ),
+            what="the standby to take over",
+        )
+        stops[1].set()
+        threads[1].join(timeout=10)
+    assert _live(stores[0]) == {"a", "added"}
+    for store in stores:
+        store.engine.dispose()
+
+
+def _live(store: Store) -> set[str]:
+    """The deployments in force (not archived)."""
+    return {d.deployment.name for d in store.deployments()}

@@ -99,7 +99,13 @@ def scheduler_main(config_path: Path | None, once: bool, metrics_listen: str | N
     store = open_store(config, "scheduler", signals.stop.is_set, notifier)
     if store is None:
         return
-    scheduler = Scheduler(config, store, stop=signals.stop, observer=metrics.Metrics(store))
+    scheduler = Scheduler(
+        config,
+        store,
+        stop=signals.stop,
+        observer=metrics.Metrics(store),
+        read_config=lambda: load(config_path),
+    )
     if once:
         scheduler.apply_config()
         report = scheduler.tick()
@@ -259,7 +265,9 @@ def up(config_path: Path | None, metrics_listen: str | None) -> None:
         return
     worker_store = open_store(config, "worker", signals.stop.is_set)
     assert worker_store is not None
-    scheduler = Scheduler(config, store, observer=metrics.Metrics(store))
+    scheduler = Scheduler(
+        config, store, observer=metrics.Metrics(store), read_config=lambda: load(config_path)
+    )
     thread = threading.Thread(
         target=scheduler.run,
         args=(signals.stop, _reloader(signals, config_path)),

@@ -50,8 +50,11 @@ class Scheduler:
         clock: Callable[[], datetime] = utcnow,
         stop: threading.Event | None = None,
         observer: Observer | None = None,
+        read_config: Callable[[], Config] | None = None,
     ) -> None:
         self.config = config
+        #: The config as on disk now (ConfigError if broken): what a scheduler taking over leads with.
+        self.read_config = read_config
         self.store = store
         self.clock = clock
         self.observer = observer or Observer()
@@ -246,10 +249,28 @@ class Scheduler:
             return False
         if not leader and lock.acquire():
             log.info("became leader", scheduler=self.name)
+            self._reread()
             self.apply_config()
             self._seen("leader", self.clock(), force=True)
             return True
         return leader
+
+    def _reread(self) -> None:
+        """A scheduler taking over leads with the config on disk now, not the one it loaded when it
+        started as a standby: the old leader may have applied a newer one (SIGHUP), which a sync of
+        the stale one would undo (archiving the deployments it added).  A config broken on disk
+        is logged, and the one in memory kept."""
+        if self.read_config is None:
+            return
+        try:
+            fresh = self.read_config()
+        except ConfigError as exc:
+            log.error("taking over with the config loaded before: the file is refused", error=str(exc))
+            return
+        if fresh != self.config:
+            log.info("taking over with the config as it is on disk now", path=str(fresh.path))
+            self._previous = self._previous or self.config
+            self.config = fresh
 
     def _status(self, leader: bool) -> str:
         if not leader:
