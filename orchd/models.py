@@ -282,6 +282,16 @@ class Worker:
 
 
 @dataclass(frozen=True)
+class Heartbeat:
+    """What a worker learns from its heartbeat: the runs it still holds, with their state (a
+    CANCELLING one was asked to stop), and whether the database still knows the worker at all
+    (not after `orchd db reset`: it must register again)."""
+
+    held: Mapping[int, RunState]
+    known: bool
+
+
+@dataclass(frozen=True)
 class SchedulerSeen:
     """A scheduler daemon as it last recorded itself: leader or standby."""
 

@@ -13,12 +13,13 @@ from structlog.testing import capture_logs
 
 from orchd.config import Config, load_config
 from orchd.db.store import Store
-from orchd.errors import OrchdError
+from orchd.errors import DatabaseError, OrchdError
 from orchd.scheduler.daemon import Scheduler
 from orchd.states import RunState
 from orchd.worker.daemon import Worker
+from tests.cli_support import Orchd, one_line_error
 from tests.conftest import MakeConfig
-from tests.helpers import history, pid_alive, store_for, wait_for, write_config
+from tests.helpers import daemons, history, pid_alive, store_for, wait_for, write_config
 
 T0 = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
 
@@ -204,3 +205,51 @@ def test_a_scheduler_taking_over_leads_with_the_config_on_disk(
 def _live(store: Store) -> set[str]:
     """The deployments in force (not archived)."""
     return {d.deployment.name for d in store.deployments()}
+
+
+# ---------------------------------------------------------------- B14: db reset under running daemons
+
+RESET = """
+[scheduler]
+loop_interval = "200ms"
+[worker]
+heartbeat = "300ms"
+lease_timeout = "5s"
+poll_interval = "300ms"
+[[deployments]]
+name = "tick"
+command = ["true"]
+schedules = [{ interval = "1s" }]
+"""
+
+
+def test_db_reset_is_refused_while_daemons_run_and_forced_they_recover(tmp_path: Path, db_url: str) -> None:
+    """`orchd db reset --yes` under running daemons left them silently broken: status green with
+    0 deployments, the worker never registered again."""
+    config = write_config(tmp_path / "orchd.toml", db_url, RESET)
+    orchd = Orchd(config, tmp_path / "state")
+    store = store_for(db_url)
+
+    def completed() -> int:
+        try:
+            return sum(1 for r in store.list_runs(limit=1000) if r.state == "COMPLETED")
+        except DatabaseError:
+            return 0
+
+    try:
+        with daemons(tmp_path) as group:
+            group.start("orchd-scheduler", "--config", str(config))
+            group.start("orchd-worker", "--config", str(config), "--name", "w1")
+            wait_for(completed, what="a first run")
+            refused = orchd("db", "reset", "--yes")
+            one_line_error(refused, 1, "is in use by worker w1, scheduler ")
+            assert "stop them first" in refused.stderr and completed() > 0
+            assert orchd("db", "reset", "--yes", "--force").exit_code == 0
+            wait_for(
+                lambda: completed() > 0, timeout=30, what=f"runs again after the reset:\n{group.output()}"
+            )
+            assert [w.name for w in store.workers()] == ["w1"]
+            assert [d.deployment.name for d in store.deployments()] == ["tick"]
+            assert "registering again" in group.output() and "applying it again" in group.output()
+    finally:
+        store.engine.dispose()

@@ -309,6 +309,6 @@ def test_heartbeat_extends_only_the_runs_the_worker_holds(store: Store, make_con
     held, forgotten = store.create_run("job", T0), store.create_run("job", T0)
     assert len(store.claim("w", ["default"], 2, T0, T0 + timedelta(seconds=30))) == 2
     later = T0 + timedelta(seconds=20)
-    assert store.heartbeat("w", later, later + timedelta(seconds=30), [held]) == {held: RunState.PENDING}
+    assert store.heartbeat("w", later, later + timedelta(seconds=30), [held]).held == {held: RunState.PENDING}
     assert reap(store, T0 + timedelta(seconds=31)) == [forgotten]
     assert state_of(store, held) == "PENDING"

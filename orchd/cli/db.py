@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 import click
@@ -17,6 +18,7 @@ from orchd.db import migrate, roles
 from orchd.db.engine import describe, mask, ping
 from orchd.db.migrate import wipe
 from orchd.errors import DatabaseMissing, OrchdError
+from orchd.scheduler.daemon import SEEN_EVERY
 
 
 @click.group("db")
@@ -87,21 +89,36 @@ def db_status(config_path: Path | None, as_json: bool) -> None:
 
 @db_group.command("reset")
 @click.option("--yes", is_flag=True, help="Really wipe the database.")
+@click.option("--force", is_flag=True, help="Even while daemons use it (they then re-register and re-apply).")
 @common_options
-def db_reset(yes: bool, config_path: Path | None, as_json: bool) -> None:
+def db_reset(yes: bool, force: bool, config_path: Path | None, as_json: bool) -> None:
     """Delete everything orchd stored (runs, history, output, deployments, pools, workers) and
-    re-create the empty schema.  Stop the daemons first.
+    re-create the empty schema.  Refused while daemons use the database (stop them first, or
+    --force: a worker then registers again at its next heartbeat, the scheduler re-applies the
+    config within half a minute).
 
     \b
     Example:
       orchd db reset --yes --config etc/orchd/quickstart.toml
     """
-    store = open_store(load(config_path), schema=False)
+    config = load(config_path)
+    store = open_store(config, schema=False)
     where = describe(store.engine.url)
     if not yes:
         usage_error(
             f"`orchd db reset` deletes every run, deployment and worker in {where}: add --yes to do it"
         )
+    if not force and migrate.current_revision(store.engine) is not None:
+        alive = store.daemons_alive(
+            datetime.now(UTC),
+            worker_within=config.scheduler.worker_timeout,
+            scheduler_within=3 * SEEN_EVERY,
+        )
+        if alive:
+            raise OrchdError(
+                f"{where} is in use by {', '.join(alive)}: stop them first "
+                "(or add --force: they re-register and re-apply the config)"
+            )
     wipe(store.engine)
     revision = migrate.current_revision(store.engine)
     if as_json:

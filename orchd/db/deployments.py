@@ -104,6 +104,14 @@ class Deployments(Reports):
                 self._cancel_waiting(conn, chunk, now)
         return report
 
+    def live_deployments(self) -> int:
+        """How many deployments are in force (not archived): fewer than the config has means the
+        database lost them (a reset), and the config must be applied again."""
+        with self.read() as conn:
+            return int(
+                conn.execute(select(func.count()).where(deployments.c.archived_at.is_(None))).scalar_one()
+            )
+
     def _cancel_waiting(self, conn: Connection, deployment_ids: Sequence[int], now: datetime) -> None:
         """The one rule for runs of a deployment that left the config: none starts any more.  Its
         waiting runs, ad-hoc ones and retries included, are CANCELLED with the reason (its

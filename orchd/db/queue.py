@@ -29,7 +29,7 @@ from orchd import __version__
 from orchd.db.base import Access, chunks
 from orchd.db.schema import RUNS_ACTIVE, deployments, pools, run_logs, runs, workers
 from orchd.db.transitions import BACK_TO_QUEUE, transition
-from orchd.models import ClaimedRun, DeploymentSpec
+from orchd.models import ClaimedRun, DeploymentSpec, Heartbeat
 from orchd.policy import Candidate, admit, candidates_for, only_waiting, retry_due
 from orchd.states import ACTIVE, RETRYABLE, RunState
 
@@ -77,10 +77,11 @@ class Queue(Access):
 
     def heartbeat(
         self, worker: str, now: datetime, lease_until: datetime, run_ids: Sequence[int]
-    ) -> dict[int, RunState]:
+    ) -> Heartbeat:
         """Extend to ``lease_until``, in one statement, the leases of the runs among ``run_ids`` that
         ``worker`` still holds (PENDING, RUNNING or CANCELLING under its name), record it online,
-        and return those runs with their state: CANCELLING means a person asked to cancel it.
+        and return those runs with their state (CANCELLING: a person asked to cancel it), and
+        whether the worker's own row was there to record (not after `orchd db reset`).
 
         ``run_ids`` is what the worker has in memory, not every row carrying its name, so a run it
         lost track of, or one a dead predecessor of the same name held, is not extended: it
@@ -99,12 +100,12 @@ class Queue(Access):
                     .values(lease_expires_at=lease_until)
                     .returning(runs.c.id, runs.c.state)
                 ).all()
-            conn.execute(
+            recorded = conn.execute(
                 update(workers)
                 .where(workers.c.name == worker)
                 .values(last_heartbeat=now, running=len(run_ids), status="online")
             )
-        return {r.id: RunState(r.state) for r in held}
+        return Heartbeat({r.id: RunState(r.state) for r in held}, known=recorded.rowcount > 0)
 
     def claim(
         self, worker: str, pool_names: Sequence[str], limit: int, now: datetime, lease_until: datetime

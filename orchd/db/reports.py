@@ -324,6 +324,31 @@ class Reports(Access):
                 failures=int(failures),
             )
 
+    def daemons_alive(self, now: datetime, *, worker_within: float, scheduler_within: float) -> list[str]:
+        """The daemons that recorded themselves recently, as "worker NAME" / "scheduler NAME":
+        what `orchd db reset` must not pull the database from under."""
+        with self.read() as conn:
+            found = [
+                f"worker {name}"
+                for name in conn.execute(
+                    select(workers.c.name)
+                    .where(
+                        workers.c.status == "online",
+                        workers.c.last_heartbeat >= now - timedelta(seconds=worker_within),
+                    )
+                    .order_by(workers.c.name)
+                ).scalars()
+            ]
+            found += [
+                f"scheduler {name}"
+                for name in conn.execute(
+                    select(schedulers.c.name)
+                    .where(schedulers.c.last_tick_at >= now - timedelta(seconds=scheduler_within))
+                    .order_by(schedulers.c.name)
+                ).scalars()
+            ]
+        return found
+
     def live_runs(self) -> dict[tuple[str, str], int]:
         """Runs waiting or working, by (state, pool): the partial indexes of the queue serve it."""
         with self.read() as conn:

@@ -120,7 +120,13 @@ class Scheduler:
         cfg = self.config.scheduler
         horizon_end = now + timedelta(seconds=cfg.horizon)
         report = TickReport()
-        if self._earliest is None or horizon_end >= self._earliest or time.monotonic() >= self._recheck_at:
+        earliest = self._earliest
+        recheck = earliest is None or time.monotonic() >= self._recheck_at
+        if recheck and self.store.live_deployments() < len(self.config.deployments):
+            # the database lost deployments of the config (`orchd db reset` under this scheduler)
+            log.warning("deployments of the config are missing from the database: applying it again")
+            self.apply_config()
+        if recheck or (earliest is not None and horizon_end >= earliest):
             self._materialize(now, horizon_end, report)
         if time.monotonic() >= self._next_upkeep:
             crashed, missed = self.store.upkeep(now, cfg.misfire_grace, cfg.worker_timeout)
@@ -233,11 +239,14 @@ class Scheduler:
                         self._seen("standby", self.clock())
                     backoff.succeeded()
                     notify.status(self._status(leader))
-                except DatabaseUnavailable as exc:
+                except DatabaseError as exc:  # an outage, or a statement refused (tables reset under it)
                     self.observer.database_error("scheduler", exc.reason)
                     delay = backoff.failed()
-                    log.warning("database unavailable, retrying", error=exc.reason, retry_in=delay)
-                    notify.status(f"database unavailable: {exc.reason}; retrying in {delay:.0f}s")
+                    what = "unavailable" if isinstance(exc, DatabaseUnavailable) else "error"
+                    (log.warning if what == "unavailable" else log.error)(
+                        f"database {what}, retrying", error=exc.reason, retry_in=delay
+                    )
+                    notify.status(f"database {what}: {exc.reason}; retrying in {delay:.0f}s")
                 stop.wait(backoff.delay or self.config.scheduler.loop_interval)
         finally:
             lock.release()

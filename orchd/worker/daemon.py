@@ -28,7 +28,7 @@ from orchd.db.engine import connect_args, mask, session_url
 from orchd.db.listen import Listener, WakeEvent
 from orchd.db.store import Store
 from orchd.durations import format_duration
-from orchd.errors import ConfigError, DatabaseUnavailable
+from orchd.errors import ConfigError, DatabaseError, DatabaseUnavailable
 from orchd.logging import get_logger
 from orchd.models import ClaimedRun
 from orchd.notify import Notifier
@@ -121,9 +121,15 @@ class Outage:
     retry_at: float = 0.0
     backoff: Backoff = field(default_factory=lambda: Backoff(0.25, 5.0))
 
-    def failed(self, exc: DatabaseUnavailable, now: float) -> None:
+    def failed(self, exc: DatabaseError, now: float) -> None:
+        """Wait before the next try.  A statement the database refused (not an outage: say, tables
+        dropped under it by `orchd db reset`) is waited out the same way: it ends no run, nor the
+        worker."""
         if not self.backoff.delay:
-            log.warning("database unavailable; runs keep running", error=exc.reason)
+            if isinstance(exc, DatabaseUnavailable):
+                log.warning("database unavailable; runs keep running", error=exc.reason)
+            else:
+                log.error("database error; runs keep running, retrying", error=exc.reason)
         self.retry_at = now + self.backoff.failed()
 
     def over(self) -> None:
@@ -287,7 +293,7 @@ class Worker:
                         claimed = self._claim()
                         self._next_claim = now if claimed else now + self._idle_wait()
                     outage.over()
-                except DatabaseUnavailable as exc:
+                except DatabaseError as exc:
                     self.observer.database_error("worker", exc.reason)
                     outage.failed(exc, now)
             if not self.active and (drain_until is not None or (self.burst and not claimed)):
@@ -621,10 +627,15 @@ class Worker:
                 active.end(Ending.RELEASED, "shutdown grace over", kill_grace, now)
 
     def _heartbeat(self, now: float) -> None:
-        """Extend our leases; a run we hold that the database no longer gives us was reaped: stop it."""
+        """Extend our leases; a run we hold that the database no longer gives us was reaped (or
+        wiped): stop it.  A worker the database forgot registers again."""
         clock = self.clock()
-        held = self.store.heartbeat(self.name, clock, clock + self.lease, list(self.active))
+        beat = self.store.heartbeat(self.name, clock, clock + self.lease, list(self.active))
         self.observer.heartbeat()
+        if not beat.known:  # `orchd db reset` wiped the database under us: be known again
+            log.warning("this worker is unknown to the database (was it reset?): registering again")
+            self.store.register_worker(self.name, self.host, os.getpid(), self.pools, self.concurrency, clock)
+        held = beat.held
         for run_id, active in self.active.items():
             if active.returncode is None and run_id not in held:
                 active.bound.warning("lease lost: stopping the run")
