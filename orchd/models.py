@@ -282,6 +282,22 @@ class Worker:
 
 
 @dataclass(frozen=True)
+class OverdueRun:
+    """A run a schedule materialized that is still waiting although its fire time passed while no
+    scheduler was running: what catch-up judges on taking over, like the fire times it never
+    materialized."""
+
+    id: int
+    schedule_id: int
+    scheduled_for: datetime
+    #: The deployment's catch-up policy: none, latest or all.
+    catchup: str
+    #: The schedule's materialization cursor (None: exhausted), and its definition.
+    cursor: datetime | None
+    spec: ScheduleSpec
+
+
+@dataclass(frozen=True)
 class Heartbeat:
     """What a worker learns from its heartbeat: the runs it still holds, with their state (a
     CANCELLING one was asked to stop), and whether the database still knows the worker at all

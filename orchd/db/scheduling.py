@@ -25,7 +25,7 @@ from orchd.db.base import Access
 from orchd.db.queue import requeue_failed
 from orchd.db.schema import deployments, runs, schedulers, schedules, workers
 from orchd.db.transitions import insert_runs, new_run, transition
-from orchd.models import DeploymentSpec, DueSchedule, Materialization
+from orchd.models import DeploymentSpec, DueSchedule, Materialization, OverdueRun
 from orchd.states import ACTIVE, FINISHED, RunState
 
 S = RunState
@@ -262,3 +262,73 @@ class Scheduling(Access):
                     index_elements=[schedulers.c.name], set_={"role": role, "last_tick_at": now}
                 )
             )
+
+    def last_leader_seen(self, other_than: str) -> datetime | None:
+        """When a leader other than ``other_than`` last recorded itself (it records itself every
+        few seconds while it leads): the start of the time no scheduler ran, for one taking over."""
+        with self.read() as conn:
+            value: datetime | None = conn.execute(
+                select(func.max(schedulers.c.last_tick_at)).where(
+                    schedulers.c.role == "leader", schedulers.c.name != other_than
+                )
+            ).scalar()
+        return value
+
+    def overdue_materialized(self, since: datetime | None, before: datetime) -> list[OverdueRun]:
+        """Runs schedules materialized, never claimed, whose fire time lies in ``[since, before)``,
+        of live deployments without an active-run limit (their waiting runs wait for the limit,
+        by design: the overlap policy governs them, not catch-up).  Only first attempts: a retry
+        is the run's own business."""
+        stmt = (
+            select(
+                runs.c.id,
+                runs.c.schedule_id,
+                runs.c.scheduled_for,
+                deployments.c.spec.label("dep_spec"),
+                schedules.c.next_fire_at,
+                schedules.c.kind,
+                schedules.c.expr,
+                schedules.c.timezone,
+                schedules.c.anchor,
+                schedules.c.active,
+                schedules.c.parameters,
+                schedules.c.jitter,
+            )
+            .join(deployments, deployments.c.id == runs.c.deployment_id)
+            .join(schedules, schedules.c.id == runs.c.schedule_id)
+            .where(
+                runs.c.state == S.SCHEDULED.value,
+                runs.c.attempt == 1,
+                runs.c.claimed_at.is_(None),
+                runs.c.scheduled_for < before,
+                deployments.c.archived_at.is_(None),
+            )
+            .order_by(runs.c.schedule_id, runs.c.scheduled_for)
+        )
+        if since is not None:
+            stmt = stmt.where(runs.c.scheduled_for >= since)
+        with self.read() as conn:
+            rows = conn.execute(stmt).all()
+        found = []
+        for r in rows:
+            spec = DeploymentSpec.from_json(r.dep_spec)
+            if spec.active_cap is None:
+                found.append(
+                    OverdueRun(
+                        r.id,
+                        r.schedule_id,
+                        r.scheduled_for,
+                        spec.catchup,
+                        r.next_fire_at,
+                        to.schedule_spec(r),
+                    )
+                )
+        return found
+
+    def miss(self, run_ids: Sequence[int], now: datetime, reason: str) -> list[int]:
+        """Mark waiting runs MISSED (guarded: one claimed meanwhile stays claimed); the ids moved."""
+        with self.write() as conn:
+            return transition(
+                conn, run_ids, S.SCHEDULED, S.MISSED, now=now, actor=self.actor, reason=reason,
+                values={"finished_at": now},
+            )  # fmt: skip

@@ -26,7 +26,7 @@ from orchd.logging import get_logger
 from orchd.models import DueSchedule, Materialization, TickReport
 from orchd.notify import Notifier
 from orchd.observer import Observer
-from orchd.scheduler.plan import plan
+from orchd.scheduler.plan import missed_while_down, plan
 
 log = get_logger("orchd.scheduler")
 BATCH = 1000
@@ -34,6 +34,8 @@ _PRUNE_EVERY = 60.0
 #: How often a scheduler records itself (leader or standby) in the schedulers table, seconds:
 #: what `orchd status` reads, so "seen 8s ago" is normal however short the tick.
 SEEN_EVERY = 10.0
+#: No leader recorded itself for this long: the scheduler was down (a failover takes a second).
+DOWNTIME = 3 * SEEN_EVERY
 _UPKEEP_EVERY = 2.0  # reaping, misfires, offline workers: a crash is seen within lease + this
 _RECHECK_EVERY = 30.0
 
@@ -260,9 +262,29 @@ class Scheduler:
             log.info("became leader", scheduler=self.name)
             self._reread()
             self.apply_config()
+            self._catch_up_materialized()
             self._seen("leader", self.clock(), force=True)
             return True
         return leader
+
+    def _catch_up_materialized(self) -> None:
+        """Taking over after a downtime (no leader recorded itself for DOWNTIME), the runs that
+        schedules materialized before it and that nobody ran are governed by catch-up like the
+        fire times never materialized: with ``latest`` (the default) a scheduler stopped for 35
+        minutes no longer starts the 18 runs it had planned all at once, only the most recent.
+        A failover (the old leader seen seconds ago) is no downtime: nothing is touched."""
+        now = self.clock()
+        cfg = self.config.scheduler
+        since = self.store.last_leader_seen(other_than=self.name)
+        if since is not None and now - since < timedelta(seconds=DOWNTIME):
+            return
+        floor = now - timedelta(seconds=2 * cfg.loop_interval + 1)
+        overdue = self.store.overdue_materialized(since, floor)
+        turned_away = missed_while_down(overdue, floor, cfg.catchup_limit)
+        if turned_away:
+            reason = "its fire time passed while no scheduler ran; catch-up runs only what its policy keeps"
+            missed = self.store.miss(turned_away, now, reason)
+            log.info("catch-up after downtime", runs_missed=len(missed), overdue=len(overdue))
 
     def _reread(self) -> None:
         """A scheduler taking over leads with the config on disk now, not the one it loaded when it

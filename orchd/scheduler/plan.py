@@ -10,9 +10,11 @@ Rules (see README, "Schedules"):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, timedelta
+from itertools import groupby
 
-from orchd.models import DueSchedule, Materialization
+from orchd.models import DueSchedule, Materialization, OverdueRun
 from orchd.schedules import TICK
 
 
@@ -41,3 +43,25 @@ def plan(
     times.extend(upcoming)
     next_fire = spec.next_after(upcoming[-1]) if upcoming else cursor
     return Materialization(schedule, times, next_fire)
+
+
+def missed_while_down(overdue: Sequence[OverdueRun], floor: datetime, catchup_limit: int) -> list[int]:
+    """Which runs materialized before a downtime catch-up turns away on taking over, so that it
+    governs them as it governs the fire times never materialized: ``none`` runs none of them,
+    ``latest`` the most recent one only, ``all`` the most recent ``catchup_limit`` — counting the
+    fire times after the schedule's cursor that ``plan`` catches up itself, which are more recent."""
+    missed: list[int] = []
+    for _, group in groupby(
+        sorted(overdue, key=lambda r: (r.schedule_id, r.scheduled_for)), lambda r: r.schedule_id
+    ):
+        runs = list(group)
+        policy, cursor = runs[0].catchup, runs[0].cursor
+        # the fire times ``plan`` will catch up from the cursor come after these and count first
+        later = (
+            len(runs[0].spec.fire_times(cursor, floor - TICK, catchup_limit))
+            if cursor and cursor < floor
+            else 0
+        )
+        keep = {"none": 0, "latest": 1 - min(1, later)}.get(policy, catchup_limit - later)
+        missed += [r.id for r in runs[: max(0, len(runs) - keep)]]
+    return missed
