@@ -252,6 +252,8 @@ class TickReport:
     crashed: int = 0
     missed: int = 0
     pruned: int = 0
+    #: How long the tick took.
+    seconds: float = 0.0
 
 
 # ---------------------------------------------------------------------------------- fleet

@@ -26,8 +26,11 @@ class Observer:
     def ticked(self, report: TickReport, now: datetime) -> None:
         """The leading scheduler finished a tick."""
 
-    def claimed(self, runs: int) -> None:
-        """The worker claimed ``runs`` runs."""
+    def claimed(self, runs: int, seconds: float) -> None:
+        """The worker claimed ``runs`` runs, in a claim that took ``seconds``."""
+
+    def fenced(self) -> None:
+        """The worker stopped a run whose lease it could not renew in time (worker/fence.py)."""
 
     def heartbeat(self) -> None:
         """The worker extended its leases."""

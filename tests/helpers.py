@@ -64,9 +64,15 @@ class Daemons:
     def start(
         self, command: str, *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
     ) -> subprocess.Popen[bytes]:
-        log = open(self.log_dir / f"{command}-{len(self.procs)}.log", "wb")  # noqa: SIM115 (closed by the OS at exit)
+        return self.spawn([str(BIN / command), *args], command, env=env, cwd=cwd)
+
+    def spawn(
+        self, argv: Sequence[str], label: str, env: dict[str, str] | None = None, cwd: Path | None = None
+    ) -> subprocess.Popen[bytes]:
+        """Any command line (e.g. a daemon inside a network namespace); ``label`` names its log."""
+        log = open(self.log_dir / f"{label}-{len(self.procs)}.log", "wb")  # noqa: SIM115 (closed by the OS at exit)
         proc = subprocess.Popen(
-            [str(BIN / command), *args],
+            list(argv),
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=cwd,

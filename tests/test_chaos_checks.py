@@ -169,3 +169,41 @@ def test_a_process_outliving_its_killed_worker_while_the_retry_runs() -> None:
     found = check_all(replace(obs, orphans=[orphan], executions=[*obs.executions, retry]))
     assert "orphan" in [v.check for v in found]
     assert any("executed twice at once" in v.detail for v in found)
+
+
+def test_an_execution_never_recorded_running_unless_its_worker_had_no_chance() -> None:
+    """Run 3 attempt 1 ran to its end but no RUNNING was ever recorded: its worker lived on and
+    failed to record it, unless it was killed right after the spawn, or the database was down from
+    the start until the worker was killed."""
+    base = clean()
+    history = {**base.history, 3: [h for h in base.history[3] if h.to_state not in ("RUNNING", "COMPLETED")]}
+    damaged = replace(base, history=history)
+    assert "unrecorded start" in checks(damaged)
+    start = at(3.02).timestamp()
+    assert "unrecorded start" not in checks(replace(damaged, worker_kills={WORKER: start + 0.2}))
+    assert "unrecorded start" in checks(replace(damaged, worker_kills={WORKER: start + 60}))
+    outage = replace(damaged, outages=[(start + 0.1, start + 10)], worker_kills={WORKER: start + 11})
+    assert "unrecorded start" not in checks(outage)
+
+
+def test_a_fenced_execution_ends_when_its_worker_records_it_not_when_the_worker_dies() -> None:
+    """The guardian SIGKILLed run 3's child (no end line); its worker recorded CRASHED at 5 s and
+    lived until 20 s.  Run 4 of a max_active_runs 1 deployment may start at 6 s."""
+    serial = replace(JOB, overlap="skip")
+    obs = replace(clean(), jobs=[serial])
+    history = {
+        **obs.history,
+        3: [*completed(3)[:3], step(3, "RUNNING", "CRASHED", 1, 5, reason="fenced")],
+    }
+    runs = [run_row(3, state="CRASHED", max_attempts=1) if r.id == 3 else r for r in obs.runs]
+    fenced = Execution(3, 1, 2000, WORKER, at(3.02).timestamp())
+    executions = [e for e in obs.executions if e.run_id not in (3, 4)] + [
+        fenced,
+        Execution(4, 1, 2001, WORKER, at(6).timestamp(), at(6.1).timestamp(), "0"),
+    ]
+    fenced_obs = replace(
+        obs, runs=runs, history=history, executions=executions, worker_kills={WORKER: at(20).timestamp()}
+    )
+    assert "overlap" not in checks(fenced_obs)
+    history[3][-1] = step(3, "RUNNING", "CRASHED", 1, 5, actor="scheduler", reason="lease expired")
+    assert "overlap" in checks(fenced_obs)  # the reaper's word is no proof the child was gone

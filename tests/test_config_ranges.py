@@ -60,6 +60,11 @@ REFUSED = {
         '[worker]\nheartbeat = "1h"\nlease_timeout = "3h"\n',
         "scheduler.worker_timeout: must be at least twice worker.heartbeat",
     ),
+    "fence-past-a-heartbeat": (
+        '[worker]\nheartbeat = "10s"\nlease_timeout = "60s"\nfence_margin = "55s"\n',
+        "worker.fence_margin: must be shorter than worker.lease_timeout less one worker.heartbeat",
+    ),
+    "pooler-before-sqlite": ('[database]\npooler = "transaction"\n', "database.pooler: only for PostgreSQL"),
     "spinning-scheduler": ('[scheduler]\nloop_interval = "0s"\n', "scheduler.loop_interval"),
     "spinning-worker": ('[worker]\npoll_interval = "0s"\n', "worker.poll_interval"),
     "pool-name-with-space": ('[worker]\npools = ["b c"]\n', "worker.pools"),
@@ -182,9 +187,13 @@ def configs(draw: st.DrawFn) -> dict[str, Any]:
     ]
     worker, scheduler = doc["worker"], doc["scheduler"]
     heartbeat = Bounded("duration", 0, 86400)(worker.get("heartbeat", "10s"))
-    # the two timing rules (tested above): keep the drawn values that obey them
+    # the timing rules (tested above): keep the drawn values that obey them
     if Bounded("duration", 0, 86400)(worker.get("lease_timeout", "60s")) < 2 * heartbeat:
         worker["lease_timeout"] = duration_text(2 * heartbeat + 2)
+    lease = Bounded("duration", 0, 86400)(worker.get("lease_timeout", "60s"))
+    margin = Bounded("duration", 0, 86400, optional=True)(worker.get("fence_margin", ""))
+    if margin is not None and margin >= lease - heartbeat:
+        del worker["fence_margin"]
     if Bounded("duration", 0, 86400 * 30)(scheduler.get("worker_timeout", "2m")) < 2 * heartbeat:
         scheduler["worker_timeout"] = duration_text(2 * heartbeat + 1)
     return doc

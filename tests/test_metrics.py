@@ -77,6 +77,8 @@ def test_scheduler_and_worker_metrics(endpoint: int, make_config: MakeConfig, st
     ticked = scrape(endpoint)
     assert value(ticked, "orchd_scheduler_leader") == 1
     assert value(ticked, "orchd_scheduler_ticks_total") == value(before, "orchd_scheduler_ticks_total") + 1
+    ticks = "orchd_scheduler_tick_seconds_count"
+    assert value(ticked, ticks) == value(before, ticks) + 1
     assert value(ticked, "orchd_queue_depth", pool="default") == 3
     assert value(ticked, "orchd_runs", state="SCHEDULED", pool="default") == 3
     assert ("orchd_runs", (("pool", "default"), ("state", "RUNNING"))) in ticked  # zero, not absent
@@ -91,7 +93,14 @@ def test_scheduler_and_worker_metrics(endpoint: int, make_config: MakeConfig, st
     assert (
         value(after, "orchd_run_duration_seconds_bucket", deployment="job", state="COMPLETED", le="+Inf") >= 2
     )
-    for name in ("orchd_heartbeats_total", "orchd_runs_reaped_total", "orchd_runs_missed_total"):
+    assert value(after, "orchd_claim_seconds_count") > value(before, "orchd_claim_seconds_count")
+    names = (
+        "orchd_heartbeats_total",
+        "orchd_runs_reaped_total",
+        "orchd_runs_missed_total",
+        "orchd_runs_fenced_total",
+    )
+    for name in names:
         assert (name, ()) in after
     observer.leading(False)
     standby = scrape(endpoint)

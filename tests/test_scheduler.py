@@ -240,6 +240,27 @@ def test_reaper_crashes_expired_leases_and_retries(store: Store, make_config: Ma
     assert state_of(store, run_id) == RunState.CRASHED  # no attempts left
 
 
+def test_a_reaped_worker_cannot_record_anything_on_the_retry(store: Store, make_config: MakeConfig) -> None:
+    """A worker cut off past its lease comes back to find its run reaped and RUNNING again on
+    another worker: its start, outcome and hand-back must not land on the retry."""
+    config = make_config(
+        '[[deployments]]\nname = "job"\ncommand = ["true"]\nretries = 1\nretry_delay = "0s"\n'
+    )
+    store.sync(config, T0)
+    run_id = store.create_run("job", T0)
+    assert store.claim("w1", ["default"], 1, T0, T0 + timedelta(seconds=30))
+    assert reap(store, T0 + timedelta(seconds=31)) == [run_id]
+    later = T0 + timedelta(minutes=1)
+    assert store.claim("w2", ["default"], 1, later, later + timedelta(seconds=30))[0].attempt == 2
+    assert store.start_many({run_id: 1}, "w1", later) == []  # w1's spawn came too late
+    assert store.start_many({run_id: 2}, "w2", later) == [run_id]
+    assert store.complete_many([run_id], "w1", later) == []
+    assert store.finish(run_id, "w1", RunState.CRASHED, later, error="fenced") is None
+    assert store.release([run_id], "w1", later, "shutting down") == []
+    assert state_of(store, run_id) == RunState.RUNNING
+    assert store.complete_many([run_id], "w2", later) == [run_id]
+
+
 def test_jitter_delays_due_times_but_not_the_key(store: Store, make_config: MakeConfig) -> None:
     body = """
     [scheduler]

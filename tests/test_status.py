@@ -4,14 +4,17 @@ check that failed saying what is wrong."""
 from __future__ import annotations
 
 import json
+import re
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
+from orchd.cli.status import connection_check
 from orchd.db import migrate
 from orchd.db.engine import make_engine
 from orchd.db.schema import schedulers
+from orchd.db.server import Connections
 from orchd.db.store import Store
 from orchd.states import RunState
 from tests.cli_support import POOL_HEADER, Orchd, now, write_config
@@ -48,7 +51,7 @@ def failed_checks(orchd: Orchd, *args: str) -> dict[str, str]:
     return {c["name"]: c["detail"] for c in report["checks"] if not c["ok"]}
 
 
-def test_healthy_is_exit_0(healthy: Orchd, store: Store) -> None:
+def test_healthy_is_exit_0(healthy: Orchd, store: Store, backend: str) -> None:
     result = healthy("status")
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
@@ -63,8 +66,11 @@ def test_healthy_is_exit_0(healthy: Orchd, store: Store) -> None:
         "ok    stuck runs none past their lease",
         "ok    failures   none in the last hour",
     ]
-    assert lines[8].split() == POOL_HEADER
-    assert lines[9].split()[:5] == ["default", "open", "-", "1", "4"]
+    postgres = backend == "postgresql"
+    if postgres:  # the server's connections: this test's own are orchd's
+        assert re.fullmatch(r"ok    connections \d+ of \d+ in use \(\d+%\), \d+ of them orchd's", lines[7])
+    assert lines[8 + postgres].split() == POOL_HEADER
+    assert lines[9 + postgres].split()[:5] == ["default", "open", "-", "1", "4"]
     report = json.loads(healthy("status", "--json").stdout)
     assert report["healthy"] is True
     assert [c["name"] for c in report["checks"]] == [
@@ -74,6 +80,7 @@ def test_healthy_is_exit_0(healthy: Orchd, store: Store) -> None:
         "late runs",
         "stuck runs",
         "failures",
+        *(["connections"] if postgres else []),
     ]
     assert report["scheduler"]["host"] == "host-a" and report["scheduler"]["pid"] == 4242
     assert report["database"]["revision"] == report["database"]["head"] == migrate.head_revision()
@@ -89,6 +96,25 @@ def test_healthy_is_exit_0(healthy: Orchd, store: Store) -> None:
         0,
     )
     assert report["pools"][0]["name"] == "default"
+    if postgres:
+        assert (
+            report["connections"]["limit"]
+            > report["connections"]["used"]
+            >= report["connections"]["orchd"]
+            >= 1
+        )
+    else:
+        assert report["connections"] is None
+
+
+def test_connections_near_max_connections_need_attention() -> None:
+    assert connection_check(None) == []  # SQLite
+    [fine] = connection_check(Connections(used=150, orchd=120, limit=297))
+    assert fine.ok and fine.detail == "150 of 297 in use (51%), 120 of them orchd's"
+    [near] = connection_check(Connections(used=250, orchd=230, limit=297))
+    assert not near.ok and near.detail.startswith(
+        "250 of 297 in use (84%), 230 of them orchd's: near max_connections, and then new workers"
+    )
 
 
 def test_no_workers(orchd: Orchd, store: Store) -> None:

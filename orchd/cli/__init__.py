@@ -35,7 +35,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "status": (
         "orchd.cli.status:status",
         "Is orchd healthy? Database, scheduler leader, workers per pool, queue, late and stuck runs, "
-        "failures of the last hour, and the container engine when deployments need one.",
+        "failures of the last hour, the server's connections (PostgreSQL), and the container engine "
+        "when deployments need one.",
     ),
     "systemd": (
         "orchd.cli.systemd:systemd_group",

@@ -21,6 +21,7 @@ from orchd.cli.pools import pool_json, print_pools
 from orchd.config import Config
 from orchd.db import migrate
 from orchd.db.engine import describe, ping
+from orchd.db.server import Connections, connections
 from orchd.db.store import Store
 from orchd.durations import format_duration
 from orchd.errors import DatabaseUnavailable
@@ -31,6 +32,8 @@ from orchd.worker.containers import Engine, EngineUnavailable
 
 #: Failures counted by the check: those of the last hour.
 WINDOW = 3600.0
+#: Server connections in use from which the check warns (of those ordinary users may open).
+CONNECTIONS_NEAR = 0.8
 FAILURES = [s.value for s in RunState if s in RETRYABLE]
 
 
@@ -97,6 +100,23 @@ def judge(health: Health, config: Config, late_after: float) -> list[Check]:
     return [scheduler, workers, late, stuck, failures]
 
 
+def connection_check(found: Connections | None) -> list[Check]:
+    """PostgreSQL: how close the server is to max_connections (a fleet grows into it)."""
+    if found is None:
+        return []
+    used = f"{found.used} of {found.limit} in use ({found.share:.0%}), {found.orchd} of them orchd's"
+    if found.share < CONNECTIONS_NEAR:
+        return [Check("connections", True, used)]
+    return [
+        Check(
+            "connections",
+            False,
+            f"{used}: near max_connections, and then new workers and commands are refused; a worker "
+            "needs about 2: raise max_connections or put PgBouncer in front (README: Scaling out)",
+        )
+    ]
+
+
 def containers(config: Config) -> list[Check]:
     """When deployments run in containers: does this host's engine answer?  (Each worker checks
     its own at start and says so in its status line.)"""
@@ -143,7 +163,8 @@ def _show(checks: list[Check], as_json: bool, extra: dict[str, Any], body: Any =
 @common_options
 def status(late_after: float, config_path: Path | None, as_json: bool) -> None:
     """Is orchd healthy?  Database, scheduler leader, workers per pool, queue, late and stuck runs,
-    failures of the last hour, and the container engine when deployments need one.
+    failures of the last hour, the server's connections (PostgreSQL), and the container engine
+    when deployments need one.
     Exit status 0: healthy; 1: something needs attention.
 
     \b
@@ -183,7 +204,8 @@ def report(
         now, worker_timeout=config.scheduler.worker_timeout, late_after=late_after, window=WINDOW
     )
     checks = [Check("database", True, f"{where}, {server}, schema {current} (current)")]
-    checks += judge(health, config, late_after) + containers(config)
+    found = connections(store.engine)
+    checks += judge(health, config, late_after) + connection_check(found) + containers(config)
     leader = health.leader
     extra = {
         "database": database,
@@ -199,5 +221,6 @@ def report(
         "late_runs": health.late,
         "stuck_runs": health.stuck,
         "failures_last_hour": health.failures,
+        "connections": found and {"used": found.used, "orchd": found.orchd, "limit": found.limit},
     }
     return checks, extra, health.pools

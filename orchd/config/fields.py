@@ -86,6 +86,8 @@ class Bounded:
     low: float
     high: float
     optional: bool = False
+    #: What "" (or 0) stands for, as the docs say it.
+    empty: str = "none"
 
     def __call__(self, value: Any) -> Any:
         if self.optional and (value is None or value == "" or (value == 0 and not isinstance(value, bool))):
@@ -115,7 +117,7 @@ class Bounded:
         kind = {"integer": "an integer", "number": "a number", "duration": "a duration"}[self.kind]
         text = f"{kind} from {low} to {high}"
         if self.optional:
-            text += ' (or "" for none)' if self.kind == "duration" else " (or 0 for none)"
+            text += f' (or "" for {self.empty})' if self.kind == "duration" else f" (or 0 for {self.empty})"
         return text
 
     def bounds(self) -> tuple[str, str]:
@@ -149,9 +151,9 @@ def duration(low: str, high: str) -> Bounded:
     return Bounded("duration", parse_duration(low), parse_duration(high))
 
 
-def optional_duration(low: str, high: str) -> Bounded:
-    """A duration, or "" / 0 for "none"."""
-    return Bounded("duration", parse_duration(low), parse_duration(high), optional=True)
+def optional_duration(low: str, high: str, empty: str = "none") -> Bounded:
+    """A duration, or "" / 0 for ``empty`` ("none" unless said)."""
+    return Bounded("duration", parse_duration(low), parse_duration(high), optional=True, empty=empty)
 
 
 def choice(*options: str) -> Parser:

@@ -302,6 +302,13 @@ def _check_timing(sections: Mapping[str, Any], locators: Mapping[str, Any], path
             "or healthy runs are reaped as CRASHED between two heartbeats",
         ),
         (
+            "worker.fence_margin",
+            worker.effective_fence_margin < worker.lease_timeout - worker.heartbeat,
+            f"must be shorter than worker.lease_timeout less one worker.heartbeat "
+            f"({format_duration(worker.lease_timeout - worker.heartbeat)}), "
+            "or healthy runs are stopped between two heartbeats",
+        ),
+        (
             "scheduler.worker_timeout",
             scheduler.worker_timeout >= 2 * worker.heartbeat,
             f"must be at least twice worker.heartbeat ({format_duration(worker.heartbeat)}), "

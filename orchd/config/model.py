@@ -148,6 +148,12 @@ class WorkerConfig:
         f.duration("2s", "1d"),
         "A run whose lease is not extended for this long is CRASHED and retried.",
     )
+    fence_margin: float | None = f.setting(
+        "",
+        f.optional_duration("100ms", "1d", empty="a quarter of lease_timeout"),
+        "A worker that cannot renew its leases stops its runs this long before they expire (SIGTERM, "
+        "SIGKILL halfway), so no retry elsewhere overlaps them; covers clock skew. Empty: lease_timeout / 4.",
+    )
     poll_interval: float = f.setting(
         "30s",
         f.duration("100ms", "1h"),
@@ -177,6 +183,11 @@ class WorkerConfig:
     container_binary: str = f.setting(
         "", f.text, "Path of the engine's command; empty: podman or docker found on the PATH."
     )
+
+    @property
+    def effective_fence_margin(self) -> float:
+        """``fence_margin``, or a quarter of the lease when it is empty."""
+        return self.fence_margin or self.lease_timeout / 4
 
 
 @dataclass(frozen=True)

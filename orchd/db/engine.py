@@ -30,6 +30,15 @@ READ_ONLY = {"orchd_read_only": True}
 #: A connection idle this long gets TCP keepalive probes, this often, this many before it is
 #: declared dead (seconds): a LISTEN connection to a vanished server is noticed in under 30 s.
 KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_COUNT = 10, 5, 3
+#: What a session to PostgreSQL itself asks of the server: the same keepalives on its side (a
+#: client that vanished with the network frees its connection, and a leader its lock, within
+#: seconds instead of the kernel's two hours), and the end of a transaction whose client has gone
+#: quiet in the middle of it (a worker cut off mid-claim would otherwise hold its row locks until
+#: then).  orchd's transactions last milliseconds; 30 s leaves room for any pause.
+SERVER_OPTIONS = (
+    f"-c tcp_keepalives_idle={KEEPALIVE_IDLE} -c tcp_keepalives_interval={KEEPALIVE_INTERVAL} "
+    f"-c tcp_keepalives_count={KEEPALIVE_COUNT} -c idle_in_transaction_session_timeout=30s"
+)
 
 
 def parse_url(raw: str) -> URL:
@@ -72,18 +81,21 @@ def make_engine(db: DatabaseConfig, *, pooled: bool = True) -> Engine:
     kwargs: dict[str, Any] = {"pool_size": db.pool_size, "max_overflow": db.pool_size}
     if not pooled:
         kwargs = {"poolclass": NullPool}
-    args = connect_args(db)
+    args = connect_args(db, url=url if db.pooler == "none" else None)
     if not prepares(db):
         args["prepare_threshold"] = None
     return install(create_engine(url, connect_args=args, **kwargs))
 
 
-def connect_args(db: DatabaseConfig, application: str = "orchd") -> dict[str, Any]:
+def connect_args(db: DatabaseConfig, application: str = "orchd", *, url: URL | None = None) -> dict[str, Any]:
     """psycopg's arguments for every PostgreSQL connection of orchd.  TCP keepalives and a TCP
     user timeout bound how long a call can hang on a dead network (a host cut off, a firewall
-    dropping packets): without them a statement waits for the kernel's retransmissions, minutes."""
+    dropping packets): without them a statement waits for the kernel's retransmissions, minutes.
+    ``url``: the connection goes to PostgreSQL itself (not through a transaction pooler, which
+    refuses startup options), so it asks the server for SERVER_OPTIONS too, after any options
+    the URL itself gives."""
     timeout = max(1, int(db.connect_timeout))
-    return {
+    args: dict[str, Any] = {
         "connect_timeout": timeout,
         "application_name": application,
         "keepalives": 1,
@@ -92,6 +104,12 @@ def connect_args(db: DatabaseConfig, application: str = "orchd") -> dict[str, An
         "keepalives_count": KEEPALIVE_COUNT,
         "tcp_user_timeout": timeout * 1000,
     }
+    if url is not None:
+        theirs = url.query.get("options", "")
+        args["options"] = " ".join(
+            [*([theirs] if isinstance(theirs, str) else theirs), SERVER_OPTIONS]
+        ).strip()
+    return args
 
 
 def prepares(db: DatabaseConfig) -> bool:

@@ -4,8 +4,8 @@ PostgreSQL: a session advisory lock on a connection of its own, to PostgreSQL it
 transaction-mode pooler cannot hold a session: ``database.direct_url`` then).  If that connection
 drops (the leader's host dies, the network splits, the server restarts) the lock is gone with it, a
 standby gets it on its next try, and the old leader notices at its next check and stops acting at
-once.  The session asks the server for TCP keepalives of its own, so a leader cut off by the
-network loses the lock within seconds, not after the kernel's two hours.
+once.  The session asks the server for TCP keepalives of its own (engine.SERVER_OPTIONS), so a
+leader cut off by the network loses the lock within seconds, not after the kernel's two hours.
 SQLite (one host): an exclusive ``flock`` on a file beside the database, released by the kernel
 when the process dies, however it dies.
 
@@ -27,14 +27,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
 from orchd.config import DatabaseConfig
-from orchd.db.engine import (
-    KEEPALIVE_COUNT,
-    KEEPALIVE_IDLE,
-    KEEPALIVE_INTERVAL,
-    connect_args,
-    parse_url,
-    session_url,
-)
+from orchd.db.engine import connect_args, parse_url, session_url
 from orchd.db.errors import install
 from orchd.errors import ConfigError, DatabaseError
 
@@ -52,21 +45,13 @@ class Leadership(Protocol):
         """Give the lock up (at shutdown); a standby takes it on its next try."""
 
 
-#: Server-side keepalives of the lock's session: the server drops a vanished leader's session
-#: (and so its lock) within about 10 + 5 * 3 seconds.
-_SERVER_KEEPALIVES = (
-    f"-c tcp_keepalives_idle={KEEPALIVE_IDLE} -c tcp_keepalives_interval={KEEPALIVE_INTERVAL} "
-    f"-c tcp_keepalives_count={KEEPALIVE_COUNT}"
-)
-
-
 class AdvisoryLock:
     """PostgreSQL: a session advisory lock held by a connection of its own.  ``held`` asks the
     server, so a leader whose session was dropped (network, server restart) learns it at its next
     check; a database error while checking counts as lost, never as held."""
 
     def __init__(self, url: URL, db: DatabaseConfig) -> None:
-        args = {**connect_args(db, "orchd-leader"), "options": _SERVER_KEEPALIVES}
+        args = connect_args(db, "orchd-leader", url=url)
         self._engine = install(create_engine(url, poolclass=NullPool, connect_args=args))
         self._conn: Connection | None = None
         self._held = False

@@ -28,7 +28,7 @@ from sqlalchemy import Connection, Row, case, func, or_, select, update
 from orchd import __version__
 from orchd.db.base import Access, chunks
 from orchd.db.schema import RUNS_ACTIVE, deployments, pools, run_logs, runs, workers
-from orchd.db.transitions import BACK_TO_QUEUE, transition
+from orchd.db.transitions import BACK_TO_QUEUE, notify, transition
 from orchd.models import ClaimedRun, DeploymentSpec, Heartbeat
 from orchd.policy import Candidate, admit, candidates_for, only_waiting, retry_due
 from orchd.states import ACTIVE, RETRYABLE, RunState
@@ -316,6 +316,7 @@ class Queue(Access):
                 S.RUNNING,
                 now=now,
                 actor=worker,
+                holder=worker,
                 values={"started_at": now, "pid": case(dict(pids), value=runs.c.id)},
             )
 
@@ -332,6 +333,7 @@ class Queue(Access):
                 S.COMPLETED,
                 now=now,
                 actor=worker,
+                holder=worker,
                 values={"finished_at": now, "exit_code": 0, "lease_expires_at": None},
             )
 
@@ -359,6 +361,7 @@ class Queue(Access):
                 outcome,
                 now=now,
                 actor=worker,
+                holder=worker,
                 reason=error,
                 values={
                     "finished_at": now,
@@ -378,13 +381,24 @@ class Queue(Access):
         moved on meanwhile (finished, reaped) is left alone."""
         back = {**BACK_TO_QUEUE, "due_at": now}
         with self.write() as conn:
-            return [
+            released = [
                 rid
                 for state in (S.PENDING, S.RUNNING)
                 for rid in transition(
-                    conn, run_ids, state, S.SCHEDULED, now=now, actor=worker, reason=reason, values=back
+                    conn,
+                    run_ids,
+                    state,
+                    S.SCHEDULED,
+                    now=now,
+                    actor=worker,
+                    reason=reason,
+                    values=back,
+                    holder=worker,
                 )
             ]
+            if released:  # the other workers of their pools take them at once
+                notify(conn, conn.execute(select(runs.c.pool).where(runs.c.id.in_(released))).scalars())
+            return released
 
     def cancel_requested(self, worker: str) -> list[int]:
         """Runs of ``worker`` a user asked to cancel (CANCELLING)."""
@@ -430,11 +444,12 @@ def requeue_failed(
 ) -> list[int]:
     """Send runs that just ended in ``state`` back to SCHEDULED (attempt + 1, due when
     ``orchd.policy.retry_due`` says) when it is a retryable outcome and attempts remain; return
-    those sent."""
+    those sent.  Their pools' workers are woken: the retry of a run its worker lost (reaped,
+    fenced) is for another worker, which must not wait for its poll to see it."""
     if not run_ids or state not in RETRYABLE:
         return []
     rows = conn.execute(
-        select(runs.c.id, runs.c.attempt, runs.c.max_attempts, deployments.c.spec)
+        select(runs.c.id, runs.c.pool, runs.c.attempt, runs.c.max_attempts, deployments.c.spec)
         .join(deployments, deployments.c.id == runs.c.deployment_id)
         .where(
             runs.c.id.in_(list(run_ids)),
@@ -461,4 +476,5 @@ def requeue_failed(
                 "exit_code": None,
             },
         )
+    notify(conn, (r.pool for r in rows if r.id in retried))
     return retried

@@ -139,18 +139,22 @@ class Scheduling(Access):
         * Workers silent for ``worker_timeout`` are marked offline.
 
         At most 500 runs of each kind per call (the rest on the next call), so the transaction
-        stays short however large a backlog an outage left."""
+        stays short however large a backlog an outage left.  Rows another transaction holds are
+        skipped, for the next call: a worker cut off from the database in the middle of a
+        transaction leaves its row locks behind until the server gives up on its session, and the
+        upkeep (and the tick with it) must not wait for that."""
         with self.write() as conn:
             crashed = self._reap(conn, now)
             missed = self._mark_missed(conn, now, misfire_grace) if misfire_grace else []
-            conn.execute(
-                update(workers)
+            silent = (
+                select(workers.c.name)
                 .where(
                     workers.c.status == "online",
                     workers.c.last_heartbeat < now - timedelta(seconds=worker_timeout),
                 )
-                .values(status="offline")
+                .with_for_update(skip_locked=True)
             )
+            conn.execute(update(workers).where(workers.c.name.in_(silent)).values(status="offline"))
         return crashed, missed
 
     def _reap(self, conn: Connection, now: datetime, limit: int = 500) -> list[int]:
@@ -159,6 +163,7 @@ class Scheduling(Access):
             select(runs.c.id, runs.c.state, runs.c.worker, runs.c.lease_expires_at)
             .where(runs.c.state.in_([s.value for s in ACTIVE]), runs.c.lease_expires_at < now)
             .limit(limit)
+            .with_for_update(skip_locked=True)  # see upkeep
         ).all()
         for state in ACTIVE:
             ids = [r.id for r in expired if r.state == state.value]
@@ -203,6 +208,7 @@ class Scheduling(Access):
                 select(runs.c.id)
                 .where(runs.c.state == S.SCHEDULED.value, runs.c.due_at < cutoff)
                 .limit(limit)
+                .with_for_update(skip_locked=True)  # see upkeep
             )
             .scalars()
             .all()

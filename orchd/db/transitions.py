@@ -29,18 +29,24 @@ def transition(
     actor: str,
     reason: str | None = None,
     values: Mapping[str, Any] | None = None,
+    holder: str | None = None,
 ) -> list[int]:
     """Move the runs among ``run_ids`` that are in ``source`` to ``target``; return those moved.
 
     ``values`` are extra columns set in the same UPDATE (may be SQL expressions, e.g.
     ``runs.c.attempt + 1``).  Runs not in ``source`` any more are left alone and not returned.
+    ``holder``: only runs this worker holds move.  A worker's own moves pass it: a worker cut off
+    from the database past its lease finds, when it comes back, its run reaped and retried, and
+    maybe RUNNING again on another worker: the state alone would let it record its outcome on
+    the retry.
     """
     check(source, target)
     if not run_ids:
         return []
+    held = () if holder is None else (runs.c.worker == holder,)
     stmt = (
         update(runs)
-        .where(runs.c.id.in_(list(run_ids)), runs.c.state == source.value)
+        .where(runs.c.id.in_(list(run_ids)), runs.c.state == source.value, *held)
         .values(state=target.value, updated_at=now, **(values or {}))
         .returning(runs.c.id, runs.c.attempt)
     )

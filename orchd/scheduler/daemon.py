@@ -118,6 +118,7 @@ class Scheduler:
         """One pass of the leader's duties.  Idle ticks cost no query: the earliest cursor is
         remembered, so schedules are only looked at when one comes inside the horizon (or every
         half minute, in case another process applied config); upkeep runs every few seconds."""
+        began = time.monotonic()
         now = self.clock()
         cfg = self.config.scheduler
         horizon_end = now + timedelta(seconds=cfg.horizon)
@@ -138,6 +139,7 @@ class Scheduler:
             report.pruned = self.store.prune(now, cfg.retention)
             self._next_prune = time.monotonic() + (0 if report.pruned else _PRUNE_EVERY)
         self._seen("leader", now)
+        report.seconds = time.monotonic() - began
         self.observer.ticked(report, now)
         if report.created or report.crashed or report.missed or report.pruned:
             log.info(

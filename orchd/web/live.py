@@ -106,7 +106,7 @@ class Feed:
     def __init__(self, store: Store, make_watch_store: Callable[[], Store], db: DatabaseConfig) -> None:
         self.store = store
         self._session = session_url(db)
-        self._session_args = connect_args(db, "orchd-web-listen")
+        self._session_args = connect_args(db, "orchd-web-listen", url=self._session)
         self.dashboard = Dashboard(store)
         self._make_watch_store = make_watch_store
         self._subscribers: set[Subscriber] = set()

@@ -43,6 +43,7 @@ from orchd.worker.containers import (
     client_environment,
     database_label,
 )
+from orchd.worker.fence import Fence
 from orchd.worker.process import ExitEvent, Guardian, OutputEvent, RunProcess, describe_exit
 
 log = get_logger("orchd.worker")
@@ -52,6 +53,8 @@ _MAX_WAIT = 0.5  # how quickly a stop request (signal) or a changed SQLite file 
 _CANCEL_CHECK = 1.0  # how often a worker with running runs looks for cancellations
 _CANCEL_GRACE = 1.0  # SIGTERM, then SIGKILL this much later, so a cancel lands within two seconds
 _LOG_BATCH = 500
+#: A renewal told to the guardian this close to its deadline may arrive after it struck.
+_STRIKE_SLACK = 0.05
 #: Poll-only workers (no LISTEN) with a longer poll start new runs late: they say so.
 POLL_ONLY_HINT = 5.0
 
@@ -63,6 +66,8 @@ class Ending(StrEnum):
     LOST = "lost"
     #: Handed back to the queue at shutdown (the attempt is not charged).
     RELEASED = "released"
+    #: Its lease could not be renewed in time (see fence.py): recorded CRASHED if still ours.
+    FENCED = "fenced"
 
 
 _NEVER = datetime.min.replace(tzinfo=UTC)
@@ -90,6 +95,10 @@ class ActiveRun:
     deadline: float | None
     result_file: Path | None = None
     argv: Sequence[str] = ()
+    #: When its lease was last renewed (time.monotonic(), read before the claim or heartbeat).
+    renewed: float = 0.0
+    #: When its exit was seen (time.monotonic()).
+    exited_at: float | None = None
     #: Whether its RUNNING state is written (its outcome is recorded only after that).
     recorded: bool = False
     kill_at: float | None = None
@@ -121,16 +130,16 @@ class Outage:
     retry_at: float = 0.0
     backoff: Backoff = field(default_factory=lambda: Backoff(0.25, 5.0))
 
-    def failed(self, exc: DatabaseError, now: float) -> None:
-        """Wait before the next try.  A statement the database refused (not an outage: say, tables
-        dropped under it by `orchd db reset`) is waited out the same way: it ends no run, nor the
-        worker."""
+    def failed(self, exc: DatabaseError, now: float, cap: float) -> None:
+        """Wait before the next try, at most ``cap`` (a try must come before a fence strikes).  A
+        statement the database refused (not an outage: say, tables dropped under it by `orchd db
+        reset`) is waited out the same way: it ends no run, nor the worker."""
         if not self.backoff.delay:
             if isinstance(exc, DatabaseUnavailable):
                 log.warning("database unavailable; runs keep running", error=exc.reason)
             else:
                 log.error("database error; runs keep running, retrying", error=exc.reason)
-        self.retry_at = now + self.backoff.failed()
+        self.retry_at = now + min(cap, self.backoff.failed())
 
     def over(self) -> None:
         if self.backoff.succeeded():
@@ -155,12 +164,16 @@ class Worker:
     _next_sweep: float = float("inf")
     _engine_problem: str = ""
     _removals: list[threading.Thread] = field(default_factory=list)
+    #: The kill deadline the guardian was last given (time.monotonic()), and the moments it struck.
+    _armed: float = float("inf")
+    _strikes: list[float] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.host = socket.gethostname()
         self.name = self.name or self.config.worker.name or f"{self.host}-{os.getpid()}"
         cfg = self.config.worker
         self.lease = timedelta(seconds=cfg.lease_timeout)
+        self.fence = Fence.of(cfg)
         self.work_dir = Path(cfg.work_dir or self.config.state_dir)
         try:
             engine, problem = Engine.find(cfg.container_runtime, cfg.container_binary), ""
@@ -231,7 +244,7 @@ class Worker:
             return None
         session = session_url(db)
         if session is not None:
-            return Listener(session, connect_args(db, "orchd-listen"), self.pools, self.events)
+            return Listener(session, connect_args(db, "orchd-listen", url=session), self.pools, self.events)
         poll = self.config.worker.poll_interval
         slow = poll > POLL_ONLY_HINT
         (log.warning if slow else log.info)(
@@ -269,6 +282,7 @@ class Worker:
             claimed = 0
             self._handle_events(timeout=0)
             self._enforce_deadlines(now, drain_until)
+            self._enforce_fence(now)
             if now >= outage.retry_at:
                 try:
                     self._flush_logs()
@@ -295,7 +309,7 @@ class Worker:
                     outage.over()
                 except DatabaseError as exc:
                     self.observer.database_error("worker", exc.reason)
-                    outage.failed(exc, now)
+                    outage.failed(exc, now, cap=self.fence.margin / 4)
             if not self.active and (drain_until is not None or (self.burst and not claimed)):
                 break
             wake_at = min(
@@ -410,13 +424,16 @@ class Worker:
 
     def _claim(self) -> int:
         """Claim, spawn, then mark every spawned run RUNNING in one statement."""
+        renewed = time.monotonic()
         now = self._last_claim_at = self.clock()
         runs = self.store.claim(
             self.name, self.pools, self.concurrency - len(self.active), now, now + self.lease
         )
-        self.observer.claimed(len(runs))
+        self.observer.claimed(len(runs), time.monotonic() - renewed)
+        if runs:
+            self._arm_guardian(renewed)  # before a run exists: an old deadline must not strike it
         for run in runs:
-            self._spawn(run)
+            self._spawn(run, renewed)
         self._record_starts()
         return len(runs)
 
@@ -436,7 +453,7 @@ class Worker:
             self.observer.run_started(active.run, now)
             active.bound.info("run started", pid=active.process.pid, command=" ".join(active.argv))
 
-    def _spawn(self, run: ClaimedRun) -> None:
+    def _spawn(self, run: ClaimedRun, renewed: float) -> None:
         """Start the run's process (or container).  Whatever goes wrong here (a missing program or
         directory, a value the kernel refuses, no container engine) fails this run alone, with the
         reason: never the worker."""
@@ -466,6 +483,7 @@ class Worker:
             how.result_file,
             argv=how.argv,
             container=how.container.name if how.container else None,
+            renewed=renewed,
         )
 
     def _start(self, run: ClaimedRun, how: Invocation) -> RunProcess:
@@ -510,6 +528,7 @@ class Worker:
                 deadline = 0.0  # act now, after taking what else is already there
             elif isinstance(event, ExitEvent) and (active := self.active.get(event.run_id)) is not None:
                 active.returncode, active.exit_error = event.returncode, event.error
+                active.exited_at = event.at
                 deadline = 0.0  # record it promptly, with any other exit already posted
             if writable and len(self._logs) >= _LOG_BATCH:
                 return
@@ -575,6 +594,13 @@ class Worker:
         if active.ending == Ending.LOST:
             bound.warning("run stopped: it is no longer ours", reason=active.reason, exit_code=rc)
             return
+        if active.ending == Ending.FENCED:
+            final = self.store.finish(run.id, self.name, S.CRASHED, now, exit_code=rc, error=active.reason)
+            if final is None:
+                bound.warning("fenced run: reaped meanwhile, nothing to record", exit_code=rc)
+            else:
+                bound.warning("run crashed: fenced", exit_code=rc, retry=(final == S.SCHEDULED) or None)
+            return
         if active.ending == Ending.RELEASED:
             if self.store.release([run.id], self.name, now, "worker shutting down: handed back"):
                 bound.warning("run handed back to the queue", exit_code=rc)
@@ -626,9 +652,54 @@ class Worker:
             elif drain_until is not None and now >= drain_until:
                 active.end(Ending.RELEASED, "shutdown grace over", kill_grace, now)
 
+    def _enforce_fence(self, now: float) -> None:
+        """Stop runs whose lease could not be renewed before it can expire (see fence.py); a run
+        alive when the guardian's fence struck and over after it was (or may have been) killed
+        by it: fenced too, whatever its exit status says."""
+        self._note_strike(time.monotonic())  # now, not the loop's now: exits taken since count
+        if not self.active:
+            self._strikes.clear()
+        for active in self.active.values():
+            if active.ending in (Ending.LOST, Ending.FENCED):
+                continue
+            dead_by = self.fence.dead_by(active.renewed)
+            if active.returncode is not None:
+                exited = active.exited_at if active.exited_at is not None else now
+                if active.ending is None and any(active.started <= s <= exited for s in self._strikes):
+                    active.ending, active.reason = Ending.FENCED, self.fence.reason(active.renewed, now)
+                    self.observer.fenced()
+                continue
+            if now < self.fence.stop_at(active.renewed):
+                continue
+            if active.ending is None:
+                reason = self.fence.reason(active.renewed, now)
+                active.bound.warning(
+                    "lease not renewed: stopping the run before it can expire", reason=reason
+                )
+                active.end(Ending.FENCED, reason, self.fence.grace(active.renewed, now), now)
+                self.observer.fenced()
+            elif active.kill_at is not None:  # already stopping (timeout, cancel): dead in time too
+                active.kill_at = min(active.kill_at, dead_by)
+
+    def _arm_guardian(self, renewed: float = float("inf")) -> None:
+        """Tell the guardian by when the runs still ours must be dead if no renewal follows."""
+        held = [a.renewed for a in self.active.values() if a.ending not in (Ending.LOST, Ending.FENCED)]
+        oldest = min([renewed, *held])
+        if oldest != float("inf"):
+            self._note_strike(time.monotonic() + _STRIKE_SLACK)  # a renewal coming too late
+            self._armed = self.fence.dead_by(oldest)
+            self.guardian.fence(self._armed)
+
+    def _note_strike(self, now: float) -> None:
+        """The guardian's deadline has passed without a renewal: it struck (and is disarmed)."""
+        if now >= self._armed:
+            self._strikes.append(self._armed)
+            self._armed = float("inf")
+
     def _heartbeat(self, now: float) -> None:
         """Extend our leases; a run we hold that the database no longer gives us was reaped (or
         wiped): stop it.  A worker the database forgot registers again."""
+        renewed = time.monotonic()
         clock = self.clock()
         beat = self.store.heartbeat(self.name, clock, clock + self.lease, list(self.active))
         self.observer.heartbeat()
@@ -637,9 +708,12 @@ class Worker:
             self.store.register_worker(self.name, self.host, os.getpid(), self.pools, self.concurrency, clock)
         held = beat.held
         for run_id, active in self.active.items():
-            if active.returncode is None and run_id not in held:
+            if run_id in held:
+                active.renewed = renewed
+            elif active.returncode is None:
                 active.bound.warning("lease lost: stopping the run")
                 active.end(Ending.LOST, "lease lost", 0.0, now)
+        self._arm_guardian()
         self._cancel([run_id for run_id, state in held.items() if state == S.CANCELLING], now)
 
     def _check_cancellations(self, now: float) -> None:

@@ -10,13 +10,23 @@ finishes ("-PGID"), and the name of every container before it is created ("+NAME
 is removed ("-NAME").  When the pipe reaches end-of-file the worker is gone, however it died: the
 groups still listed are killed, and the containers removed with the command given as arguments
 (the engine's force-remove, e.g. ``podman rm --force --time 0 --ignore``).
+
+It is also the backstop of self-fencing (orchd/worker/fence.py): after each renewal of its leases
+the worker says by when its runs must be dead if no further renewal comes ("@DEADLINE", a
+CLOCK_MONOTONIC time).  When that moment passes without a newer one, the worker is cut off from
+the database or stuck: the guardian kills the groups and removes the containers it knows, as at
+the worker's death (without waiting for the engine: the worker may die meanwhile, and that must
+be answered at once), and waits for the next deadline.
 """
 
 import contextlib
+import math
 import os
+import select
 import signal
 import subprocess
 import sys
+import time
 
 
 def main(remove: list[str]) -> None:
@@ -24,25 +34,57 @@ def main(remove: list[str]) -> None:
         signal.signal(sig, signal.SIG_IGN)  # only the end of the pipe ends the guardian
     groups: set[int] = set()
     containers: set[str] = set()
-    for line in sys.stdin:
-        op, what = line[:1], line[1:].strip()
-        if what.isdigit():
-            (groups.add if op == "+" else groups.discard)(int(what))
-        else:
-            (containers.add if op == "+" else containers.discard)(what)
+    deadline = math.inf
+    pending = b""
+    removing: list[subprocess.Popen[bytes]] = []
+    while True:
+        removing = [proc for proc in removing if proc.poll() is None]
+        wait = None if deadline == math.inf else max(0.0, deadline - time.monotonic())
+        if removing:
+            wait = 1.0 if wait is None else min(wait, 1.0)  # to reap them
+        if not select.select([0], [], [], wait)[0]:
+            if time.monotonic() >= deadline:  # fenced: no renewal came in time
+                removing += end_runs(groups, containers, remove, wait=False)
+                deadline = math.inf
+            continue
+        chunk = os.read(0, 65536)
+        if not chunk:
+            break
+        *lines, pending = (pending + chunk).split(b"\n")
+        for line in lines:
+            op, what = line[:1].decode(), line[1:].decode().strip()
+            if op == "@":
+                deadline = float(what)
+            elif what.isdigit():
+                (groups.add if op == "+" else groups.discard)(int(what))
+            else:
+                (containers.add if op == "+" else containers.discard)(what)
+    end_runs(groups, containers, remove, wait=True)
+
+
+def end_runs(
+    groups: set[int], containers: set[str], remove: list[str], wait: bool
+) -> list[subprocess.Popen[bytes]]:
+    """SIGKILL the groups, force-remove the containers; returns the removal still going on."""
     for pgid in groups:
         with contextlib.suppress(OSError):
             os.killpg(pgid, signal.SIGKILL)
-    if containers and remove:
-        with contextlib.suppress(OSError, subprocess.SubprocessError):
-            subprocess.run(
-                [*remove, *sorted(containers)],
-                stdin=subprocess.DEVNULL,
-                timeout=120,
-                check=False,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
+    if not (containers and remove):
+        return []
+    try:
+        proc = subprocess.Popen(
+            [*remove, *sorted(containers)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    except OSError:
+        return []
+    if not wait:
+        return [proc]
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=120)
+    return []
 
 
 if __name__ == "__main__":

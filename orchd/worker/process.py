@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from orchd.worker.output import Line, OutputCapture
@@ -52,6 +52,8 @@ class ExitEvent:
     returncode: int
     #: Why it failed when the exit status alone does not say (e.g. a container out of memory).
     error: str | None = None
+    #: When the exit was seen (time.monotonic()): whether a fence had struck by then.
+    at: float = field(default_factory=time.monotonic)
 
 
 class Guardian:
@@ -66,6 +68,7 @@ class Guardian:
         self._command = [sys.executable, str(self.SCRIPT), *remove_containers]
         self._env = None if env is None else dict(env)
         self._watched: set[int | str] = set()
+        self._deadline: float | None = None  # the fence's (see fence())
         self._lock = threading.Lock()  # the main thread watches, pump threads forget
         self._start()
 
@@ -94,7 +97,9 @@ class Guardian:
             os.close(self._write_end)
             self._process.wait(timeout=10)  # it has exited: reap it
             self._start()
-            replay = "".join(f"+{what}\n" for what in self._watched).encode()
+            lines = [f"+{what}\n" for what in self._watched]
+            lines += [f"@{self._deadline:.3f}\n"] if self._deadline is not None else []
+            replay = "".join(lines).encode()
             while replay:  # more than a pipe's atomic size: write it all
                 replay = replay[os.write(self._write_end, replay) :]
 
@@ -108,6 +113,12 @@ class Guardian:
         with self._lock:
             self._watched.discard(what)
             self._say(f"-{what}\n")
+
+    def fence(self, deadline: float) -> None:
+        """Unless told a later one first, kill every run at ``deadline`` (time.monotonic())."""
+        with self._lock:
+            self._deadline = deadline
+            self._say(f"@{deadline:.3f}\n")
 
     def close(self) -> None:
         """The worker is done: the guardian kills whatever it still watches, then exits."""

@@ -223,10 +223,11 @@ def check_executions(obs: Observed) -> list[Violation]:
                 )
         # A worker spawns the child, then records RUNNING with its pid: killed in between, the child
         # dies with it and the run is reaped from PENDING.  A child that ran to its end line, though,
-        # was executed by a worker that lived on and could not record the run's outcome.
+        # was executed by a worker that lived on and could not record the run's outcome (unless the
+        # database was away all that time: see _cut_off).
         started = {h.attempt for h in obs.history.get(run_id, ()) if h.to_state == S.RUNNING}
         for e in executions:
-            if e.attempt not in started and e.status is not None:
+            if e.attempt not in started and e.status is not None and not _no_chance(e, obs):
                 found.append(
                     Violation(
                         "unrecorded start",
@@ -242,11 +243,36 @@ def check_executions(obs: Observed) -> list[Violation]:
     return found
 
 
+def _no_chance(e: Execution, obs: Observed) -> bool:
+    """Its worker had no chance to record the start before its SIGKILL: it was killed right after
+    spawning a child that ends at once, or the database was down (or just back, the worker still
+    reconnecting) from the execution's start to the kill.  The reaper then retries the run, after
+    the fact: at least once, never twice at once."""
+    killed = obs.worker_kills.get(e.worker_pid)
+    if killed is None:
+        return False
+    back = obs.lease + 5  # as unexplained_crashes: reconnecting takes a while on a busy machine
+    return killed - e.start <= obs.lease or any(
+        e.start <= up + back and stop <= killed <= up + back for stop, up in obs.outages
+    )
+
+
 def _end_bound(e: Execution, obs: Observed) -> float | None:
-    """When an execution without an end line was over at the latest: its worker's kill, else the
-    transition that ended its attempt."""
+    """When an execution without an end line was over at the latest: its worker's kill, or the
+    end its worker recorded first (a worker records an end only once the child is gone: one fenced
+    by the guardian's SIGKILL writes no end line, and its worker lives on), else the transition
+    that ended its attempt."""
     if e.worker_pid in obs.worker_kills:
-        return obs.worker_kills[e.worker_pid]
+        recorded = [
+            float(h.at.timestamp())
+            for h in obs.history.get(e.run_id, ())
+            if h.attempt == e.attempt
+            and h.from_state in ACTIVE
+            and S(h.to_state) in _ENDINGS
+            and (h.actor or "").rsplit("-", 1)[-1] == str(e.worker_pid)
+            and h.at.timestamp() >= e.start
+        ]
+        return min([obs.worker_kills[e.worker_pid], *recorded])
     for h in obs.history.get(e.run_id, ()):
         if (
             h.attempt == e.attempt

@@ -411,21 +411,7 @@ class Chaos:
     # ------------------------------------------------------------------ audit
 
     def _audit(self, window: tuple[datetime, datetime], drained_at: datetime) -> Summary:
-        with self.engine.connect() as conn:
-            run_rows = conn.execute(
-                select(
-                    runs,
-                    deployments.c.name.label("deployment"),
-                ).join(deployments, deployments.c.id == runs.c.deployment_id)
-            ).all()
-            history: dict[int, list[Any]] = defaultdict(list)
-            for h in conn.execute(select(run_states).order_by(run_states.c.run_id, run_states.c.id)):
-                history[h.run_id].append(h)
-            schedule_rows = conn.execute(
-                select(deployments.c.name.label("deployment"), schedules.c.key, schedules.c.created_at).join(
-                    deployments, deployments.c.id == schedules.c.deployment_id
-                )
-            ).all()
+        run_rows, history, schedule_rows = database_rows(self.engine)
         executions, problems = read_ledger(self.ledger)
         observed = Observed(
             jobs=self.jobs,
@@ -461,6 +447,26 @@ class Chaos:
     def close(self) -> None:
         self.fleet.cleanup()
         self.engine.dispose()
+
+
+def database_rows(engine: Engine) -> tuple[list[Any], dict[int, list[Any]], list[Any]]:
+    """What the checks read from the database: the runs (with their deployment's name), each
+    run's state history in order, and the schedules (deployment, key, created_at)."""
+    with engine.connect() as conn:
+        run_rows = conn.execute(
+            select(runs, deployments.c.name.label("deployment")).join(
+                deployments, deployments.c.id == runs.c.deployment_id
+            )
+        ).all()
+        history: dict[int, list[Any]] = defaultdict(list)
+        for h in conn.execute(select(run_states).order_by(run_states.c.run_id, run_states.c.id)):
+            history[h.run_id].append(h)
+        schedule_rows = conn.execute(
+            select(deployments.c.name.label("deployment"), schedules.c.key, schedules.c.created_at).join(
+                deployments, deployments.c.id == schedules.c.deployment_id
+            )
+        ).all()
+    return list(run_rows), history, list(schedule_rows)
 
 
 @contextmanager
