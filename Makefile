@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test bench chaos lint clean venv
+.PHONY: run test bench bench-scale chaos lint clean venv
 
 venv: $(STAMP)
 
@@ -28,6 +28,12 @@ test: $(STAMP)
 # Speed and memory figures (tests/bench): a table on stdout, tests/bench/results/latest.json.
 bench: $(STAMP)
 	$(BIN)/python -m tests.bench.run
+
+# A fleet of simulated worker hosts (network namespaces: root) on one PostgreSQL behind PgBouncer,
+# under load, a tenth of them SIGKILLed, then audited (tests/bench/scale.py; SCALE_ARGS to resize).
+SCALE_ARGS ?=
+bench-scale: $(STAMP)
+	$(BIN)/python -m tests.bench.scale $(SCALE_ARGS)
 
 # Kill daemons at random for CHAOS_SECONDS, then check nothing was lost or doubled (tests/chaos).
 CHAOS_SECONDS ?= 300

@@ -70,8 +70,11 @@ def _executable() -> str:
 
 
 @contextmanager
-def pgbouncer(server: PgServer, pool_size: int = 20, max_clients: int = 2000) -> Iterator[PgBouncer]:
-    """PgBouncer in transaction mode before ``server``; trust authentication on 127.0.0.1."""
+def pgbouncer(
+    server: PgServer, pool_size: int = 20, max_clients: int = 2000, listen: str = "127.0.0.1"
+) -> Iterator[PgBouncer]:
+    """PgBouncer in transaction mode before ``server``, trusting whoever reaches ``listen``
+    ("*": every address of the machine, e.g. the ends of simulated hosts' veth pairs)."""
     binary = _executable()
     target = make_url(server.admin_url)
     user = target.username or "orchd"
@@ -84,7 +87,7 @@ def pgbouncer(server: PgServer, pool_size: int = 20, max_clients: int = 2000) ->
         "[databases]\n"
         f"* = host={target.host or '127.0.0.1'} port={target.port or 5432} user={user}{password}\n"
         "[pgbouncer]\n"
-        f"listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n"
+        f"listen_addr = {listen}\nlisten_port = {port}\nunix_socket_dir =\n"
         f"auth_type = trust\nauth_file = {root / 'userlist.txt'}\nadmin_users = {user}\n"
         f"pool_mode = transaction\ndefault_pool_size = {pool_size}\nmax_client_conn = {max_clients}\n"
         f"logfile = {root / 'pgbouncer.log'}\npidfile =\n"

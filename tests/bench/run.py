@@ -140,11 +140,12 @@ def bench_latency(dbs: Databases, backend: str, tmp: Path, repeats: int, seconds
 # 2 ---------------------------------------------------------------------------------------------
 
 
-def _queue(store: Store, count: int) -> None:
-    """Insert ``count`` due runs of "noop" in one statement (the benchmark measures the workers)."""
+def queue_runs(store: Store, count: int, deployment: str = "noop") -> None:
+    """Insert ``count`` due runs of ``deployment`` in one statement (the benchmark measures the
+    workers, not run creation)."""
     now = _now()
     with store.engine.begin() as conn:
-        dep = conn.execute(select(deployments.c.id).where(deployments.c.name == "noop")).scalar_one()
+        dep = conn.execute(select(deployments.c.id).where(deployments.c.name == deployment)).scalar_one()
         conn.execute(
             insert(runs),
             [
@@ -176,7 +177,7 @@ def bench_throughput(dbs: Databases, backend: str, tmp: Path, repeats: int, coun
             config = write_config(path, url, "[worker]\nconcurrency = 8\n" + NOOP)
             store = store_for(url)
             store.sync(config, _now())
-            _queue(store, count)
+            queue_runs(store, count)
             with daemons(tmp) as procs:
                 for i in range(workers):
                     start(procs, tmp, "orchd-worker", "--config", str(path), "--burst", "--name", f"w{i}")
@@ -213,7 +214,7 @@ def bench_queue_only(dbs: Databases, backend: str, tmp: Path, repeats: int, coun
             config = write_config(tmp / f"queue-{backend}.toml", url, NOOP)
             setup = store_for(url)
             setup.sync(config, _now())
-            _queue(setup, count)
+            queue_runs(setup, count)
             stores = [store_for(url, f"c{i}") for i in range(claimers)]
 
             def drain(store: Store) -> None:

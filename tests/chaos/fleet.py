@@ -112,7 +112,7 @@ class Fleet:
         log = self.log_dir / f"{daemon.label}.{daemon.incarnation}.log"
         with open(log, "wb") as out:  # the child keeps its own copy of the descriptor
             daemon.proc = subprocess.Popen(
-                [str(BIN / f"orchd-{daemon.kind}"), "--config", str(self.config)],
+                self.command(daemon),
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -120,6 +120,10 @@ class Fleet:
                 preexec_fn=_die_with_harness,
             )
         daemon.restart_at = None
+
+    def command(self, daemon: Daemon) -> list[str]:
+        """The daemon's command line; a fleet of simulated hosts runs it in the host's namespace."""
+        return [str(BIN / f"orchd-{daemon.kind}"), "--config", str(self.config)]
 
     def kill(self, daemon: Daemon, leader: bool, restart_in: float) -> Kill:
         """SIGKILL, wait until it is gone, and schedule its restart."""
