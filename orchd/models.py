@@ -191,6 +191,9 @@ class StateChange:
     at: datetime
     actor: str | None
     reason: str | None
+    #: The run's deployment, where the reader asked for it (the live feed's changes of every run);
+    #: None in one run's own history, whose deployment the run says.
+    deployment: str | None = None
 
 
 @dataclass(frozen=True)
@@ -380,3 +383,100 @@ class Health:
     late: list[int]
     stuck: list[int]
     failures: int
+
+
+# ---------------------------------------------------------------------------------- what people browse
+
+
+@dataclass(frozen=True)
+class RunFilter:
+    """Which runs to list: what `orchd run ls` filters on, plus a time range and text in the error."""
+
+    states: Sequence[str] = ()
+    #: A deployment's name.
+    deployment: str | None = None
+    pool: str | None = None
+    #: Scheduled at or after / before.
+    since: datetime | None = None
+    until: datetime | None = None
+    #: In the error, case-insensitively.
+    text: str | None = None
+
+
+@dataclass(frozen=True)
+class RunPage:
+    """One page of a run list, and where the next one starts."""
+
+    runs: list[Run]
+    #: (time, id) of the last run shown, when there are more: the keyset cursor of the next page.
+    next: tuple[datetime, int] | None
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """A finished run, as far as a strip of coloured squares and a duration sparkline need it."""
+
+    id: int
+    state: RunState
+    scheduled_for: datetime
+    #: None if it never started (cancelled or missed while waiting).
+    started_at: datetime | None
+    finished_at: datetime
+
+    @property
+    def took(self) -> float | None:
+        """Seconds it ran; None if it never started."""
+        return None if self.started_at is None else (self.finished_at - self.started_at).total_seconds()
+
+
+@dataclass(frozen=True)
+class Strip:
+    """A deployment's last finished runs, newest first."""
+
+    runs: list[RunOutcome]
+
+    @property
+    def success_rate(self) -> float | None:
+        """COMPLETED among the runs that were not cancelled; None when there are none."""
+        judged = [r for r in self.runs if r.state != RunState.CANCELLED]
+        return sum(r.state == RunState.COMPLETED for r in judged) / len(judged) if judged else None
+
+    @property
+    def durations(self) -> list[float]:
+        """How long each run that started took, oldest first (a sparkline's points)."""
+        return [took for r in reversed(self.runs) if (took := r.took) is not None]
+
+
+@dataclass(frozen=True)
+class TimelineBar:
+    """A run on the overview's timeline: from its start to its end (None: still active)."""
+
+    id: int
+    deployment: str
+    state: RunState
+    start: datetime
+    end: datetime | None
+
+
+@dataclass(frozen=True)
+class Overview:
+    """What happened lately: runs finished per hour by state, the runs of a recent window as
+    timeline bars, and the last failures."""
+
+    #: The start of each hour, oldest first; the last one is the current hour.
+    hours: list[datetime]
+    #: hour start -> final state -> runs that finished in that hour
+    outcomes: Mapping[datetime, Mapping[str, int]]
+    #: Active runs first, then finished ones, latest first.
+    bars: list[TimelineBar]
+    #: Newest first.
+    failures: list[Run]
+
+
+@dataclass(frozen=True)
+class HeldRun:
+    """A run a worker holds now (claimed, running or being cancelled)."""
+
+    id: int
+    deployment: str
+    state: RunState

@@ -58,6 +58,15 @@ LIVE: tuple[str, ...] = (S.SCHEDULED.value, S.PENDING.value, S.RUNNING.value, S.
 FINISHED: frozenset[RunState] = frozenset({S.COMPLETED, S.CANCELLED, S.MISSED}) | RETRYABLE
 
 
+def cancel_target(state: RunState) -> RunState | None:
+    """Where cancelling a run in ``state`` takes it: CANCELLED if it is waiting (nothing runs yet),
+    CANCELLING if it runs (its worker stops it, then records CANCELLED); None if there is nothing
+    to cancel: it finished, or it is being cancelled already (declaring it CANCELLED now would
+    let a retry start it again while its process may still be dying)."""
+    target = S.CANCELLING if state == S.RUNNING else S.CANCELLED
+    return target if state != S.CANCELLING and target in TRANSITIONS[state] else None
+
+
 class IllegalTransition(ValueError):
     """A transition the state machine does not allow (a programming error, not a lost race)."""
 

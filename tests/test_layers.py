@@ -98,3 +98,25 @@ def test_the_daemons_report_through_an_observer() -> None:
     assert [
         n for n in imports(MODULES["orchd.metrics"]) if n.startswith(("orchd.scheduler", "orchd.worker"))
     ] == []
+
+
+def test_the_data_layer_hands_out_read_models_never_rows() -> None:
+    """Every public method of the Store (the one object the faces and daemons hold) is declared
+    to return orchd's types: no ``Row`` (whose column names would leak out of orchd/db)."""
+    import typing
+
+    from sqlalchemy import Row
+
+    from orchd.db.store import Store
+
+    def mentions_row(hint: object) -> bool:
+        return typing.get_origin(hint) is Row or hint is Row or any(map(mentions_row, typing.get_args(hint)))
+
+    leaking = [
+        name
+        for name in dir(Store)
+        if not name.startswith("_")
+        and callable(method := getattr(Store, name))
+        and mentions_row(typing.get_type_hints(method).get("return"))
+    ]
+    assert leaking == []

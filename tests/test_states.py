@@ -13,6 +13,7 @@ from orchd.db.engine import make_engine
 from orchd.db.schema import run_states, runs
 from orchd.db.store import Store
 from orchd.db.transitions import transition
+from orchd.errors import OrchdError
 from orchd.states import TRANSITIONS, IllegalTransition, RunState
 from tests.conftest import MakeConfig
 
@@ -67,6 +68,27 @@ def test_a_guard_that_does_not_match_moves_nothing(store: Store, make_config: Ma
     before = _history_len(store, run_id)
     with store.engine.begin() as conn:
         assert transition(conn, [run_id], RunState.RUNNING, RunState.FAILED, now=NOW, actor="t") == []
+    assert _history_len(store, run_id) == before
+
+
+@pytest.mark.parametrize("source", ALL)
+def test_a_cancel_stops_what_waits_or_runs_and_nothing_else(
+    store: Store, make_config: MakeConfig, source: RunState
+) -> None:
+    """Waiting runs are CANCELLED, a running one CANCELLING (its worker stops it); a finished run,
+    or one being cancelled already, is refused untouched."""
+    run_id = _run_in(store, make_config, source)
+    expected = {
+        RunState.SCHEDULED: "CANCELLED",
+        RunState.PENDING: "CANCELLED",
+        RunState.RUNNING: "CANCELLING",
+    }
+    if source in expected:
+        assert store.cancel_run(run_id, NOW) == expected[source]
+        return
+    before = _history_len(store, run_id)
+    with pytest.raises(OrchdError, match=f"run {run_id} is {source}: nothing to cancel"):
+        store.cancel_run(run_id, NOW)
     assert _history_len(store, run_id) == before
 
 

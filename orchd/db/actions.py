@@ -23,7 +23,7 @@ from orchd.db.schema import deployments, runs
 from orchd.db.transitions import BACK_TO_QUEUE, insert_runs, new_run, transition
 from orchd.errors import OrchdError
 from orchd.models import Deployment, DeploymentSpec, Schedule
-from orchd.states import FINISHED, TRANSITIONS, RunState
+from orchd.states import FINISHED, RunState, cancel_target
 
 S = RunState
 
@@ -68,15 +68,15 @@ class RunActions(Access):
         """Cancel a run; return the state it is now in.  A waiting (SCHEDULED or PENDING) run is
         CANCELLED at once; a RUNNING one goes CANCELLING and its worker kills it within a second
         or two (or the reaper crashes it if the worker is gone).  OrchdError if it is not found,
-        cannot be cancelled (finished), or changed state meanwhile."""
+        cannot be cancelled (finished, or being cancelled already), or changed state meanwhile."""
         reason = f"cancelled by {self.actor}"
         with self.write() as conn:
             state = conn.execute(select(runs.c.state).where(runs.c.id == run_id)).scalar()
             if state is None:
                 raise OrchdError(f"run {run_id} not found")
             current = RunState(state)
-            target = S.CANCELLING if current == S.RUNNING else S.CANCELLED
-            if target not in TRANSITIONS[current]:
+            target = cancel_target(current)
+            if target is None:
                 raise OrchdError(f"run {run_id} is {current}: nothing to cancel")
             values = {"finished_at": now} if target == S.CANCELLED else {}
             if not transition(

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Row, Table, and_, func, not_, select
+from sqlalchemy import ColumnElement, Row, Select, Table, and_, func, not_, or_, select
 
 from orchd.db import rows as to
 from orchd.db.base import Access
@@ -36,13 +36,18 @@ from orchd.models import (
     Deployment,
     DeploymentReport,
     Health,
+    HeldRun,
     LastRun,
     LogLine,
     Pool,
     PoolReport,
     Run,
+    RunFilter,
+    RunOutcome,
+    RunPage,
     Schedule,
     StateChange,
+    Strip,
     Worker,
 )
 from orchd.states import FINISHED, LIVE, RETRYABLE, RunState
@@ -66,26 +71,49 @@ class Reports(Access):
         newest scheduled first; with ``now``, those due or done by then (a waiting run whose due
         time has come, and every run that was ever claimed), most recently due first, or with
         ``upcoming`` those still planned after it, soonest first."""
-        stmt = select(*to.RUN_COLUMNS).join(deployments, deployments.c.id == runs.c.deployment_id)
-        if deployment:
-            stmt = stmt.where(deployments.c.name == deployment)
-        if states := list(states):
-            stmt = stmt.where(runs.c.state.in_(states))
-        if pool:
-            stmt = stmt.where(runs.c.pool == pool)
-        if since:
-            stmt = stmt.where(runs.c.scheduled_for >= since)
+        stmt = _selected(RunFilter(tuple(states), deployment, pool, since))
         if now is None:
             stmt = stmt.order_by(runs.c.scheduled_for.desc(), runs.c.id.desc())
+        elif upcoming:
+            stmt = stmt.where(_planned(now)).order_by(runs.c.due_at, runs.c.id)
         else:
-            planned = and_(runs.c.state == S.SCHEDULED.value, runs.c.due_at > now)
-            if upcoming:
-                stmt = stmt.where(planned).order_by(runs.c.due_at, runs.c.id)
-            else:
-                stmt = stmt.where(not_(planned)).order_by(runs.c.due_at.desc(), runs.c.id.desc())
-        stmt = stmt.limit(limit)
+            stmt = stmt.where(not_(_planned(now))).order_by(runs.c.due_at.desc(), runs.c.id.desc())
         with self.read() as conn:
-            return [to.run(r) for r in conn.execute(stmt)]
+            return [to.run(r) for r in conn.execute(stmt.limit(limit))]
+
+    def runs_page(
+        self, where: RunFilter, now: datetime, *, after: tuple[datetime, int] | None, limit: int
+    ) -> RunPage:
+        """A page of the runs due or done by ``now``, newest scheduled first, keyset-paginated on
+        (scheduled_for, id) by ``ix_runs_scheduled`` (per deployment ``ix_runs_deployment_scheduled``):
+        the thousandth page costs what the first does.  ``after`` is the previous page's ``next``."""
+        stmt = _selected(where).where(not_(_planned(now)))
+        if after is not None:
+            at, run_id = after
+            stmt = stmt.where(
+                or_(runs.c.scheduled_for < at, and_(runs.c.scheduled_for == at, runs.c.id < run_id))
+            )
+        stmt = stmt.order_by(runs.c.scheduled_for.desc(), runs.c.id.desc())
+        return self._page(stmt, limit, "scheduled_for")
+
+    def upcoming_page(
+        self, where: RunFilter, now: datetime, *, after: tuple[datetime, int] | None, limit: int
+    ) -> RunPage:
+        """A page of the runs still waiting for their time after ``now``, soonest first (the
+        partial index ``ix_runs_due`` holds only waiting runs)."""
+        stmt = _selected(where).where(_planned(now))
+        if after is not None:
+            at, run_id = after
+            stmt = stmt.where(or_(runs.c.due_at > at, and_(runs.c.due_at == at, runs.c.id > run_id)))
+        return self._page(stmt.order_by(runs.c.due_at, runs.c.id), limit, "due_at")
+
+    def _page(self, stmt: Any, limit: int, key: str) -> RunPage:
+        with self.read() as conn:
+            found = [to.run(r) for r in conn.execute(stmt.limit(limit + 1))]
+        if len(found) <= limit:
+            return RunPage(found, None)
+        last = found[limit - 1]
+        return RunPage(found[:limit], (getattr(last, key), last.id))
 
     def get_run(self, run_id: int) -> Run | None:
         """The run, or None (never existed, or pruned by retention)."""
@@ -109,6 +137,25 @@ class Reports(Access):
                 )
             ]
 
+    def last_change_id(self) -> int:
+        """The id of the newest state change recorded (0: none yet): where a live view starts."""
+        with self.read() as conn:
+            return int(conn.execute(select(func.max(run_states.c.id))).scalar() or 0)
+
+    def changes_after(self, after: int, limit: int = 500) -> list[StateChange]:
+        """Up to ``limit`` state changes of any run recorded after history id ``after``, oldest
+        first, each with its run's deployment: pass the last id seen to follow every run."""
+        stmt = (
+            select(run_states, deployments.c.name.label("deployment"))
+            .join(runs, runs.c.id == run_states.c.run_id)
+            .join(deployments, deployments.c.id == runs.c.deployment_id)
+            .where(run_states.c.id > after)
+            .order_by(run_states.c.id)
+            .limit(limit)
+        )
+        with self.read() as conn:
+            return [to.state_change(r) for r in conn.execute(stmt)]
+
     def run_logs(self, run_id: int, after_id: int = 0, limit: int = 10_000) -> list[LogLine]:
         """Up to ``limit`` lines of the run's output after line id ``after_id``, in order: pass the
         last id seen to follow a run without reading a line twice."""
@@ -124,51 +171,64 @@ class Reports(Access):
             ]
 
     def deployments(self, include_archived: bool = False) -> list[DeploymentReport]:
-        """Each deployment with its number of active schedules, its next run and its last finished run."""
+        """Each deployment with its number of active schedules, its next run and its last finished
+        run (the latest scheduled of its finished runs: the latest finished unless its runs
+        overlapped).  One index range per deployment (``ix_runs_deployment_scheduled``) instead
+        of a window over the whole history (0.6 s at 100,000 runs on SQLite)."""
         stmt = select(deployments).order_by(deployments.c.name)
         if not include_archived:
             stmt = stmt.where(deployments.c.archived_at.is_(None))
         n_schedules = (
-            select(schedules.c.deployment_id, func.count().label("n"))
+            select(schedules.c.deployment_id, func.count())
             .where(schedules.c.active, schedules.c.archived_at.is_(None))
             .group_by(schedules.c.deployment_id)
         )
-        next_due = (
-            select(runs.c.deployment_id, func.min(runs.c.due_at).label("at"))
-            .where(runs.c.state == S.SCHEDULED.value)
-            .group_by(runs.c.deployment_id)
-        )
-        latest = (
-            select(
-                runs.c.deployment_id,
-                runs.c.id,
-                runs.c.state,
-                runs.c.finished_at,
-                func.row_number()
-                .over(
-                    partition_by=runs.c.deployment_id, order_by=(runs.c.finished_at.desc(), runs.c.id.desc())
-                )
-                .label("rank"),
-            )
-            .where(runs.c.finished_at.is_not(None), runs.c.state.in_([s.value for s in FINISHED]))
-            .subquery()
-        )
+        # the waiting runs alone, by the partial index ix_runs_due (a GROUP BY in SQL makes SQLite
+        # walk a whole index of the history to have them in order)
+        waiting = select(runs.c.deployment_id, runs.c.due_at).where(runs.c.state == S.SCHEDULED.value)
         with self.read() as conn:
-            rows = conn.execute(stmt).all()
-            counts = {r.deployment_id: int(r.n) for r in conn.execute(n_schedules)}
-            nexts = {r.deployment_id: r.at for r in conn.execute(next_due)}
-            lasts = {
-                r.deployment_id: LastRun(r.id, RunState(r.state), r.finished_at)
-                for r in conn.execute(
-                    select(latest.c.deployment_id, latest.c.id, latest.c.state, latest.c.finished_at).where(
-                        latest.c.rank == 1
+            found = [to.deployment(r) for r in conn.execute(stmt)]
+            counts = dict(conn.execute(n_schedules).all())
+            next_due: dict[int, datetime] = {}
+            for dep_id, due in conn.execute(waiting):
+                next_due[dep_id] = min(due, next_due.get(dep_id, due))
+            reports = []
+            for dep in found:
+                last = self._finished_of(conn, dep.id, 1)
+                reports.append(
+                    DeploymentReport(
+                        dep,
+                        int(counts.get(dep.id, 0)),
+                        next_due.get(dep.id),
+                        LastRun(last[0].id, last[0].state, last[0].finished_at) if last else None,
                     )
                 )
-            }
-        return [
-            DeploymentReport(to.deployment(row), counts.get(row.id, 0), nexts.get(row.id), lasts.get(row.id))
-            for row in rows
-        ]
+        return reports
+
+    def strips(self, deployment_ids: Iterable[int], size: int = 30) -> dict[int, Strip]:
+        """The last ``size`` finished runs of each deployment, newest first (an index range each)."""
+        with self.read() as conn:
+            return {dep_id: Strip(self._finished_of(conn, dep_id, size)) for dep_id in deployment_ids}
+
+    @staticmethod
+    def _finished_of(conn: Any, deployment_id: int, limit: int) -> list[RunOutcome]:
+        """The deployment's last ``limit`` finished runs, latest scheduled first."""
+        stmt = (
+            select(runs.c.id, runs.c.state, runs.c.scheduled_for, runs.c.started_at, runs.c.finished_at)
+            .where(runs.c.deployment_id == deployment_id, runs.c.state.in_([s.value for s in FINISHED]))
+            .where(runs.c.finished_at.is_not(None))
+            .order_by(runs.c.scheduled_for.desc(), runs.c.id.desc())
+            .limit(limit)
+        )
+        return [to.run_outcome(r) for r in conn.execute(stmt)]
+
+    def deployment_names(self, include_archived: bool = True) -> list[str]:
+        """Every deployment's name, in order (what a filter offers)."""
+        stmt = select(deployments.c.name).order_by(deployments.c.name)
+        if not include_archived:
+            stmt = stmt.where(deployments.c.archived_at.is_(None))
+        with self.read() as conn:
+            return list(conn.execute(stmt).scalars())
 
     def deployment(self, name: str) -> Deployment:
         """The deployment (archived or not), or NotFound suggesting the closest name."""
@@ -191,6 +251,16 @@ class Reports(Access):
         """Every worker that has registered and not been pruned, by name (see ``Worker.status_at``)."""
         with self.read() as conn:
             return [to.worker(r) for r in conn.execute(select(workers).order_by(workers.c.name))]
+
+    def held_runs(self) -> dict[str, list[HeldRun]]:
+        """The runs each worker holds now (claimed, running, being cancelled), by worker name."""
+        held: dict[str, list[HeldRun]] = {}
+        with self.read() as conn:
+            names = deployment_names_by_id(conn)
+            for row in sorted(active_runs(conn), key=lambda r: r.id):
+                if row.worker is not None:
+                    held.setdefault(row.worker, []).append(to.held_run(row, names[row.deployment_id]))
+        return held
 
     def pool_names(self) -> list[str]:
         """Every pool, by name (what the metrics export a series for, zero or not)."""
@@ -374,3 +444,38 @@ class Reports(Access):
     def _unknown(kind: str, name: str, known: Iterable[str]) -> str:
         hint = did_you_mean(name, known) or f" (see `orchd {kind} ls`)"
         return f"{kind} {name!r} not found{hint}"
+
+
+def _selected(where: RunFilter) -> Select[Any]:
+    """The runs ``where`` describes, with the columns of ``Run``."""
+    stmt = select(*to.RUN_COLUMNS).join(deployments, deployments.c.id == runs.c.deployment_id)
+    if where.states:
+        stmt = stmt.where(runs.c.state.in_(list(where.states)))
+    if where.deployment:  # by id, so the planners walk ix_runs_deployment_scheduled
+        named = select(deployments.c.id).where(deployments.c.name == where.deployment).scalar_subquery()
+        stmt = stmt.where(runs.c.deployment_id == named)
+    if where.pool:
+        stmt = stmt.where(runs.c.pool == where.pool)
+    if where.since:
+        stmt = stmt.where(runs.c.scheduled_for >= where.since)
+    if where.until:
+        stmt = stmt.where(runs.c.scheduled_for < where.until)
+    if where.text:
+        stmt = stmt.where(runs.c.error.icontains(where.text, autoescape=True))
+    return stmt
+
+
+def _planned(now: datetime) -> ColumnElement[bool]:
+    """Runs still waiting for their time: neither due nor done."""
+    return and_(runs.c.state == S.SCHEDULED.value, runs.c.due_at > now)
+
+
+def active_runs(conn: Any) -> list[Row[Any]]:
+    """Every active run (they are few: the workers' slots) by the partial index, read from ``runs``
+    alone: joined, or ordered, SQLite prefers walking a whole index of the history instead."""
+    columns = (runs.c.id, runs.c.deployment_id, runs.c.worker, runs.c.state, runs.c.started_at)
+    return list(conn.execute(select(*columns).where(RUNS_ACTIVE)).all())
+
+
+def deployment_names_by_id(conn: Any) -> dict[int, str]:
+    return dict(conn.execute(select(deployments.c.id, deployments.c.name)).all())

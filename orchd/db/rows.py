@@ -12,12 +12,15 @@ from orchd.db.schema import deployments, runs
 from orchd.models import (
     Deployment,
     DeploymentSpec,
+    HeldRun,
     LogLine,
     Pool,
     Run,
+    RunOutcome,
     Schedule,
     SchedulerSeen,
     StateChange,
+    TimelineBar,
     Worker,
 )
 from orchd.schedules import ScheduleSpec
@@ -61,8 +64,24 @@ def run(row: Row[Any]) -> Run:
 
 
 def state_change(row: Row[Any]) -> StateChange:
+    """From a ``run_states`` row, with the deployment's name where the select joined it."""
     source = RunState(row.from_state) if row.from_state else None
-    return _pick(StateChange, row, from_state=source, to_state=RunState(row.to_state))
+    deployment = row._mapping.get("deployment")
+    return _pick(StateChange, row, from_state=source, to_state=RunState(row.to_state), deployment=deployment)
+
+
+def run_outcome(row: Row[Any]) -> RunOutcome:
+    return _pick(RunOutcome, row, state=RunState(row.state))
+
+
+def timeline_bar(row: Row[Any], deployment: str) -> TimelineBar:
+    """From a run that started; an active one has no end yet."""
+    end = row._mapping.get("finished_at")
+    return TimelineBar(row.id, deployment, RunState(row.state), row.started_at, end)
+
+
+def held_run(row: Row[Any], deployment: str) -> HeldRun:
+    return HeldRun(row.id, deployment, RunState(row.state))
 
 
 def log_line(row: Row[Any]) -> LogLine:

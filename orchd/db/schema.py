@@ -134,7 +134,7 @@ runs = Table(
     ),
     Index("ix_runs_deployment_scheduled", "deployment_id", "scheduled_for"),
     Index("ix_runs_finished_at", "finished_at"),
-    # run pages, newest first, keyset-paginated (orchd.db.dashboard)
+    # run pages, newest first, keyset-paginated (Reports.runs_page)
     Index("ix_runs_scheduled", "scheduled_for", "id"),
 )
 

@@ -9,6 +9,7 @@ works on; ``Store`` puts the parts together so a caller holds one object:
 ``orchd.db.deployments``        the config applied (sync), pausing deployments, pools
 ``orchd.db.actions``            a person's actions on runs: create, cancel, retry, backfill
 ``orchd.db.reports``            read models for the CLI, the web and metrics, each one snapshot
+``orchd.db.activity``           what happened lately: the dashboard's overview
 ``orchd.db.locks``              leader locks; ``orchd.db.listen``: LISTEN wake-ups
 ``orchd.db.transitions``        the only code that inserts runs or changes their state
 ==============================  =============================================================
@@ -21,6 +22,7 @@ transaction (SQLite: one ``BEGIN IMMEDIATE``; PostgreSQL: short enough not to ho
 from __future__ import annotations
 
 from orchd.db.actions import RunActions
+from orchd.db.activity import Activity
 from orchd.db.base import CHANNEL
 from orchd.db.deployments import Deployments
 from orchd.db.queue import Queue
@@ -31,5 +33,5 @@ from orchd.models import ClaimedRun, DueSchedule, Materialization, SyncReport
 __all__ = ["CHANNEL", "ClaimedRun", "DueSchedule", "Materialization", "Store", "SyncReport"]
 
 
-class Store(Queue, Scheduling, Deployments, RunActions):
+class Store(Queue, Scheduling, Deployments, RunActions, Activity):
     """All of the data layer over one engine, acting as ``actor`` (recorded in the run history)."""

@@ -24,9 +24,9 @@ from orchd.cli.output import iso
 from orchd.cli.pools import pool_json, worker_json
 from orchd.cli.runs import get_run, run_detail_json, run_json
 from orchd.cli.status import report
-from orchd.db.dashboard import RunFilter
 from orchd.db.engine import ping
 from orchd.errors import DatabaseError, DatabaseUnavailable, NotFound, OrchdError
+from orchd.models import RunFilter
 from orchd.states import FINISHED, RunState
 from orchd.web import actions
 from orchd.web.actions import BadRequest, Unprocessable
@@ -147,11 +147,11 @@ def runs(request: Request) -> Response:
     after = actions.decode_cursor(request.query_params.get("cursor"))
     limit = limit_of(request)
     if where.deployment:
-        web.admin.deployment(where.deployment)
+        web.store.deployment(where.deployment)
     if where.pool:
-        web.admin.pool(where.pool)
+        web.store.pool(where.pool)
     upcoming = request.query_params.get("upcoming") in ("1", "true", "yes")
-    fetch = web.dashboard.upcoming if upcoming else web.dashboard.runs_page
+    fetch = web.store.upcoming_page if upcoming else web.store.runs_page
     page = fetch(where, actions.now(), after=after, limit=limit)
     return JSONResponse(
         {"runs": [run_json(r) for r in page.runs], "next_cursor": actions.encode_cursor(page.next)}
@@ -196,7 +196,7 @@ async def logs_stream(request: Request) -> Response:
     try:
         after = int(request.headers.get("last-event-id") or request.query_params.get("after") or 0)
         seen = request.query_params.get("events_after")
-        events_after = int(seen) if seen else await _in_thread(web.dashboard.last_event_id)
+        events_after = int(seen) if seen else await _in_thread(web.store.last_change_id)
     except ValueError:
         return error(400, "after, events_after: expected an id (a number)")
     try:  # the state is read after the cursor, so no change can fall between the two
@@ -218,7 +218,7 @@ async def events_stream(request: Request) -> Response:
         after = int(raw) if raw else None
     except ValueError:
         return error(400, "after: expected an event id (a number)")
-    last = await _in_thread(web.dashboard.last_event_id)
+    last = await _in_thread(web.store.last_change_id)
     after = last if after is None else max(after, last - REPLAY)
     # what it missed comes from the feed, which reads from ``after`` again for it (see Feed.stream)
     return _event_stream(web.feed.stream(Subscriber(after), []))
@@ -242,7 +242,7 @@ def deployments(request: Request) -> Response:
     include_archived = request.query_params.get("all") in ("1", "true", "yes")
     now = datetime.now(UTC)
     return JSONResponse(
-        [deployment_json(d, next_run(web.admin, d, now)) for d in web.dashboard.deployments(include_archived)]
+        [deployment_json(d, next_run(web.store, d, now)) for d in web.store.deployments(include_archived)]
     )
 
 
@@ -251,9 +251,9 @@ def deployment(request: Request) -> Response:
     """`deployment show --json`, plus ``next_fire_times``: the next 5 of each active schedule."""
     web = web_of(request)
     name = request.path_params["name"]
-    row = web.admin.deployment(name)
-    schedules = web.admin.schedules_of(row.id)
-    recent, upcoming, next_fires = deployment_runs(web.store, web.admin, row, datetime.now(UTC))
+    row = web.store.deployment(name)
+    schedules = web.store.schedules_of(row.id)
+    recent, upcoming, next_fires = deployment_runs(web.store, web.store, row, datetime.now(UTC))
     body = deployment_detail_json(row, schedules, recent, upcoming, next_fires)
     fires = next_fire_times(web, row)
     for entry in body["schedules"]:
@@ -268,7 +268,7 @@ def next_fire_times(web: Any, row: Any, count: int = 5) -> dict[int, list[str]]:
         return {}
     now = actions.now()
     found: dict[int, list[str]] = {}
-    for schedule in web.admin.active_schedules(row.id):
+    for schedule in web.store.active_schedules(row.id):
         times = schedule.spec.fire_times(now, now + timedelta(days=3660), count)
         found[schedule.id] = [str(iso(t)) for t in times]
     return found
@@ -278,7 +278,7 @@ def next_fire_times(web: Any, row: Any, count: int = 5) -> dict[int, list[str]]:
 def pools(request: Request) -> Response:
     web = web_of(request)
     return JSONResponse(
-        [pool_json(p) for p in web.admin.pools(actions.now(), web.config.scheduler.worker_timeout)]
+        [pool_json(p) for p in web.store.pools(actions.now(), web.config.scheduler.worker_timeout)]
     )
 
 
@@ -286,7 +286,7 @@ def pools(request: Request) -> Response:
 def workers(request: Request) -> Response:
     web = web_of(request)
     now, timeout = actions.now(), web.config.scheduler.worker_timeout
-    return JSONResponse([worker_json(w, now, timeout) for w in web.admin.workers()])
+    return JSONResponse([worker_json(w, now, timeout) for w in web.store.workers()])
 
 
 # ---------------------------------------------------------------------------------- acting

@@ -25,7 +25,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from orchd import __version__
 from orchd.cli.output import duration, iso, relative
 from orchd.config import Config
-from orchd.db.dashboard import Dashboard
 from orchd.db.store import Store
 from orchd.durations import format_duration
 from orchd.logging import get_logger
@@ -141,8 +140,6 @@ def create_app(config: Config, store: Store, watch_store: Any = None, auth: Auth
     web = Web(
         config=config,
         store=store,
-        admin=store,
-        dashboard=Dashboard(store),
         auth=auth,
         feed=Feed(store, make_watch_store, config.database),
         base=base,

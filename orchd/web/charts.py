@@ -12,8 +12,8 @@ from datetime import datetime, timedelta
 
 from markupsafe import Markup, escape
 
-from orchd.db.dashboard import Bar
 from orchd.durations import format_duration
+from orchd.models import TimelineBar
 
 #: Outcomes stacked bottom-up in this order (the good news at the bottom).
 OUTCOMES = ("COMPLETED", "FAILED", "TIMED_OUT", "CRASHED", "CANCELLED", "MISSED")
@@ -65,13 +65,13 @@ def hourly(
 WINDOWS = (timedelta(minutes=15), timedelta(hours=1), timedelta(hours=3), timedelta(hours=6))
 
 
-def window_for(bars: Sequence[Bar], now: datetime) -> timedelta:
+def window_for(bars: Sequence[TimelineBar], now: datetime) -> timedelta:
     """The shortest of WINDOWS that shows every bar: a quiet system's runs are not slivers."""
     earliest = min((b.start for b in bars), default=now)
     return next((w for w in WINDOWS if now - w <= earliest), WINDOWS[-1])
 
 
-def timeline(bars: Sequence[Bar], now: datetime, window: timedelta, ids: Mapping[int, str]) -> Markup:
+def timeline(bars: Sequence[TimelineBar], now: datetime, window: timedelta, ids: Mapping[int, str]) -> Markup:
     """Gantt-style: a row per deployment, a bar per run from start to end (now while active);
     ``ids`` gives each run's link."""
     names = sorted({b.deployment for b in bars})

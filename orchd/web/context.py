@@ -8,7 +8,6 @@ from jinja2 import Environment
 from starlette.requests import Request
 
 from orchd.config import Config
-from orchd.db.dashboard import Dashboard
 from orchd.db.store import Store
 from orchd.web.auth import Auth
 from orchd.web.live import Feed
@@ -17,9 +16,8 @@ from orchd.web.live import Feed
 @dataclass
 class Web:
     config: Config
+    #: the data layer, acting as the daemon (``actions.acting_store`` acts as the person)
     store: Store
-    admin: Store
-    dashboard: Dashboard
     auth: Auth
     feed: Feed
     #: the URL prefix, "/" or "/orchd/"

@@ -29,11 +29,11 @@ from typing import Any
 
 from orchd.cli.output import iso
 from orchd.config import DatabaseConfig
-from orchd.db.dashboard import Dashboard
 from orchd.db.engine import connect_args, session_url
 from orchd.db.listen import notifications
 from orchd.db.store import Store
 from orchd.logging import get_logger
+from orchd.models import LogLine, StateChange
 from orchd.states import FINISHED, RunState
 
 log = get_logger("orchd.web")
@@ -56,7 +56,7 @@ def sse(data: Any, event: str | None = None, id: int | None = None) -> str:
     return f"{head}data: {json.dumps(data, separators=(',', ':'))}\n\n"
 
 
-def event_json(row: Any) -> dict[str, Any]:
+def event_json(row: StateChange) -> dict[str, Any]:
     """A state change as the events stream sends it (the history entry of `run show --json`, plus
     its id, run id and deployment)."""
     return {
@@ -72,7 +72,7 @@ def event_json(row: Any) -> dict[str, Any]:
     }
 
 
-def line_json(row: Any) -> dict[str, Any]:
+def line_json(row: LogLine) -> dict[str, Any]:
     """A line of output: the object of `orchd run logs --json`, plus its id (the cursor)."""
     return {
         "id": row.id,
@@ -107,7 +107,6 @@ class Feed:
         self.store = store
         self._session = session_url(db)
         self._session_args = connect_args(db, "orchd-web-listen", url=self._session)
-        self.dashboard = Dashboard(store)
         self._make_watch_store = make_watch_store
         self._subscribers: set[Subscriber] = set()
         self._wake = asyncio.Event()
@@ -196,12 +195,14 @@ class Feed:
             with contextlib.suppress(asyncio.CancelledError):
                 await watch
 
-    def _read(self, cursor: int, tailed: dict[int, int]) -> tuple[list[Any], dict[int, list[Any]]]:
+    def _read(
+        self, cursor: int, tailed: dict[int, int]
+    ) -> tuple[list[StateChange], dict[int, list[LogLine]]]:
         """What changed after ``cursor``, and the new output of the tailed runs (run id -> after)
         (in a worker thread: the loop only delivers)."""
-        events: list[Any] = []
+        events: list[StateChange] = []
         while True:
-            batch = self.dashboard.events_after(cursor)
+            batch = self.store.changes_after(cursor)
             events += batch
             if len(batch) < 500:
                 break

@@ -22,11 +22,11 @@ from starlette.routing import Route
 from orchd.cli.output import duration
 from orchd.cli.runs import get_run
 from orchd.cli.status import report
-from orchd.db.dashboard import RunFilter
 from orchd.db.engine import mask
 from orchd.durations import format_duration
 from orchd.errors import NotFound, OrchdError
-from orchd.states import FINISHED, RunState
+from orchd.models import Deployment, RunFilter, StateChange
+from orchd.states import FINISHED, RunState, cancel_target
 from orchd.web import actions, charts, words
 from orchd.web.api import LATE_AFTER, filters, next_fire_times, status_of
 from orchd.web.context import web_of
@@ -46,7 +46,7 @@ def render(request: Request, name: str, status: int = 200, **context: Any) -> HT
         csrf=csrf_token(request.session),
         flashes=request.session.pop("flash", []),
         now=datetime.now(UTC),
-        last_event=web.dashboard.last_event_id(),
+        last_event=web.store.last_change_id(),
         zone=time.strftime("%Z"),
         **context,
     )
@@ -78,7 +78,7 @@ def overview(request: Request) -> Response:
     web = web_of(request)
     now = actions.now()
     checks, extra, pools = report(web.config, web.store, LATE_AFTER)
-    view = web.dashboard.overview(now, timeline=TIMELINE) if pools is not None else None
+    view = web.store.overview(now, timeline=TIMELINE) if pools is not None else None
     links = {b.id: f"{web.base}runs/{b.id}" for b in (view.bars if view else [])}
     window = charts.window_for(view.bars, now) if view else TIMELINE
     return render(
@@ -102,7 +102,7 @@ def runs(request: Request) -> Response:
     where = filters(request)
     upcoming = request.query_params.get("tab") == "upcoming"
     after = actions.decode_cursor(request.query_params.get("cursor"))
-    fetch = web.dashboard.upcoming if upcoming else web.dashboard.runs_page
+    fetch = web.store.upcoming_page if upcoming else web.store.runs_page
     page = fetch(where, actions.now(), after=after, limit=PAGE)
     query = [(k, v) for k, v in request.query_params.multi_items() if k != "cursor" and v]
     more = None
@@ -125,14 +125,15 @@ def runs(request: Request) -> Response:
         request,
         "runs.html",
         states=STATES,
-        deployments=web.dashboard.deployment_names(),
-        pools=web.admin.pool_names(),
+        deployments=web.store.deployment_names(),
+        pools=web.store.pool_names(),
         **context,
     )
 
 
-def _attempts(history: list[Any]) -> list[tuple[int, list[Any]]]:
-    grouped: dict[int, list[Any]] = {}
+def _attempts(history: list[StateChange]) -> list[tuple[int, list[StateChange]]]:
+    """The history grouped by attempt, for the page's timeline of each."""
+    grouped: dict[int, list[StateChange]] = {}
     for h in history:
         grouped.setdefault(h.attempt, []).append(h)
     return sorted(grouped.items())
@@ -156,7 +157,7 @@ def run(request: Request) -> Response:
         lines=lines,
         truncated=len(lines) == 5000,
         finished=state in FINISHED,
-        cancellable=state not in FINISHED and state != RunState.CANCELLING,
+        cancellable=cancel_target(state) is not None,
         retryable=state in FINISHED,
         took=duration(row.started_at, row.finished_at),
         parameters_json=_json(row.parameters),
@@ -195,61 +196,46 @@ def run_logs_text(request: Request) -> Response:
 @page_errors
 def deployments(request: Request) -> Response:
     web = web_of(request)
-    found = web.dashboard.deployments(include_archived=request.query_params.get("all") == "1")
-    strips = web.dashboard.strips([d.deployment.id for d in found])
-    cards = []
-    for d in found:
-        schedules = web.admin.active_schedules(d.deployment.id)
-        strip = strips[d.deployment.id]
-        took = [
-            (r.finished_at - r.started_at).total_seconds()
-            for r in reversed(strip.runs)
-            if r.started_at and r.finished_at
-        ]
-        cards.append(
-            {
-                "d": d,
-                "schedules": [words.describe(s.spec) for s in schedules],
-                "strip": strip,
-                "spark": charts.sparkline(took),
-            }
-        )
+    found = web.store.deployments(include_archived=request.query_params.get("all") == "1")
+    strips = web.store.strips([d.deployment.id for d in found])
+    cards = [
+        {
+            "d": d,
+            "schedules": [words.describe(s.spec) for s in web.store.active_schedules(d.deployment.id)],
+            "strip": strips[d.deployment.id],
+            "spark": charts.sparkline(strips[d.deployment.id].durations),
+        }
+        for d in found
+    ]
     return render(request, "deployments.html", cards=cards)
 
 
 @page_errors
 def deployment(request: Request) -> Response:
     web = web_of(request)
-    return _deployment_page(request, web.admin.deployment(request.path_params["name"]))
+    return _deployment_page(request, web.store.deployment(request.path_params["name"]))
 
 
-def _deployment_page(request: Request, row: Any, status: int = 200, **extra: Any) -> Response:
+def _deployment_page(request: Request, row: Deployment, status: int = 200, **extra: Any) -> Response:
     web = web_of(request)
-    schedules = web.admin.schedules_of(row.id)
     fires = next_fire_times(web, row)
-    strip = web.dashboard.strips([row.id])[row.id]
-    took = [
-        (r.finished_at - r.started_at).total_seconds()
-        for r in reversed(strip.runs)
-        if r.started_at and r.finished_at
-    ]
+    strip = web.store.strips([row.id])[row.id]
     described = [
         {
             "row": s.spec,
             "words": words.describe(s.spec),
             "next": [datetime.fromisoformat(t) for t in fires.get(s.id, [])],
         }
-        for s in schedules
+        for s in web.store.schedules_of(row.id)
     ]
+    recent = web.store.runs_page(RunFilter(deployment=row.name), actions.now(), after=None, limit=20)
     context: dict[str, Any] = {
         "row": row,
         "spec": row.spec,
         "schedules": described,
         "strip": strip,
-        "spark": charts.sparkline(took),
-        "recent": web.dashboard.runs_page(
-            RunFilter(deployment=row.name), actions.now(), after=None, limit=20
-        ).runs,
+        "spark": charts.sparkline(strip.durations),
+        "recent": recent.runs,
         "parameters_text": _json(row.spec.parameters),
         "run_error": None,
     }
@@ -262,12 +248,12 @@ def pools(request: Request) -> Response:
     web = web_of(request)
     now = actions.now()
     timeout = web.config.scheduler.worker_timeout
-    workers = web.admin.workers()
-    held = web.dashboard.held_runs([w.name for w in workers])
+    workers = web.store.workers()
+    held = web.store.held_runs()
     return render(
         request,
         "pools.html",
-        pools=web.admin.pools(now, timeout),
+        pools=web.store.pools(now, timeout),
         workers=[
             {"w": w, "status": w.status_at(now, timeout), "held": held.get(w.name, [])} for w in workers
         ],
@@ -332,7 +318,7 @@ async def run_now(request: Request) -> Response:
         except NotFound as exc:
             return render(request, "error.html", 404, message=str(exc))
         except (actions.Unprocessable, actions.BadRequest) as exc:
-            row = web.admin.deployment(name)
+            row = web.store.deployment(name)
             return _deployment_page(
                 request,
                 row,
