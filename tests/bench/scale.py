@@ -250,6 +250,25 @@ def histogram_quantile(buckets: dict[float, float], q: float) -> float:
     return low
 
 
+def _since(before: Scraped, after: Scraped) -> Scraped:
+    """What a daemon counted between two scrapes.  A daemon restarted in between (killed by the
+    bench) counts from zero again: then its second scrape alone."""
+    old = {
+        (name, tuple(sorted(labels.items()))): v for name, samples in before.items() for labels, v in samples
+    }
+    restarted = any(
+        v < old.get((name, tuple(sorted(labels.items()))), 0)
+        for name, samples in after.items()
+        for labels, v in samples
+    )
+    if restarted:
+        return after
+    return {
+        name: [(labels, v - old.get((name, tuple(sorted(labels.items()))), 0)) for labels, v in samples]
+        for name, samples in after.items()
+    }
+
+
 def merged_buckets(scrapes: list[Scraped], name: str) -> dict[float, float]:
     merged: dict[float, float] = defaultdict(float)
     for found in scrapes:
@@ -375,18 +394,24 @@ class Scale:
         self.say("fleet up: load begins")
         sampler = Sampler(self.server, self.database, self.bouncer)
         sampler.start()
+        before = self._scrape_all()  # the histograms count from here: the window only
         self.window = (datetime.now(UTC), datetime.now(UTC))
         self._load()
         self.window = (self.window[0], datetime.now(UTC))
         self.say("load over: scraping metrics")
-        worker_scrapes = [scrape(h.address) for h in self.hosts]
-        host, port = self.scheduler_metrics.rsplit(":", 1)
-        scheduler_scrape = scrape(host, int(port))
+        after = self._scrape_all()
+        worker_scrapes = [_since(b, a) for b, a in zip(before[1:], after[1:], strict=True)]
+        scheduler_scrape = _since(before[0], after[0])
         sampler.stopping.set()
         sampler.join(timeout=10)
         drained = self._drain()
         self._measure(sampler.samples, worker_scrapes, scheduler_scrape)
         self._audit(drained)
+
+    def _scrape_all(self) -> list[Scraped]:
+        """The scheduler's metrics, then each worker host's."""
+        host, port = self.scheduler_metrics.rsplit(":", 1)
+        return [scrape(host, int(port)), *(scrape(h.address) for h in self.hosts)]
 
     def _load(self) -> None:
         """The window: the schedules run, the burst is queued half way, a tenth of the workers are
@@ -469,6 +494,10 @@ class Scale:
         ticks = merged_buckets([scheduler_scrape], "orchd_scheduler_tick_seconds")
         f["scheduler tick p50 (ms)"] = round(histogram_quantile(ticks, 0.50) * 1000, 2)
         f["scheduler tick p99 (ms)"] = round(histogram_quantile(ticks, 0.99) * 1000, 2)
+        f["scheduler ticks measured / over 1 s"] = [
+            int(ticks.get(float("inf"), 0)),
+            int(ticks.get(float("inf"), 0) - ticks.get(1.0, 0)),
+        ]
         lags = self._lags()
         f["schedule-to-start p50 / p99 (ms)"] = [round(percentile(lags, 50)), round(percentile(lags, 99))]
         f["runs finished in the window"] = self._count(
