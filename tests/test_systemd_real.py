@@ -1,5 +1,7 @@
 """The packaged units under a real systemd 252 (PID 1 of a throwaway systemd-nspawn container):
-start, a scheduled run, the journal, kill -9 and recovery, reload, a bad config, draining stop.
+start, a scheduled run, the journal, kill -9 and recovery, reload, a bad config, draining stop;
+the dashboard's unit: ready, its status line, its watchdog, pages and a live stream, a stop that
+ends open streams.
 
 The .deb is installed in the container with dpkg, so what runs is what a user gets: the shipped
 units, the maintainer scripts' user and directories, the virtualenv under /opt/orchd.  The
@@ -23,6 +25,16 @@ from tests.systemd.container import Container, ContainerError
 
 SCHEDULER = "orchd-scheduler.service"
 WORKER = "orchd-worker@docker-test-pool.service"
+WEB = "orchd-web.service"
+#: A client of the dashboard's live stream, run inside the container (its python3 is the host's).
+STREAM_CLIENT = """
+import urllib.request
+with urllib.request.urlopen("http://127.0.0.1:4200/api/events/stream", timeout=120) as answer:
+    print("connected", answer.status, flush=True)
+    for line in answer:
+        print(line.decode().rstrip(), flush=True)
+print("stream ended", flush=True)
+"""
 CONFIG = """\
 [scheduler]
 loop_interval = "200ms"
@@ -199,3 +211,49 @@ def test_stop_lets_the_running_run_finish(box: Container) -> None:
     assert "finished while stopping" in box.journal("--unit", WORKER, "--output", "cat")
     box.run("systemctl", "stop", SCHEDULER, timeout=60)
     assert (box.show(SCHEDULER, "ActiveState"), box.show(SCHEDULER, "Result")) == ("inactive", "success")
+
+
+def get(box: Container, path: str) -> str:
+    """GET a page of the dashboard inside the container (curl fails on an HTTP error)."""
+    return box.run("curl", "--silent", "--show-error", "--fail", f"http://127.0.0.1:4200{path}").stdout
+
+
+def test_the_dashboard_unit_serves_streams_and_stops(box: Container) -> None:
+    box.run("systemctl", "start", SCHEDULER, WORKER, timeout=120)  # the runs it shows (no-op if up)
+    box.run("systemctl", "start", WEB, timeout=120)  # Type=notify: returns after READY=1
+    assert box.run("systemctl", "is-active", WEB).stdout.strip() == "active"
+    assert box.run("ps", "-o", "user=", "-p", str(main_pid(box, WEB))).stdout.strip() == "orchd"
+    assert box.show(WEB, "StatusText") == "serving http://127.0.0.1:4200/"
+    # WATCHDOG=1 keeps coming from the loop that serves requests
+    pinged = box.show(WEB, "WatchdogTimestampMonotonic")
+    wait_for(lambda: box.show(WEB, "WatchdogTimestampMonotonic") != pinged, what="a watchdog ping")
+
+    # it reads the database the other units write, from inside its sandbox
+    assert json.loads(get(box, "/api/health"))["status"] == "ok"
+    assert 'href="/deployments/hello"' in get(box, "/deployments")
+    done = wait_for(
+        lambda: json.loads(get(box, "/api/runs?deployment=hello&state=COMPLETED"))["runs"],
+        timeout=30,
+        what="a COMPLETED run on the dashboard",
+    )
+    assert done[0]["deployment"] == "hello"
+    access = box.journal("--unit", WEB, "--output", "cat")
+    assert "request method=GET path=/api/health status=200" in access
+
+    # a live stream sees a run created by the CLI, and ends when the unit stops
+    box.run("systemd-run", "--unit=stream-client", "python3", "-c", STREAM_CLIENT)
+
+    def client_said() -> str:
+        return box.journal("--unit", "stream-client", "--output", "cat")
+
+    wait_for(lambda: "connected 200" in client_said(), what="the stream client connected")
+    created = box.run("orchd", "run", "create", "hello", "--json", user="orchd")
+    run_id = json.loads(created.stdout)["id"]
+    wait_for(lambda: f'"run_id":{run_id}' in client_said(), what=f"run {run_id} on the stream")
+    box.run("systemctl", "stop", WEB, timeout=60)  # returns when the daemon has exited
+    # a stop that waited for the open stream would end in SIGKILL at TimeoutStopSec (Result=timeout)
+    assert (box.show(WEB, "ActiveState"), box.show(WEB, "Result")) == ("inactive", "success")
+    assert box.show(WEB, "ExecMainStatus") == "0"
+    wait_for(lambda: "stream ended" in client_said(), what="the stream closed by the stop")
+    said = box.journal("--unit", WEB, "--output", "cat")
+    assert "stopping: closing live streams" in said and "orchd-web stopped" in said
