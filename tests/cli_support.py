@@ -61,9 +61,9 @@ class Orchd:
     path: Path
     state_dir: Path
 
-    def __call__(self, *args: str, **env: str) -> Result:
+    def __call__(self, *args: str, input: str | None = None, **env: str) -> Result:
         return CliRunner().invoke(
-            main, [*args, "--config", str(self.path)], env=clean_env(self.state_dir, **env)
+            main, [*args, "--config", str(self.path)], input=input, env=clean_env(self.state_dir, **env)
         )
 
     def config(self) -> Config:

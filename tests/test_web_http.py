@@ -16,7 +16,8 @@ from starlette.testclient import TestClient
 from orchd.config import Config
 from orchd.db.store import Store
 from orchd.states import RunState
-from tests.cli_support import Orchd
+from tests.cli_support import Orchd, one_line_error
+from tests.helpers import wait_for
 from tests.web_support import TOKEN, client_for, csrf_of, load, login, synced_store, write_web_config
 
 PAGES = ["/", "/runs", "/runs?tab=upcoming", "/runs/{run}", "/runs/{run}/logs.txt", "/deployments",
@@ -174,6 +175,33 @@ def test_an_operator_acts_with_the_session_and_its_csrf_token(site: Site) -> Non
     assert client.get("/api/deployments/hello").json()["status"] == "paused"
     assert client.post("/logout", data={"csrf": csrf}).status_code == 303
     assert client.get("/").status_code == 303
+
+
+def test_users_are_set_listed_and_removed_and_a_removed_users_session_ends(
+    site: Site, tmp_path: Path
+) -> None:
+    orchd = Orchd(site.path, tmp_path / "state")
+    added = orchd("web", "passwd", "amy", "--role", "operator", "--password-stdin", input="amy-password\n")
+    assert added.exit_code == 0 and added.stdout.startswith("added amy (operator) in "), added.output
+    changed = orchd("web", "passwd", "amy", "--password-stdin", input="amy-password-2\n")
+    assert changed.stdout.startswith("updated amy (viewer)"), changed.output
+    listed = json.loads(orchd("web", "users", "--json").stdout)
+    assert listed == [{"name": "olga", "role": "operator"}, {"name": "vic", "role": "viewer"},
+                      {"name": "amy", "role": "viewer"}]  # fmt: skip
+    assert "scrypt" not in orchd("web", "users").stdout
+    short = orchd("web", "passwd", "amy", "--password-stdin", input="short\n")
+    assert short.exit_code == 2 and "at least 8 characters" in short.stderr
+    bad = orchd("web", "passwd", "a b", "--password-stdin", input="long-enough\n")
+    assert bad.exit_code == 2 and "user name" in bad.stderr
+
+    login(site.client, "vic")
+    assert site.client.get("/").status_code == 200
+    removed = orchd("web", "remove", "vic")
+    assert removed.exit_code == 0 and removed.stdout.startswith("removed vic from "), removed.output
+    assert [u["name"] for u in json.loads(orchd("web", "users", "--json").stdout)] == ["olga", "amy"]
+    # the daemon re-reads the file within a second: vic's open session ends
+    wait_for(lambda: site.client.get("/").status_code == 303, what="vic's session ended")
+    one_line_error(orchd("web", "remove", "vic"), 1, "no user 'vic' in ")
 
 
 def test_the_token_acts_without_csrf(site: Site) -> None:

@@ -8,8 +8,9 @@ from pathlib import Path
 import click
 
 from orchd.cli.common import common_options, config_option, friendly, load
+from orchd.cli.oneline import fail
 from orchd.cli.output import print_json, print_table
-from orchd.web.auth import ROLES, read_users, users_path, write_user
+from orchd.web.auth import ROLES, read_users, remove_user, users_path, write_user
 
 
 @click.group("web")
@@ -20,6 +21,7 @@ def web_group() -> None:
     Example:
       sudo orchd web passwd alice --role operator
       orchd web users
+      sudo orchd web remove alice
     """
 
 
@@ -75,3 +77,23 @@ def web_users(config_path: Path | None, as_json: bool) -> None:
         print_json([{"name": u.name, "role": u.role} for u in users])
     else:
         print_table(["NAME", "ROLE"], [[u.name, u.role] for u in users])
+
+
+@web_group.command("remove")
+@click.argument("name")
+@config_option
+@friendly
+def web_remove(name: str, config_path: Path | None) -> None:
+    """Remove user NAME from web.users_file.  A running orchd-web picks the change up within a
+    second: the user's open sessions end and their password no longer logs in.
+
+    \b
+    Example:
+      sudo orchd web remove alice
+    """
+    path = users_path(load(config_path))
+    try:
+        remove_user(path, name)
+    except ValueError as exc:
+        fail(str(exc))
+    click.echo(f"removed {name} from {path}")

@@ -1,11 +1,12 @@
 """Who may use orchd-web, and how they prove it.
 
 * **Users** live in a small TOML file (``web.users_file``, default ``web-users.toml`` beside
-  orchd.toml), written by ``orchd web passwd NAME --role ROLE``: a name, a role (``viewer``
-  reads, ``operator`` also creates, cancels, retries and pauses) and an scrypt hash of the
-  password.  A file rather than a table, because the hashes then stay out of the database that
-  every worker host (and every run's code on it) can read, it is root's and read-only to the
-  sandboxed daemon, configuration management can ship it, and it works before any database does.
+  orchd.toml), written by ``orchd web passwd NAME --role ROLE`` and ``orchd web remove NAME``:
+  a name, a role (``viewer`` reads, ``operator`` also creates, cancels, retries and pauses) and
+  an scrypt hash of the password.  A file rather than a table, because the hashes then stay out
+  of the database that every worker host (and every run's code on it) can read, it is root's
+  and read-only to the sandboxed daemon, configuration management can ship it, and it works
+  before any database does.
   The daemon re-reads it when it changes, so a new password needs no restart.
 * **The API token** (``Authorization: Bearer ...``): the content of ``web.token_file`` or of the
   systemd credential ``web-password``, with the role ``web.token_role``.
@@ -133,13 +134,31 @@ def read_users(path: Path) -> dict[str, User]:
 
 
 def write_user(path: Path, name: str, role: str, password: str) -> bool:
-    """Add or replace a user (atomically: a reader never sees half a file); True if new.  A new
-    file is mode 0640, like orchd.toml: root's, readable by the daemons' group."""
+    """Add or replace a user; True if new."""
     if not re.fullmatch(NAME_PATTERN, name):
         raise ValueError(f"expected a user name of letters, digits, '.', '_', '-', got {name!r}")
     users = read_users(path)
     created = name not in users
     users[name] = User(name, role, hash_password(password))
+    _write_users(path, users)
+    return created
+
+
+def remove_user(path: Path, name: str) -> None:
+    """Remove a user (their open sessions end with the next request); ValueError naming the
+    users there are if there is no such user."""
+    users = read_users(path)
+    if name not in users:
+        known = ", ".join(sorted(users)) or "none"
+        raise ValueError(f"no user {name!r} in {path} (users: {known})")
+    del users[name]
+    _write_users(path, users)
+
+
+def _write_users(path: Path, users: dict[str, User]) -> None:
+    """Replace the file atomically (a reader never sees half of it).  A new file is mode 0640,
+    like orchd.toml: root's, readable by the daemons' group; an existing one keeps its mode and
+    owner."""
     body = {"users": {u.name: {"role": u.role, "password": u.password_hash} for u in users.values()}}
     path.parent.mkdir(parents=True, exist_ok=True)
     mode, owner = 0o640, None
@@ -157,7 +176,6 @@ def write_user(path: Path, name: str, role: str, password: str) -> bool:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return created
 
 
 class Users:
