@@ -41,6 +41,7 @@ class Signals:
         self._reload_requested = False
 
     def install(self) -> Signals:
+        _clear_inherited_signals()
         signal.signal(signal.SIGTERM, self._on_stop)
         signal.signal(signal.SIGINT, self._on_stop)
         signal.signal(signal.SIGHUP, self._on_reload)
@@ -65,6 +66,27 @@ class Signals:
             time.sleep(self.exit_after)  # a daemon thread: the process normally ends before this
             log.warning("still busy after the stop request: exiting now", waited=self.exit_after)
             os._exit(0)
+
+
+#: Ignored by Python itself on purpose (a write to a closed pipe raises instead of killing us);
+#: subprocess gives children their default action back (``restore_signals``).
+_PYTHON_IGNORES = {signal.SIGPIPE, signal.SIGXFSZ}
+
+
+def _clear_inherited_signals() -> None:
+    """Give the signals a daemon inherited ignored or blocked back their default action.
+
+    An ignored signal and the signal mask survive exec: a worker started from a shell in the
+    background (``&``, nohup) or by a supervisor that blocks some signals passed that on to every
+    run it started, so a run shrugged off SIGINT or SIGQUIT, and one killed by such a signal was
+    reported as a plain exit.  Runs must start as they would under systemd: nothing ignored,
+    nothing blocked.  (Signals 32 and 33 are glibc's own: it refuses to change them, and
+    ``valid_signals`` leaves them out.)
+    """
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
+    for number in signal.valid_signals() - _PYTHON_IGNORES:
+        if signal.getsignal(number) == signal.SIG_IGN:
+            signal.signal(number, signal.SIG_DFL)
 
 
 def open_store(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import signal
+import sys
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,7 +18,7 @@ from orchd.config import load_config
 from orchd.db.schema import runs
 from orchd.db.store import Store
 from orchd.errors import DatabaseUnavailable
-from tests.helpers import claims_per_run, daemons, pid_alive, run_cli, store_for, wait_for, write_config
+from tests.helpers import BIN, claims_per_run, daemons, pid_alive, run_cli, store_for, wait_for, write_config
 from tests.web_support import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -195,3 +196,37 @@ def test_a_burst_of_signals_still_stops_cleanly(tmp_path: Path) -> None:
         for sig in [signal.SIGINT] * 20 + [signal.SIGTERM] * 5:
             up.send_signal(sig)
         assert up.wait(timeout=30) == 0
+
+
+def test_runs_start_with_no_signal_ignored_or_blocked(tmp_path: Path, db_url: str) -> None:
+    """A worker started in the background by a shell inherits SIGINT and SIGQUIT ignored (and a
+    supervisor may block signals): both survive exec, and its runs used to shrug off a kill -INT."""
+    config = write_config(
+        tmp_path / "orchd.toml",
+        db_url,
+        """
+    [[deployments]]
+    name = "masks"
+    command = ["grep", "-E", "^Sig(Ign|Blk)", "/proc/self/status"]
+    """,
+    )
+    store = store_for(db_url)
+    store.sync(load_config(config), datetime.now(UTC))
+    run_id = store.create_run("masks", datetime.now(UTC))
+    as_if_backgrounded = (
+        "import os, signal, sys\n"
+        "for sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1):\n"
+        "    signal.signal(sig, signal.SIG_IGN)\n"
+        "signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR2, signal.SIGTERM})\n"
+        "os.execv(sys.argv[1], sys.argv[1:])\n"
+    )
+    worker = str(BIN / "orchd-worker")
+    with daemons(tmp_path) as group:
+        proc = group.spawn(
+            [sys.executable, "-c", as_if_backgrounded, worker, "--config", str(config), "--burst"], "w"
+        )
+        assert proc.wait(timeout=60) == 0, group.output()
+    row = store.get_run(run_id)
+    assert row is not None and row.state == "COMPLETED", group.output()
+    masks = {r.line.split(":")[0]: int(r.line.split(":")[1], 16) for r in store.run_logs(run_id)}
+    assert masks == {"SigIgn": 0, "SigBlk": 0}
