@@ -19,6 +19,7 @@ from orchd.config import Config, load_config
 from orchd.db import migrate
 from orchd.db.store import Store
 from tests import helpers
+from tests.bench.quiet import QUIET_CORES, Section
 from tests.helpers import engine_for
 from tests.pg import PgServer
 
@@ -37,6 +38,9 @@ class Figure:
     target: str = ""
     #: The figure meets its target when check(median) is true; None: no target.
     check: Callable[[float], bool] | None = field(default=None, repr=False)
+    #: The section it was measured in, and whether the machine was quiet then (None: not measured).
+    section: str = ""
+    quiet: bool | None = None
 
     @property
     def median(self) -> float:
@@ -154,15 +158,29 @@ def rss_mb(pid: int, key: str = "VmRSS") -> float:
     return float("nan")
 
 
-def report(figures: list[Figure], path: Path) -> str:
+def report(figures: list[Figure], sections: list[Section], path: Path) -> str:
+    """The table, each figure taken on a busy machine marked, then the sections' load and other
+    processes' CPU; the same in ``path`` as JSON."""
     lines = [f"{'figure':<46} {'backend':<10} {'median':>10} {'spread':>21}  {'unit':<8} {'target':<18} met"]
     for f in figures:
         low, high = f.spread
         met = {True: "met", False: "NOT MET", None: "-"}[f.met]
+        busy = "  UNRELIABLE (busy machine)" if f.quiet is False else ""
         lines.append(
             f"{f.name:<46} {f.backend:<10} {f.median:>10.4g} {f'{low:.4g}..{high:.4g}':>21}  {f.unit:<8} "
-            f"{f.target:<18} {met}"
+            f"{f.target:<18} {met}{busy}"
         )
+    lines.append(f"machine, per section (quiet: other processes used <= {QUIET_CORES} cores on average):")
+    lines += [f"  {s.line()}" for s in sections]
+    unreliable = sum(f.quiet is False for f in figures)
+    if unreliable:
+        lines.append(f"{unreliable} of {len(figures)} figures were taken on a busy machine: unreliable")
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps([f.as_json() for f in figures], indent=2) + "\n")
+    data = {
+        "quiet_cores": QUIET_CORES,
+        "cpus": os.cpu_count(),
+        "sections": [s.as_json() for s in sections],
+        "figures": [f.as_json() for f in figures],
+    }
+    path.write_text(json.dumps(data, indent=2) + "\n")
     return "\n".join(lines)

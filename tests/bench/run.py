@@ -1,7 +1,10 @@
 """`make bench`: orchd's speed and memory figures on a throwaway PostgreSQL and on SQLite.
 
 Prints a table (median and spread over repeats, the target, met or not) and writes
-tests/bench/results/latest.json.  Never part of `make test`: pass/fail tests do not time things.
+tests/bench/results/latest.json.  Each section first waits (``--settle``) for a quiet machine, then
+records the load average and the CPU time other processes used during it (tests/bench/quiet.py):
+figures of a section where others used more than a tenth of a core are marked unreliable.
+Never part of `make test`: pass/fail tests do not time things.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from tests.bench.common import (
     wait_until,
     write_config,
 )
+from tests.bench.quiet import Meter, postmaster_pid
 from tests.bench.web import bench_web
 from tests.containers import images
 from tests.pg import postgres_server
@@ -678,6 +682,12 @@ def main() -> None:
         help="latency throughput queue scale idle history crash cli containers web",
     )
     parser.add_argument("--backend", nargs="*", default=["postgresql", "sqlite"])
+    parser.add_argument(
+        "--settle",
+        type=float,
+        default=30.0,
+        help="wait up to this many seconds for a quiet machine before each section (default 30)",
+    )
     args = parser.parse_args()
     configure("warning")
     quick = args.quick
@@ -687,6 +697,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="orchd-bench-") as tmp_name, postgres_server() as pg:
         tmp = Path(tmp_name)
         dbs = Databases(tmp, pg)
+        meter = Meter(lambda: postmaster_pid(pg.data_dir))
 
         def transactions(url: str) -> int:
             name = url.rsplit("/", 1)[1]
@@ -702,17 +713,24 @@ def main() -> None:
         try:
             for backend in args.backend:
                 for name in [n for n in STEPS if n in chosen]:
-                    began = time.perf_counter()
+                    if not meter.settle(args.settle):
+                        print(f"[bench] the machine stayed busy for {args.settle:.0f}s: going on", flush=True)
+                    before = meter.begin()
+                    step: list[Figure] = []
                     try:
-                        figures += run_step(
+                        step = run_step(
                             name, dbs, backend, tmp, quick, transactions if backend == "postgresql" else None
                         )
                     except Exception as exc:  # one broken step must not lose the other figures
                         failed.append(f"{name} on {backend}: {exc!r}")
-                    print(f"[bench] {name} on {backend}: {time.perf_counter() - began:.1f}s", flush=True)
+                    section = meter.end(name, backend, before)
+                    for figure in step:
+                        figure.section, figure.quiet = name, section.quiet
+                    figures += step
+                    print(f"[bench] {section.line()}", flush=True)
         finally:
             dbs.drop_all()
-    print(report(figures, RESULTS / "latest.json"))
+    print(report(figures, meter.sections, RESULTS / "latest.json"))
     for failure in failed:
         print(f"[bench] FAILED {failure}")
     if failed:
