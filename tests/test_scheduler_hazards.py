@@ -20,8 +20,9 @@ from sqlalchemy import create_engine, func, select, text, update
 from structlog.testing import capture_logs
 
 from orchd.db.schema import deployments, runs, schedules
-from orchd.db.store import DueSchedule, Store
+from orchd.db.store import Store
 from orchd.errors import ConfigError
+from orchd.models import DueSchedule
 from orchd.scheduler.daemon import Scheduler
 from orchd.scheduler.plan import plan
 from orchd.schedules import RRULE_LOOKAHEAD_YEARS, ScheduleSpec, _bounded, parse_schedule

@@ -65,12 +65,12 @@ def require_deployment(store: Store, config: Config, name: str) -> Deployment:
     return row
 
 
-def next_run(admin: Store, d: DeploymentReport, now: datetime) -> datetime | None:
+def next_run(store: Store, d: DeploymentReport, now: datetime) -> datetime | None:
     """When the deployment runs next: its earliest planned run, or the next fire time of its
     schedules (the scheduler plans runs only a horizon ahead: an hourly schedule often has none)."""
     times = [d.next_run_at] if d.next_run_at else []
     if d.deployment.status == "active":
-        times += [t for s in admin.active_schedules(d.deployment.id) if (t := s.spec.next_at_or_after(now))]
+        times += [t for s in store.active_schedules(d.deployment.id) if (t := s.spec.next_at_or_after(now))]
     return min(times, default=None)
 
 
@@ -128,13 +128,13 @@ def _run_summary(r: Run) -> dict[str, Any]:
 
 
 def deployment_runs(
-    store: Store, admin: Store, row: Deployment, now: datetime
+    store: Store, row: Deployment, now: datetime
 ) -> tuple[list[Run], list[Run], dict[int, datetime | None]]:
     """What `deployment show` shows besides the settings: the last 5 runs due or done, the next 3
     planned, and the next fire time of each active schedule."""
     recent = store.list_runs(deployment=row.name, limit=5, now=now)
     upcoming = store.list_runs(deployment=row.name, limit=3, now=now, upcoming=True)
-    fires = {s.id: s.spec.next_at_or_after(now) for s in admin.active_schedules(row.id)}
+    fires = {s.id: s.spec.next_at_or_after(now) for s in store.active_schedules(row.id)}
     return recent, upcoming, fires
 
 
@@ -160,8 +160,8 @@ def deployment_ls(include_archived: bool, config_path: Path | None, as_json: boo
       orchd deployment ls --all
     """
     store = open_store(load(config_path))
-    admin, now = store, datetime.now(UTC)
-    found = [(d, next_run(admin, d, now)) for d in admin.deployments(include_archived)]
+    now = datetime.now(UTC)
+    found = [(d, next_run(store, d, now)) for d in store.deployments(include_archived)]
     if as_json:
         print_json([deployment_json(d, at) for d, at in found])
         return
@@ -193,11 +193,10 @@ def deployment_show(deployment: str, config_path: Path | None, as_json: bool) ->
       orchd deployment show nightly-backup --json
     """
     store = open_store(load(config_path))
-    admin = store
-    row = admin.deployment(deployment)
-    schedules = admin.schedules_of(row.id)
+    row = store.deployment(deployment)
+    schedules = store.schedules_of(row.id)
     now = datetime.now(UTC)
-    recent, upcoming, fires = deployment_runs(store, admin, row, now)
+    recent, upcoming, fires = deployment_runs(store, row, now)
     if as_json:
         print_json(deployment_detail_json(row, schedules, recent, upcoming, fires))
         return

@@ -89,7 +89,7 @@ POOL_NAME = Setting(pool_name, "NAME")
 POOL_LIMIT = Setting(parser_of(PoolConfig, "concurrency_limit"), "LIMIT")
 
 
-def _done(config: Config, admin: Store, name: str, as_json: bool, message: str, **changed: Any) -> None:
+def _done(config: Config, store: Store, name: str, as_json: bool, message: str, **changed: Any) -> None:
     """Say what changed, and warn when the config will change it back at the next apply."""
     declared = next((p for p in config.pools if p.name == name), None)
     for key, value in changed.items():
@@ -101,7 +101,7 @@ def _done(config: Config, admin: Store, name: str, as_json: bool, message: str, 
             )
     if as_json:
         report = next(
-            p for p in admin.pools(datetime.now(UTC), config.scheduler.worker_timeout) if p.name == name
+            p for p in store.pools(datetime.now(UTC), config.scheduler.worker_timeout) if p.name == name
         )
         print_json(pool_json(report))
     else:
@@ -121,16 +121,16 @@ def pool_create(name: str, limit: int | None, paused: bool, config_path: Path | 
       orchd pool create gpu --limit 2
     """
     config = load(config_path)
-    admin = open_store(config)
-    admin.create_pool(name, limit, paused, datetime.now(UTC))
-    _done(config, admin, name, as_json, f"pool {name} created")
+    store = open_store(config)
+    store.create_pool(name, limit, paused, datetime.now(UTC))
+    _done(config, store, name, as_json, f"pool {name} created")
 
 
 def _update(name: str, config_path: Path | None, as_json: bool, message: str, **values: Any) -> None:
     config = load(config_path)
-    admin = open_store(config)
-    admin.update_pool(name, datetime.now(UTC), **values)
-    _done(config, admin, name, as_json, message, **values)
+    store = open_store(config)
+    store.update_pool(name, datetime.now(UTC), **values)
+    _done(config, store, name, as_json, message, **values)
 
 
 @pool_group.command("pause")

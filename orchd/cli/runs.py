@@ -137,11 +137,10 @@ def run_ls(
       orchd run ls --since 2h --json | jq '.[].id'
     """
     store = open_store(load(config_path))
-    admin = store
     if deployment:
-        admin.deployment(deployment)
+        store.deployment(deployment)
     if pool:
-        admin.pool(pool)
+        store.pool(pool)
     now = datetime.now(UTC)
     rows = store.list_runs(
         deployment=deployment,
@@ -454,7 +453,7 @@ class WorkerWatch:
     EVERY = 5.0
 
     def __init__(self, store: Store, config: Config) -> None:
-        self.admin, self.timeout = store, config.scheduler.worker_timeout
+        self.store, self.timeout = store, config.scheduler.worker_timeout
         self.next_look = 0.0
         self.said: str | None = None
 
@@ -464,7 +463,7 @@ class WorkerWatch:
             return
         self.next_look = now + self.EVERY
         pool = next(
-            (p for p in self.admin.pools(datetime.now(UTC), self.timeout) if p.name == row.pool), None
+            (p for p in self.store.pools(datetime.now(UTC), self.timeout) if p.name == row.pool), None
         )
         if pool is None:
             return

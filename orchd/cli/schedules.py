@@ -119,9 +119,8 @@ def backfill(
         usage_error(f"--to ({iso(end)}) is in the future: the scheduler creates upcoming runs")
     config = load(config_path)
     store = open_store(config)
-    admin = store
     dep = require_deployment(store, config, deployment)
-    schedules = admin.active_schedules(dep.id)
+    schedules = store.active_schedules(dep.id)
     if not schedules:
         raise OrchdError(f"deployment {deployment!r} has no active schedule to backfill")
     limit = config.scheduler.backfill_limit
@@ -140,7 +139,7 @@ def backfill(
             cursor = start
             while True:
                 times = schedule.spec.fire_times(cursor, end, BATCH)
-                created += admin.backfill(dep, schedule, times, now)
+                created += store.backfill(dep, schedule, times, now)
                 total += len(times)
                 if len(times) < BATCH:
                     bar.update(int((end - cursor).total_seconds()))

@@ -23,14 +23,9 @@ from __future__ import annotations
 
 from orchd.db.actions import RunActions
 from orchd.db.activity import Activity
-from orchd.db.base import CHANNEL
 from orchd.db.deployments import Deployments
 from orchd.db.queue import Queue
 from orchd.db.scheduling import Scheduling
-from orchd.models import ClaimedRun, DueSchedule, Materialization, SyncReport
-
-#: The read models moved to orchd.models; still importable from here for code written before.
-__all__ = ["CHANNEL", "ClaimedRun", "DueSchedule", "Materialization", "Store", "SyncReport"]
 
 
 class Store(Queue, Scheduling, Deployments, RunActions, Activity):

@@ -126,7 +126,7 @@ def set_deployment_paused(request: Request, name: str, paused: bool) -> dict[str
 def set_pool_paused(request: Request, name: str, paused: bool) -> dict[str, Any]:
     """`orchd pool pause|resume NAME`."""
     web = web_of(request)
-    admin = acting_store(request)
-    admin.update_pool(name, now(), paused=paused)
-    report = next(p for p in admin.pools(now(), web.config.scheduler.worker_timeout) if p.name == name)
+    store = acting_store(request)
+    store.update_pool(name, now(), paused=paused)
+    report = next(p for p in store.pools(now(), web.config.scheduler.worker_timeout) if p.name == name)
     return pool_json(report)

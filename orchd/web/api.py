@@ -253,7 +253,7 @@ def deployment(request: Request) -> Response:
     name = request.path_params["name"]
     row = web.store.deployment(name)
     schedules = web.store.schedules_of(row.id)
-    recent, upcoming, next_fires = deployment_runs(web.store, web.store, row, datetime.now(UTC))
+    recent, upcoming, next_fires = deployment_runs(web.store, row, datetime.now(UTC))
     body = deployment_detail_json(row, schedules, recent, upcoming, next_fires)
     fires = next_fire_times(web, row)
     for entry in body["schedules"]:
