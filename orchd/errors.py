@@ -25,10 +25,16 @@ class NotFound(OrchdError):
     """A deployment, pool or run named on the command line (or in a URL) does not exist."""
 
 
+def closest(name: str, known: Iterable[str], cutoff: float = 0.6) -> str | None:
+    """The one of ``known`` a mistyped ``name`` most likely meant, if any is close enough."""
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=cutoff)
+    return close[0] if close else None
+
+
 def did_you_mean(name: str, known: Iterable[str]) -> str:
     """' (did you mean 'x'?)' naming the closest of ``known`` to a mistyped ``name``, or ''."""
-    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+    match = closest(name, known)
+    return f" (did you mean {match!r}?)" if match else ""
 
 
 class DatabaseError(OrchdError):

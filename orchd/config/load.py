@@ -8,7 +8,6 @@ the key, and what was expected, so a person can fix it without reading a traceba
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
 import re
 import tomllib
@@ -27,7 +26,7 @@ from orchd.config.model import (
     PoolConfig,
 )
 from orchd.durations import format_duration
-from orchd.errors import ConfigError, did_you_mean
+from orchd.errors import ConfigError, closest, did_you_mean
 from orchd.limits import nul_path
 from orchd.schedules import parse_schedule
 
@@ -195,11 +194,12 @@ def _misspelled_section(var: str) -> None:
     section, sep, key = var.removeprefix("ORCHD_").partition("_")
     if not var.startswith("ORCHD_") or not sep or var in _NOT_KEYS:
         return
-    close = difflib.get_close_matches(section.lower(), list(SECTIONS), n=1, cutoff=0.75)
-    if close:
+    # stricter than did_you_mean: ORCHD_FOO_BAR variables of other programs must pass
+    meant = closest(section.lower(), SECTIONS, cutoff=0.75)
+    if meant:
         raise ConfigError(
             f"environment {var}: unknown section {section.lower()!r} "
-            f"(did you mean ORCHD_{close[0].upper()}_{key}?)"
+            f"(did you mean ORCHD_{meant.upper()}_{key}?)"
         )
 
 
