@@ -333,6 +333,32 @@ def test_run_pages_are_keyset_paginated(open_site: Site) -> None:
     assert html.count('data-run-id="') == 50 and "Older runs" in html
 
 
+def test_a_page_of_several_states_merges_them_newest_first(open_site: Site) -> None:
+    """Several states are read as a page of each, merged: the pages hold every run of those
+    states once, newest first, whatever the mix (and a state given twice counts once)."""
+    store, client = open_site.store, open_site.client
+    start = datetime.now(UTC) - timedelta(hours=2)
+    created = [
+        store.create_run("fail", start, at=start + timedelta(minutes=m), parameters={}) for m in range(30)
+    ]
+    cancelled = set(created[::3] + created[20:])  # both scattered and in one stretch
+    for run_id in cancelled:
+        store.cancel_run(run_id, datetime.now(UTC))
+    seen: list[int] = []
+    cursor = None
+    for _ in range(10):
+        query = [("state", "CANCELLED"), ("state", "SCHEDULED"), ("state", "CANCELLED")]
+        query += [("deployment", "fail"), ("limit", "7")] + ([("cursor", cursor)] if cursor else [])
+        page = client.get("/api/runs", params=query).json()
+        seen += [r["id"] for r in page["runs"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == created[::-1]
+    only_cancelled = client.get("/api/runs", params={"state": "CANCELLED", "limit": 100}).json()["runs"]
+    assert {r["id"] for r in only_cancelled} == cancelled
+
+
 def test_behind_a_proxy_under_a_base_path(tmp_path: Path, db_url: str) -> None:
     """base_path "/orchd/": every link, form, redirect, cookie and asset is under it."""
     path = write_web_config(tmp_path, db_url, auth=True, extra='base_path = "/orchd/"\n')

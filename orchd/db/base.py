@@ -9,7 +9,9 @@ own, and none is held across a call back into a daemon.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
+from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, Engine, Table
@@ -19,6 +21,15 @@ from orchd.db.engine import READ_ONLY
 
 #: The LISTEN/NOTIFY channel of wake-ups; the payload is the pool name.
 CHANNEL = "orchd"
+#: The ``Access.snapshot`` block being run (per thread and task): its engine, and its read
+#: transaction once the block has read something.
+_SHARED: ContextVar[_Shared | None] = ContextVar("orchd_shared_read", default=None)
+
+
+@dataclass
+class _Shared:
+    engine: Engine
+    conn: Connection | None = None
 
 
 def chunks(ids: Sequence[Any], size: int = 5000) -> Iterable[Sequence[Any]]:
@@ -49,8 +60,38 @@ class Access:
         """A transaction that only reads and sees one snapshot of the database in all its statements,
         so a report is consistent: PostgreSQL REPEATABLE READ (which never fails to serialize a
         transaction that only reads), SQLite a deferred BEGIN (in WAL mode it keeps its snapshot,
-        and readers never block writers)."""
+        and readers never block writers).  Inside ``snapshot()``: that block's transaction."""
+        shared = _SHARED.get()
+        if shared is None or shared.engine is not self.engine:
+            return self._read_connection()
+        if shared.conn is None:
+            shared.conn = self._read_connection()
+        return nullcontext(shared.conn)
+
+    def _read_connection(self) -> Connection:
         conn = self.engine.connect().execution_options(**READ_ONLY)
         if self._postgres:
             conn = conn.execution_options(isolation_level="REPEATABLE READ")
         return conn
+
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """Every read of the block shares one read transaction: what a web page shows is one
+        snapshot, read in a third of the round trips (a BEGIN and a ROLLBACK per report
+        otherwise, which on a busy host cost more than the queries).  For reads only (a write
+        opens its own transaction, and the block does not see it); kept short like any
+        transaction: a page, never a stream.  The transaction starts at the block's first read
+        and holds its connection to the end of the block: a connection taken from the engine
+        directly after that waits for another one (SQLite has only one)."""
+        shared = _SHARED.get()
+        if shared is not None and shared.engine is self.engine:
+            yield
+            return
+        mine = _Shared(self.engine)
+        token = _SHARED.set(mine)
+        try:
+            yield
+        finally:
+            _SHARED.reset(token)
+            if mine.conn is not None:
+                mine.conn.close()

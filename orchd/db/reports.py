@@ -13,13 +13,14 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Row, Select, Table, and_, func, not_, or_, select
+from sqlalchemy import ColumnElement, Row, Select, Table, and_, func, not_, or_, select, union_all
 
 from orchd.db import rows as to
-from orchd.db.base import Access
+from orchd.db.base import Access, chunks
 from orchd.db.schema import (
     RUNS_ACTIVE,
     deployments,
@@ -53,6 +54,7 @@ from orchd.models import (
 from orchd.states import FINISHED, LIVE, RETRYABLE, RunState
 
 S = RunState
+RUN_OUTCOME = (runs.c.id, runs.c.state, runs.c.scheduled_for, runs.c.started_at, runs.c.finished_at)
 
 
 class Reports(Access):
@@ -85,15 +87,31 @@ class Reports(Access):
         self, where: RunFilter, now: datetime, *, after: tuple[datetime, int] | None, limit: int
     ) -> RunPage:
         """A page of the runs due or done by ``now``, newest scheduled first, keyset-paginated on
-        (scheduled_for, id) by ``ix_runs_scheduled`` (per deployment ``ix_runs_deployment_scheduled``):
-        the thousandth page costs what the first does.  ``after`` is the previous page's ``next``."""
-        stmt = _selected(where).where(not_(_planned(now)))
-        if after is not None:
-            at, run_id = after
-            stmt = stmt.where(
-                or_(runs.c.scheduled_for < at, and_(runs.c.scheduled_for == at, runs.c.id < run_id))
-            )
-        stmt = stmt.order_by(runs.c.scheduled_for.desc(), runs.c.id.desc())
+        (scheduled_for, id) by ``ix_runs_scheduled`` (by state ``ix_runs_state_scheduled``, per
+        deployment ``ix_runs_deployment_scheduled`` and ``ix_runs_deployment_state``): the
+        thousandth page costs what the first does, and so does a page of a state that is rare.
+        ``after`` is the previous page's ``next``.
+
+        Several states are read as one page of each, merged: filtered by ``state IN (...)`` the
+        planners (SQLite has no statistics of a column's values) walk the whole history newest
+        first looking for runs of states that may not exist."""
+        newest = (runs.c.scheduled_for.desc(), runs.c.id.desc())
+
+        def part(states: tuple[str, ...]) -> Select[Any]:
+            stmt = _selected(replace(where, states=states)).where(not_(_planned(now)))
+            if after is not None:
+                at, run_id = after
+                stmt = stmt.where(
+                    or_(runs.c.scheduled_for < at, and_(runs.c.scheduled_for == at, runs.c.id < run_id))
+                )
+            return stmt.order_by(*newest)
+
+        states = tuple(dict.fromkeys(where.states))  # a state asked for twice is one part
+        if len(states) < 2:
+            return self._page(part(states), limit, "scheduled_for")
+        pages = [select(part((state,)).limit(limit + 1).subquery()) for state in states]
+        merged = union_all(*pages).subquery()
+        stmt = select(merged).order_by(merged.c.scheduled_for.desc(), merged.c.id.desc())
         return self._page(stmt, limit, "scheduled_for")
 
     def upcoming_page(
@@ -192,35 +210,23 @@ class Reports(Access):
             next_due: dict[int, datetime] = {}
             for dep_id, due in conn.execute(waiting):
                 next_due[dep_id] = min(due, next_due.get(dep_id, due))
-            reports = []
-            for dep in found:
-                last = self._finished_of(conn, dep.id, 1)
-                reports.append(
-                    DeploymentReport(
-                        dep,
-                        int(counts.get(dep.id, 0)),
-                        next_due.get(dep.id),
-                        LastRun(last[0].id, last[0].state, last[0].finished_at) if last else None,
-                    )
-                )
-        return reports
+            lasts = _finished_of(conn, [dep.id for dep in found], 1)
+        return [
+            DeploymentReport(
+                dep,
+                int(counts.get(dep.id, 0)),
+                next_due.get(dep.id),
+                LastRun(last[0].id, last[0].state, last[0].finished_at) if (last := lasts[dep.id]) else None,
+            )
+            for dep in found
+        ]
 
     def strips(self, deployment_ids: Iterable[int], size: int = 30) -> dict[int, Strip]:
         """The last ``size`` finished runs of each deployment, newest first (an index range each)."""
         with self.read() as conn:
-            return {dep_id: Strip(self._finished_of(conn, dep_id, size)) for dep_id in deployment_ids}
-
-    @staticmethod
-    def _finished_of(conn: Any, deployment_id: int, limit: int) -> list[RunOutcome]:
-        """The deployment's last ``limit`` finished runs, latest scheduled first."""
-        stmt = (
-            select(runs.c.id, runs.c.state, runs.c.scheduled_for, runs.c.started_at, runs.c.finished_at)
-            .where(runs.c.deployment_id == deployment_id, runs.c.state.in_([s.value for s in FINISHED]))
-            .where(runs.c.finished_at.is_not(None))
-            .order_by(runs.c.scheduled_for.desc(), runs.c.id.desc())
-            .limit(limit)
-        )
-        return [to.run_outcome(r) for r in conn.execute(stmt)]
+            return {
+                dep_id: Strip(found) for dep_id, found in _finished_of(conn, deployment_ids, size).items()
+            }
 
     def deployment_names(self, include_archived: bool = True) -> list[str]:
         """Every deployment's name, in order (what a filter offers)."""
@@ -246,6 +252,16 @@ class Reports(Access):
         """A deployment's active schedules as the database knows them: with the keys its runs carry,
         so backfilled and scheduled runs share one unique key."""
         return [s for s in self.schedules_of(deployment_id) if s.spec.active]
+
+    def active_schedules_by_deployment(self) -> dict[int, list[Schedule]]:
+        """Every deployment's active schedules (as ``active_schedules``), in one query."""
+        stmt = select(schedules).where(schedules.c.archived_at.is_(None)).order_by(schedules.c.id)
+        found: dict[int, list[Schedule]] = {}
+        with self.read() as conn:
+            for schedule in (to.schedule(r) for r in conn.execute(stmt)):
+                if schedule.spec.active:
+                    found.setdefault(schedule.deployment_id, []).append(schedule)
+        return found
 
     def workers(self) -> list[Worker]:
         """Every worker that has registered and not been pruned, by name (see ``Worker.status_at``)."""
@@ -463,6 +479,28 @@ def _selected(where: RunFilter) -> Select[Any]:
     if where.text:
         stmt = stmt.where(runs.c.error.icontains(where.text, autoescape=True))
     return stmt
+
+
+def _finished_of(conn: Any, deployment_ids: Iterable[int], limit: int) -> dict[int, list[RunOutcome]]:
+    """Each deployment's last ``limit`` finished runs, latest scheduled first: an index range
+    each (``ix_runs_deployment_scheduled``), read together (one statement per 200 deployments;
+    SQLite takes at most 500 parts in a UNION)."""
+    found: dict[int, list[RunOutcome]] = {dep_id: [] for dep_id in deployment_ids}
+    for ids in chunks(list(found), 200):
+        parts = [
+            select(
+                select(runs.c.deployment_id, *RUN_OUTCOME)
+                .where(runs.c.deployment_id == dep_id, runs.c.state.in_([s.value for s in FINISHED]))
+                .where(runs.c.finished_at.is_not(None))
+                .order_by(runs.c.scheduled_for.desc(), runs.c.id.desc())
+                .limit(limit)
+                .subquery()
+            )
+            for dep_id in ids
+        ]
+        for row in conn.execute(union_all(*parts)):
+            found[row.deployment_id].append(to.run_outcome(row))
+    return found
 
 
 def _planned(now: datetime) -> ColumnElement[bool]:

@@ -23,7 +23,7 @@ from orchd import __version__
 from orchd.db import rows as to
 from orchd.db.base import Access
 from orchd.db.queue import requeue_failed
-from orchd.db.schema import deployments, runs, schedulers, schedules, workers
+from orchd.db.schema import RUNS_ACTIVE, deployments, runs, schedulers, schedules, workers
 from orchd.db.transitions import insert_runs, new_run, transition
 from orchd.models import DeploymentSpec, DueSchedule, Materialization, OverdueRun
 from orchd.states import ACTIVE, FINISHED, RunState
@@ -161,7 +161,9 @@ class Scheduling(Access):
         crashed: list[int] = []
         expired = conn.execute(
             select(runs.c.id, runs.c.state, runs.c.worker, runs.c.lease_expires_at)
-            .where(runs.c.state.in_([s.value for s in ACTIVE]), runs.c.lease_expires_at < now)
+            # the states literally, so SQLite uses ix_runs_active_lease (with bound values it
+            # walked the whole history: 0.7 s a tick at a million runs)
+            .where(RUNS_ACTIVE, runs.c.lease_expires_at < now)
             .limit(limit)
             .with_for_update(skip_locked=True)  # see upkeep
         ).all()

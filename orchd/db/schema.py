@@ -136,6 +136,9 @@ runs = Table(
     Index("ix_runs_finished_at", "finished_at"),
     # run pages, newest first, keyset-paginated (Reports.runs_page)
     Index("ix_runs_scheduled", "scheduled_for", "id"),
+    # the same, filtered by state, of all runs or of one deployment's (migration 0004)
+    Index("ix_runs_state_scheduled", "state", "scheduled_for", "id"),
+    Index("ix_runs_deployment_state", "deployment_id", "state", "scheduled_for", "id"),
 )
 
 # The claim index: due runs of a pool, highest priority first, oldest first; only SCHEDULED rows,

@@ -30,7 +30,7 @@ from orchd.models import RunFilter
 from orchd.states import FINISHED, RunState
 from orchd.web import actions
 from orchd.web.actions import BadRequest, Unprocessable
-from orchd.web.context import web_of
+from orchd.web.context import one_snapshot, web_of
 from orchd.web.live import Subscriber, line_json, sse
 
 Handler = Callable[..., Any]
@@ -59,12 +59,14 @@ def status_of(exc: Exception) -> int:
 
 
 def json_errors(handler: Handler) -> Handler:
-    """orchd's errors as JSON with their status; an unreachable database as 503."""
+    """orchd's errors as JSON with their status; an unreachable database as 503.  What an
+    answer shows is read as one snapshot of the database (``Store.snapshot``)."""
 
     @functools.wraps(handler)
     def wrapper(request: Request) -> Response:
         try:
-            return handler(request)  # type: ignore[no-any-return]
+            with one_snapshot(request):
+                return handler(request)  # type: ignore[no-any-return]
         except OrchdError as exc:
             return error(status_of(exc), str(exc))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 from jinja2 import Environment
@@ -28,3 +29,11 @@ class Web:
 def web_of(request: Request) -> Web:
     web: Web = request.app.state.web
     return web
+
+
+def one_snapshot(request: Request | None) -> AbstractContextManager[None]:
+    """What a GET shows, read as one snapshot of the database (``Store.snapshot``); a request that
+    acts is left alone (each action is its own transaction)."""
+    if request is None or request.method != "GET":
+        return nullcontext()
+    return web_of(request).store.snapshot()

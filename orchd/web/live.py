@@ -8,13 +8,13 @@ at least one is: an idle dashboard costs the database nothing.
   changes notifies it, see migration 0003) wakes the feed the moment a change commits.  Behind a
   transaction-mode pooler without ``database.direct_url`` there is no session to LISTEN on: the
   feed then looks every second.
-* SQLite: ``PRAGMA data_version`` on a connection of the feed's own, every 50 ms; it answers from
+* SQLite: ``PRAGMA data_version`` on a connection of the feed's own, every 25 ms; it answers from
   shared memory and changes only when another connection committed.
 
 A notification is a hint: what changed is read from ``run_states`` after the feed's cursor, so
 nothing is missed across a lost connection (the next wake-up catches up).  A run's new output is
 read for the runs someone is tailing, one query per run per wake-up; on PostgreSQL, where output
-does not notify, the feed also looks every 50 ms while a tailed run is active.  A client that
+does not notify, the feed also looks every 25 ms while a tailed run is active.  A client that
 reconnects sends ``Last-Event-ID`` and gets what it missed.
 """
 
@@ -41,7 +41,7 @@ log = get_logger("orchd.web")
 CHANNEL = "orchd_events"
 #: How often the SQLite change check runs (free: shared memory), and a tailed run's output is
 #: looked at on PostgreSQL (one indexed query): only while someone is connected.
-TICK = 0.05
+TICK = 0.025
 #: How often the feed looks for changes on PostgreSQL when it cannot LISTEN.
 POLL = 1.0
 #: A comment line this often keeps proxies and browsers from closing an idle stream.

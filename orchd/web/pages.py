@@ -29,7 +29,7 @@ from orchd.models import Deployment, RunFilter, StateChange
 from orchd.states import FINISHED, RunState, cancel_target
 from orchd.web import actions, charts, words
 from orchd.web.api import LATE_AFTER, filters, next_fire_times, status_of
-from orchd.web.context import web_of
+from orchd.web.context import one_snapshot, web_of
 from orchd.web.guard import csrf_token
 
 TIMELINE = timedelta(hours=6)
@@ -58,11 +58,13 @@ def flash(request: Request, kind: str, message: str) -> None:
 
 
 def page_errors(handler: Callable[[Request], Response]) -> Callable[[Request], Response]:
-    """orchd's errors as an error page with the API's status; an unreachable database as 503."""
+    """orchd's errors as an error page with the API's status; an unreachable database as 503.
+    A page (GET) is read as one snapshot of the database (``Store.snapshot``)."""
 
     def wrapper(request: Request) -> Response:
         try:
-            return handler(request)
+            with one_snapshot(request):
+                return handler(request)
         except OrchdError as exc:
             return render(request, "error.html", status_of(exc), message=str(exc))
 
@@ -198,10 +200,11 @@ def deployments(request: Request) -> Response:
     web = web_of(request)
     found = web.store.deployments(include_archived=request.query_params.get("all") == "1")
     strips = web.store.strips([d.deployment.id for d in found])
+    schedules = web.store.active_schedules_by_deployment()
     cards = [
         {
             "d": d,
-            "schedules": [words.describe(s.spec) for s in web.store.active_schedules(d.deployment.id)],
+            "schedules": [words.describe(s.spec) for s in schedules.get(d.deployment.id, [])],
             "strip": strips[d.deployment.id],
             "spark": charts.sparkline(strips[d.deployment.id].durations),
         }

@@ -48,7 +48,7 @@ from orchd.worker.process import ExitEvent, Guardian, OutputEvent, RunProcess, d
 
 log = get_logger("orchd.worker")
 S = RunState
-_LOG_FLUSH = 0.05  # how soon output reaches the database once it arrives
+_LOG_FLUSH = 0.03  # how soon output reaches the database once it arrives
 _MAX_WAIT = 0.5  # how quickly a stop request (signal) or a changed SQLite file is noticed
 _CANCEL_CHECK = 1.0  # how often a worker with running runs looks for cancellations
 _CANCEL_GRACE = 1.0  # SIGTERM, then SIGKILL this much later, so a cancel lands within two seconds

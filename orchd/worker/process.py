@@ -36,7 +36,11 @@ _PRIVATE_PREFIXES = (
     "CREDENTIALS_DIRECTORY",
     "JOURNAL_STREAM",
 )
-_FLUSH_EVERY = 0.1
+#: Output is handed to the worker in batches at most this old (it writes them within _LOG_FLUSH):
+#: a line a run prints reaches a browser tailing it in a few tens of milliseconds.
+_FLUSH_EVERY = 0.02
+#: How often a silent run is looked at (has its process exited?).
+_EXIT_CHECK = 0.1
 _EOF_GRACE = 2.0
 
 
@@ -217,7 +221,8 @@ class RunProcess:
         last_flush = time.monotonic()
         eof_deadline: float | None = None
         while sel.get_map():
-            for key, _ in sel.select(timeout=_FLUSH_EVERY):
+            wait = _EXIT_CHECK if not pending else max(0.0, last_flush + _FLUSH_EVERY - time.monotonic())
+            for key, _ in sel.select(timeout=wait):
                 chunk = os.read(key.fd, 65536)
                 if chunk:
                     pending += self.capture.feed(key.data, chunk)

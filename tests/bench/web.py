@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx2
@@ -52,7 +52,8 @@ def config_body(port: int) -> str:
 
 def history(store: Store, count: int) -> None:
     """``count`` finished runs over the last 30 days, spread over the deployments, one in fifty
-    FAILED with an error, each with its three history rows: inserted by the database itself."""
+    FAILED with an error, each with its three history rows: inserted by the database itself;
+    and 20 runs planned for the next hours."""
     with store.engine.begin() as conn:
         ids = conn.execute(select(deployments.c.id).where(deployments.c.name.like("job-%"))).scalars().all()
         low, high = min(ids), max(ids)
@@ -64,8 +65,8 @@ def history(store: Store, count: int) -> None:
         else:
             series = "WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < :n) "
             series += "SELECT i FROM s"
-            at = "strftime('%Y-%m-%d %H:%M:%f', 'now', '-' || (i * :span) || ' seconds')"
-            later = "strftime('%Y-%m-%d %H:%M:%f', 'now', '-' || (i * :span - 1) || ' seconds')"
+            at = "strftime('%Y-%m-%d %H:%M:%f000', 'now', '-' || (i * :span) || ' seconds')"
+            later = "strftime('%Y-%m-%d %H:%M:%f000', 'now', '-' || (i * :span - 1) || ' seconds')"
         conn.execute(
             text(
                 "INSERT INTO runs (deployment_id, pool, state, priority, scheduled_for, due_at, attempt, "
@@ -93,6 +94,11 @@ def history(store: Store, count: int) -> None:
                 "SELECT id, 'RUNNING', state, 1, finished_at, 'bench' FROM runs"
             )
         )
+    # runs planned for later, as a scheduler keeps them: statistics taken of a queue that never
+    # holds any would tell SQLite's planner the waiting runs' index is no help
+    now = datetime.now(UTC)
+    for hour in range(1, 21):
+        store.create_run(f"job-{hour % DEPLOYMENTS:02d}", now, at=now + timedelta(hours=hour))
     with store.engine.connect() as conn:
         if store.engine.dialect.name == "postgresql":
             conn.execution_options(isolation_level="AUTOCOMMIT").execute(text("VACUUM ANALYZE"))
@@ -210,6 +216,7 @@ def bench_web(dbs: Databases, backend: str, tmp: Path, quick: bool) -> list[Figu
             "overview /": "/",
             "runs page /runs": "/runs",
             "runs page, FAILED of one deployment": "/runs?state=FAILED&deployment=job-07",
+            "runs page, CRASHED or TIMED_OUT (none)": "/runs?state=CRASHED&state=TIMED_OUT",
             "run detail /runs/ID": f"/runs/{sample}",
             "deployments /deployments": "/deployments",
             "API /api/runs": "/api/runs",
