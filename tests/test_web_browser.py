@@ -154,7 +154,7 @@ def test_a_persons_walk_through_the_dashboard(site: str, browser: WebDriver, sho
 
     driver.find_element(By.LINK_TEXT, "Deployments").click()
     wait(driver, ec.presence_of_element_located((By.LINK_TEXT, "ticker")))
-    assert "every h" in driver.page_source  # the schedule in words
+    assert "every hour" in driver.page_source  # the schedule in words
     driver.save_screenshot(str(shots / "03-deployments.png"))
     driver.find_element(By.LINK_TEXT, "ticker").click()
 

@@ -54,6 +54,16 @@ def local(value: datetime, zone: tzinfo | None = None, now: datetime | None = No
     return here.strftime("%H:%M:%S" if here.date() == today else "%Y-%m-%d %H:%M:%S")
 
 
+def exact(value: datetime, zone: tzinfo | None = None) -> str:
+    """'2026-12-04 18:53:39 CET (UTC+01:00)': the date, and the zone the time is told in, for a
+    time shown short (its zone is the one of that date: summer time included)."""
+    here = value.astimezone(zone)
+    offset = here.strftime("%z")
+    name = here.tzname() or ""
+    told = f"{here:%Y-%m-%d %H:%M:%S} {name}".rstrip()
+    return told if name == "UTC" else f"{told} (UTC{offset[:3]}:{offset[3:]})"
+
+
 def relative(value: datetime | None, now: datetime | None = None) -> str:
     """'14:02:10 (12s ago)' for tables; '-' for no time."""
     if value is None:

@@ -23,7 +23,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from orchd import __version__
-from orchd.cli.output import duration, iso, relative
+from orchd.cli.output import duration, exact, iso, relative
 from orchd.config import Config
 from orchd.db.store import Store
 from orchd.durations import format_duration
@@ -117,6 +117,7 @@ def template_environment(base: str) -> Environment:
     env.globals.update(base=base, version=__version__)
     env.filters.update(
         iso=iso,
+        exact=exact,
         when=relative,
         took=lambda start, end: duration(start, end) or "",
         seconds=format_duration,

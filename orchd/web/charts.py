@@ -26,6 +26,12 @@ def _svg(width: int, height: int, body: list[str], label: str) -> Markup:
     )
 
 
+def _hour(start: datetime) -> str:
+    """An hour (counted in UTC) on this host's clock: '14', or '05:30' in a zone off by half an hour."""
+    here = start.astimezone()
+    return f"{here:%H}" if here.minute == 0 else f"{here:%H:%M}"
+
+
 def hourly(
     hours: Sequence[datetime], outcomes: Mapping[datetime, Mapping[str, int]], zone_label: str
 ) -> Markup:
@@ -49,7 +55,7 @@ def hourly(
                 continue
             h = plot * n / peak
             y -= h
-            title = f"{hour:%H}:00 {zone_label}: {n} {state}"
+            title = f"{_hour(hour)} {zone_label}: {n} {state}"
             body.append(
                 f'<rect class="s-{state}" x="{x:.1f}" y="{y:.1f}" width="{slot - 2:.1f}" height="{h:.1f}">'
                 f"<title>{escape(title)}</title></rect>"
@@ -57,7 +63,7 @@ def hourly(
         if i % 3 == 0:
             body.append(
                 f'<text class="tick" x="{x + (slot - 2) / 2:.1f}" y="{height - 6}" '
-                f'text-anchor="middle">{hour:%H}</text>'
+                f'text-anchor="middle">{_hour(hour)}</text>'
             )
     return _svg(width, height, body, "runs finished per hour by final state")
 
@@ -101,7 +107,8 @@ def timeline(bars: Sequence[TimelineBar], now: datetime, window: timedelta, ids:
         x = left + (begin - start).total_seconds() * scale
         w = max(2.0, (end - begin).total_seconds() * scale)
         took = format_duration((end - bar.start).total_seconds())
-        title = f"run {bar.id} · {bar.deployment} · {bar.state} · {took}"
+        began = f"{bar.start.astimezone():%H:%M:%S}"
+        title = f"run {bar.id} · {bar.deployment} · {bar.state} · from {began} · {took}"
         body.append(
             f'<a href="{escape(ids[bar.id])}"><rect class="s-{escape(bar.state)}" x="{x:.1f}" '
             f'y="{position[bar.deployment] + 3}" width="{w:.1f}" height="{row - 6}" rx="2">'

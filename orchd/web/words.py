@@ -31,13 +31,13 @@ _MONTHS = [
 
 
 def every(seconds: float) -> str:
-    """'every 15 min', 'every 2 h', 'every 90 s', 'every day'."""
+    """'every 15 min', 'every hour', 'every 2 h', 'every 90 s', 'every day'."""
     for size, unit in _UNITS:
         if seconds >= size and seconds % size == 0:
             count = int(seconds // size)
             if unit == "day":
                 return "every day" if count == 1 else f"every {count} days"
-            return f"every {unit}" if count == 1 and unit == "h" else f"every {count} {unit}"
+            return "every hour" if count == 1 and unit == "h" else f"every {count} {unit}"
     return f"every {seconds:g} s"
 
 
