@@ -157,7 +157,7 @@ class WorkerConfig:
     poll_interval: float = f.setting(
         "30s",
         f.duration("100ms", "1h"),
-        "Safety-net poll: workers are woken by NOTIFY (PostgreSQL) or file changes (SQLite).",
+        "Safety-net poll: workers are woken by NOTIFY (PostgreSQL) or by their wake socket (SQLite).",
     )
     shutdown_grace: float = f.setting(
         "30s",

@@ -9,7 +9,7 @@ own, and none is held across a call back into a daemon.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext, suppress
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, Table
 from sqlalchemy.dialects import postgresql, sqlite
 
+from orchd.db import wake
 from orchd.db.engine import READ_ONLY
 
 #: The LISTEN/NOTIFY channel of wake-ups; the payload is the pool name.
@@ -45,6 +46,7 @@ class Access:
         self.actor = actor
         self._postgres = engine.dialect.name == "postgresql"
         self._dialect = postgresql if self._postgres else sqlite
+        self._wake_dir = wake.wake_dir(engine)
 
     def _insert(self, table: Table) -> Any:
         """A dialect INSERT, so ON CONFLICT works the same on both databases."""
@@ -52,9 +54,23 @@ class Access:
 
     @contextmanager
     def write(self) -> Iterator[Connection]:
-        """One write transaction, committed when the block ends (SQLite: BEGIN IMMEDIATE)."""
+        """One write transaction, committed when the block ends (SQLite: BEGIN IMMEDIATE); then,
+        on SQLite, the workers of the pools it queued runs for are woken (``orchd.db.wake``):
+        after the commit, so a woken worker finds the runs."""
+        if self._wake_dir is None:
+            with self.engine.begin() as conn:
+                yield conn
+            return
         with self.engine.begin() as conn:
-            yield conn
+            try:
+                yield conn
+            except BaseException:
+                with suppress(Exception):  # not sent; an invalidated connection has no info left
+                    conn.info.pop(wake.PENDING, None)
+                raise
+            pools = conn.info.pop(wake.PENDING, None)
+        if pools:
+            wake.send(self._wake_dir, pools)
 
     def read(self) -> Any:
         """A transaction that only reads and sees one snapshot of the database in all its statements,

@@ -12,7 +12,6 @@ import asyncio
 import queue
 import threading
 from collections.abc import AsyncIterator, Collection, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.engine import URL
@@ -21,14 +20,10 @@ from orchd.backoff import Backoff
 from orchd.db.base import CHANNEL
 from orchd.db.engine import conninfo
 from orchd.db.errors import reason
+from orchd.db.wake import WakeEvent
 from orchd.logging import get_logger
 
 log = get_logger("orchd.worker")
-
-
-@dataclass(frozen=True)
-class WakeEvent:
-    pool: str
 
 
 class Listener:

@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import Connection, insert, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 
+from orchd.db import wake
 from orchd.db.base import CHANNEL
 from orchd.db.schema import run_states, runs
 from orchd.states import RunState, check
@@ -155,8 +156,10 @@ def insert_runs(
 
 
 def notify(conn: Connection, pool_names: Iterable[str]) -> None:
-    """PostgreSQL: wake the workers of these pools (NOTIFY is delivered when the transaction commits,
-    so a woken worker finds the run).  SQLite workers notice the changed file instead."""
-    if conn.dialect.name == "postgresql":
-        for pool in sorted(set(pool_names)):
-            conn.execute(text("SELECT pg_notify(:channel, :pool)"), {"channel": CHANNEL, "pool": pool})
+    """Wake the workers of these pools when the transaction commits, so a woken worker finds the
+    run: NOTIFY on PostgreSQL, a datagram to each worker's socket on SQLite (``orchd.db.wake``)."""
+    if conn.dialect.name != "postgresql":
+        wake.later(conn, pool_names)
+        return
+    for pool in sorted(set(pool_names)):
+        conn.execute(text("SELECT pg_notify(:channel, :pool)"), {"channel": CHANNEL, "pool": pool})

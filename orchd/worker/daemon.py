@@ -1,10 +1,11 @@
 """The worker daemon: claims due runs of its pools and executes them as child processes.
 
 The main thread owns every database call (one connection per process on SQLite) and its loop
-reads like the list of its duties; pump threads only read child output and the LISTEN thread
-only posts wake-ups.  It sleeps until the earliest known due time of its pools, a child event, a
-wake-up (NOTIFY on PostgreSQL, a changed database file on SQLite) or the next heartbeat; the
-poll interval is only the safety net.
+reads like the list of its duties; pump threads only read child output and the LISTEN (or wake
+socket) thread only posts wake-ups.  It sleeps until the earliest known due time of its pools, a
+child event, a wake-up (NOTIFY on PostgreSQL, a datagram from the writer on SQLite, see
+orchd/db/wake.py) or the next heartbeat; the poll interval (and on SQLite a look at whether the
+file changed, every half second) is only the safety net.
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ from typing import Any
 from orchd.backoff import Backoff
 from orchd.config import Config
 from orchd.db.engine import connect_args, mask, session_url
-from orchd.db.listen import Listener, WakeEvent
+from orchd.db.listen import Listener
 from orchd.db.store import Store
+from orchd.db.wake import WakeEvent, WakeSocket, wake_dir
 from orchd.durations import format_duration
 from orchd.errors import ConfigError, DatabaseError, DatabaseUnavailable
 from orchd.logging import get_logger
@@ -235,13 +237,17 @@ class Worker:
         except Exception as record:  # the error may be the database's: the reaper does it later
             log.warning("could not record the worker's failure", error=str(record))
 
-    def _listener(self) -> Listener | None:
-        """PostgreSQL: the LISTEN connection that wakes this worker, on a session of its own; behind
-        a transaction pooler without ``database.direct_url`` there is none, and the poll finds
-        new runs (due times already known are waited for exactly either way)."""
+    def _listener(self) -> Listener | WakeSocket | None:
+        """What wakes this worker when runs are queued: PostgreSQL, the LISTEN connection, on a
+        session of its own (behind a transaction pooler without ``database.direct_url`` there is
+        none, and the poll finds new runs; due times already known are waited for exactly either
+        way); SQLite, a wake-up socket beside the database file."""
         db = self.config.database
-        if self.store.engine.dialect.name != "postgresql" or self.burst:
+        if self.burst:
             return None
+        if self.store.engine.dialect.name != "postgresql":
+            directory = wake_dir(self.store.engine)
+            return None if directory is None else WakeSocket(directory, self.pools, self.events)
         session = session_url(db)
         if session is not None:
             return Listener(session, connect_args(db, "orchd-listen", url=session), self.pools, self.events)

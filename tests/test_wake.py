@@ -1,0 +1,93 @@
+"""SQLite wake-ups (orchd/db/wake.py): a transaction that queues runs sends its pools, after it
+commits, to the socket of every worker of that database file, so an SQLite worker starts a new run
+at once instead of at its next look at the file."""
+
+from __future__ import annotations
+
+import queue
+import socket
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from orchd.config import load_config
+from orchd.db import migrate, wake
+from orchd.db.wake import WakeEvent, WakeSocket
+from tests.helpers import daemons, engine_for, store_for, wait_for, write_config
+
+DEPLOYMENT = '[[deployments]]\nname = "now"\ncommand = ["true"]\n'
+
+
+def _database(tmp_path: Path) -> str:
+    url = f"sqlite:///{tmp_path / 'orchd.db'}"
+    config = write_config(tmp_path / "orchd.toml", url, DEPLOYMENT)
+    engine = engine_for(url)
+    migrate.upgrade(engine)
+    engine.dispose()
+    store = store_for(url)
+    store.sync(load_config(config), datetime.now(UTC))
+    store.engine.dispose()
+    return url
+
+
+def _receiver(directory: Path, name: str = "listener") -> socket.socket:
+    directory.mkdir(exist_ok=True)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(directory / f"{name}.sock"))
+    sock.settimeout(10)  # a hang guard only
+    return sock
+
+
+def test_a_worker_socket_is_woken_for_its_pools_only(tmp_path: Path) -> None:
+    events: queue.Queue[object] = queue.Queue()
+    receiver = WakeSocket(tmp_path, ["etl", "default"], events)
+    receiver.start()
+    try:
+        wake.send(tmp_path, {"reports"})  # not its pool: nothing
+        wake.send(tmp_path, {"reports", "etl"})
+        assert events.get(timeout=10) == WakeEvent("")
+        assert events.empty()  # the datagram about "reports" alone was dropped, in order
+    finally:
+        receiver.stop()
+    assert list(tmp_path.glob("*.sock")) == []  # a stopped worker leaves no socket behind
+
+
+def test_a_socket_nobody_listens_on_is_removed(tmp_path: Path) -> None:
+    _receiver(tmp_path, "killed-worker").close()  # bound, then its process died: the file stays
+    wake.send(tmp_path, {"default"})
+    assert list(tmp_path.glob("*.sock")) == []
+
+
+def test_runs_queued_wake_after_the_commit_and_a_rolled_back_write_wakes_nobody(tmp_path: Path) -> None:
+    url = _database(tmp_path)
+    store = store_for(url)
+    directory = wake.wake_dir(store.engine)
+    assert directory == tmp_path / "orchd.db-wake"
+    sock = _receiver(directory)
+    try:
+        with pytest.raises(RuntimeError), store.write() as conn:
+            wake.later(conn, ["rolled-back"])
+            raise RuntimeError("the transaction fails")
+        run_id = store.create_run("now", datetime.now(UTC))
+        assert sock.recv(1024) == b"default"  # the first datagram: the failed write sent none
+        assert store.get_run(run_id) is not None
+    finally:
+        sock.close()
+        store.engine.dispose()
+
+
+def test_a_worker_listens_beside_the_database_file_while_it_runs(tmp_path: Path) -> None:
+    url = _database(tmp_path)
+    config = tmp_path / "orchd.toml"
+    directory = tmp_path / "orchd.db-wake"
+    with daemons(tmp_path) as group:
+        worker = group.start("orchd-worker", "--config", str(config))
+        wait_for(lambda: "worker started" in group.output(), what="the worker")
+        assert [p.name for p in directory.glob("*.sock")] == [f"{worker.pid}.sock"]
+        store = store_for(url)
+        run_id = store.create_run("now", datetime.now(UTC))
+        wait_for(lambda: (r := store.get_run(run_id)) and r.state == "COMPLETED", what="the run")
+        store.engine.dispose()
+        assert group.stop(worker) == 0
+    assert list(directory.glob("*.sock")) == []
