@@ -27,10 +27,6 @@ from pathlib import Path
 
 from sqlalchemy import Connection, Engine
 
-from orchd.logging import get_logger
-
-log = get_logger("orchd.worker")
-
 #: Where a write transaction collects the pools to wake once it commits (Connection.info).
 PENDING = "orchd_wake"
 
@@ -101,7 +97,11 @@ class WakeSocket:
             self._sock.bind(str(self._path))
             os.chmod(self._path, database.stat().st_mode & 0o666)
         except OSError as exc:
-            log.warning("no wake-up socket: new runs are seen at the next poll", error=str(exc))
+            from orchd.logging import get_logger  # here: the CLI, which sends only, loads no structlog
+
+            get_logger("orchd.worker").warning(
+                "no wake-up socket: new runs are seen at the next poll", error=str(exc)
+            )
             self._sock.close()
             return
         self._thread.start()
