@@ -55,8 +55,19 @@ def _pick(cls: type[T], row: Row[Any], **converted: Any) -> T:
     """``cls`` from the row's columns of the same names (extra columns are ignored, so a column
     added to a table does not break its readers); ``converted`` overrides some of them."""
     mapping = row._mapping
-    names = (f.name for f in dataclasses.fields(cls))  # type: ignore[arg-type]
-    return cls(**{name: converted[name] if name in converted else mapping[name] for name in names})
+    return cls(**{name: converted[name] if name in converted else mapping[name] for name in _names(cls)})
+
+
+#: each read model's field names, by class
+_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+def _names(cls: type) -> tuple[str, ...]:
+    """The field names of a read model (looked up once: a page maps thousands of rows)."""
+    names = _NAMES.get(cls)
+    if names is None:
+        names = _NAMES[cls] = tuple(f.name for f in dataclasses.fields(cls))
+    return names
 
 
 def run(row: Row[Any]) -> Run:

@@ -28,7 +28,7 @@ from orchd.config import Config
 from orchd.db.store import Store
 from orchd.durations import format_duration
 from orchd.logging import get_logger
-from orchd.web import api, pages
+from orchd.web import api, charts, pages
 from orchd.web.auth import Auth
 from orchd.web.context import Web
 from orchd.web.guard import Guard
@@ -114,7 +114,7 @@ def template_environment(base: str) -> Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.globals.update(base=base, version=__version__)
+    env.globals.update(base=base, version=__version__, squares=lambda strip: charts.squares(strip, base))
     env.filters.update(
         iso=iso,
         exact=exact,

@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from markupsafe import Markup, escape
 
 from orchd.durations import format_duration
-from orchd.models import TimelineBar
+from orchd.models import Strip, TimelineBar
 
 #: Outcomes stacked bottom-up in this order (the good news at the bottom).
 OUTCOMES = ("COMPLETED", "FAILED", "TIMED_OUT", "CRASHED", "CANCELLED", "MISSED")
@@ -135,3 +135,14 @@ def sparkline(durations: Sequence[float]) -> Markup:
         f'aria-label="{escape(title)}"><title>{escape(title)}</title>'
         f'<polyline points="{points}"/></svg>'
     )
+
+
+def squares(strip: Strip, base: str) -> Markup:
+    """A deployment's last runs as coloured squares, oldest first, each a link to its run (built
+    here, not in a template: the deployments page shows hundreds)."""
+    runs = escape(base) + "runs/"
+    links = "".join(
+        f'<a class="sq s-{r.state.value}" href="{runs}{r.id}" title="run {r.id}: {r.state.value}"></a>'
+        for r in reversed(strip.runs)
+    )
+    return Markup(f'<span class="strip" aria-label="last runs, oldest first">{links}</span>')
