@@ -176,6 +176,27 @@ class Run:
     parameters: Mapping[str, Any]
     error: str | None
     result: Any
+    #: A triggered run: the run whose end queued it (a run chain).
+    upstream_run_id: int | None = None
+
+
+@dataclass(frozen=True)
+class RunLink:
+    """Another run as a run's page links to it: which, of what, how it stands."""
+
+    id: int
+    deployment: str
+    state: RunState
+
+
+@dataclass(frozen=True)
+class RunChain:
+    """A run's place in run chains: the run that triggered it and those it triggered."""
+
+    #: The triggering run's id (kept when retention deleted that run: then ``upstream`` is None).
+    upstream_run_id: int | None
+    upstream: RunLink | None
+    downstream: Sequence[RunLink]
 
 
 @dataclass(frozen=True)
@@ -209,6 +230,15 @@ class LogLine:
 
 
 @dataclass(frozen=True)
+class Upstream:
+    """The run whose end triggered a run (a run chain), as the triggered run's process sees it."""
+
+    run_id: int
+    #: Its stored JSON result (None: it returned none, or retention deleted it).
+    result: Any
+
+
+@dataclass(frozen=True)
 class ClaimedRun:
     """What a worker needs to execute one run it has claimed."""
 
@@ -219,6 +249,7 @@ class ClaimedRun:
     scheduled_for: datetime
     parameters: Mapping[str, Any]
     spec: DeploymentSpec
+    upstream: Upstream | None = None
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from click.testing import CliRunner, Result
 from orchd.cli import main
 from orchd.config import load_config
 from orchd.config.load import DEFAULT_PATH, SYSTEM_STATE_DIR
-from orchd.config.model import SECTIONS
+from orchd.config.model import SECTIONS, TriggerSpec
 from orchd.config.template import render
 from orchd.errors import EX_CONFIG, ConfigError
 
@@ -699,7 +699,8 @@ def test_shipped_examples_validate_when_uncommented(tmp_path: Path, env: dict[st
     assert "\n[[pools]]\n" in text and "\n[[deployments]]\n" in text
     config = load_config(write(tmp_path / "orchd.toml", text), env=env)
     assert [(p.name, p.concurrency_limit, p.paused) for p in config.pools] == [("default", None, False)]
-    backup, report = config.deployments
+    backup, report, publish = config.deployments
+    assert publish.triggers == [TriggerSpec("refresh-report", ("COMPLETED",))]
     assert (report.name, report.entrypoint, report.parameters) == (
         "refresh-report",
         "reports.jobs:refresh",

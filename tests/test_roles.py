@@ -44,6 +44,10 @@ retry_delay = "0s"
 name = "capped"
 command = ["true"]
 max_active_runs = 1
+[[deployments]]
+name = "chained"
+command = ["true"]
+triggers = [{ after = "flaky", on = ["FAILED"] }]
 """
 
 
@@ -114,6 +118,7 @@ def test_the_daemons_work_under_their_roles_and_a_worker_cannot_edit_a_deploymen
             with store.read() as conn:
                 states = dict(conn.execute(select(runs.c.id, runs.c.state)).all())
                 gone = conn.execute(select(workers.c.name).where(workers.c.name == "gone")).first()
+                chained = conn.execute(select(runs.c.state).where(runs.c.upstream_run_id == flaky)).all()
             completed_ok = any(s == "COMPLETED" for i, s in states.items() if i not in {old, flaky, *capped})
             return (
                 old not in states
@@ -121,6 +126,7 @@ def test_the_daemons_work_under_their_roles_and_a_worker_cannot_edit_a_deploymen
                 and states.get(flaky) == "FAILED"
                 and all(states.get(c) == "COMPLETED" for c in capped)
                 and completed_ok
+                and [c.state for c in chained] == ["COMPLETED"]  # the worker queued it, and ran it
             )
 
         wait_for(done, timeout=60, what=f"the daemons' work; logs:\n{group.output()}")

@@ -30,7 +30,7 @@ from orchd.config import Config
 from orchd.db.store import Store
 from orchd.durations import format_duration
 from orchd.errors import NotFound
-from orchd.models import LogLine, Run, StateChange
+from orchd.models import LogLine, Run, RunChain, RunLink, StateChange
 from orchd.states import FINISHED, RunState
 
 #: How often a followed run is looked at (the CLI polls: it has no LISTEN of its own).
@@ -59,13 +59,28 @@ def run_json(row: Run) -> dict[str, Any]:
     }
 
 
-def run_detail_json(row: Run, history: list[StateChange]) -> dict[str, Any]:
-    """`orchd run show --json`: the run object plus parameters, error, result and its states."""
+def link_json(link: RunLink) -> dict[str, Any]:
+    return {"id": link.id, "deployment": link.deployment, "state": link.state}
+
+
+def run_detail_json(row: Run, history: list[StateChange], chain: RunChain) -> dict[str, Any]:
+    """`orchd run show --json`: the run object plus parameters, error, result, its run chain
+    links and its states.  ``upstream``: the run whose end triggered it (its deployment and
+    state null when retention deleted it), or null; ``downstream``: the runs its end triggered."""
+    upstream = None
+    if chain.upstream_run_id is not None:
+        upstream = (
+            link_json(chain.upstream)
+            if chain.upstream is not None
+            else {"id": chain.upstream_run_id, "deployment": None, "state": None}
+        )
     return {
         **run_json(row),
         "parameters": row.parameters,
         "error": row.error,
         "result": row.result,
+        "upstream": upstream,
+        "downstream": [link_json(link) for link in chain.downstream],
         "states": [
             {
                 "from": h.from_state,
@@ -78,6 +93,21 @@ def run_detail_json(row: Run, history: list[StateChange]) -> dict[str, Any]:
             for h in history
         ],
     }
+
+
+def chain_fields(chain: RunChain) -> list[tuple[str, str]]:
+    """`run show`'s lines for a run in a run chain (none for the others)."""
+
+    def text(link: RunLink) -> str:
+        return f"run {link.id} of {link.deployment} ({link.state})"
+
+    fields = []
+    if chain.upstream_run_id is not None:
+        gone = f"run {chain.upstream_run_id} (deleted by retention)"
+        fields.append(("triggered by", text(chain.upstream) if chain.upstream else gone))
+    if chain.downstream:
+        fields.append(("triggered", ", ".join(text(link) for link in chain.downstream)))
+    return fields
 
 
 def get_run(store: Store, run_id: int) -> Run:
@@ -192,8 +222,9 @@ def run_show(run_id: int, config_path: Path | None, as_json: bool, logs: bool, r
     store = open_store(load(config_path))
     row = get_run(store, run_id)
     history = store.run_history(run_id)
+    chain = store.run_chain(row)
     if as_json:
-        print_json(run_detail_json(row, history))
+        print_json(run_detail_json(row, history, chain))
         return
     # a retried run is due again long after (or before: a cancelled planned one) its fire time
     due = [("due", relative(row.due_at))] if row.due_at != row.scheduled_for else []
@@ -213,6 +244,7 @@ def run_show(run_id: int, config_path: Path | None, as_json: bool, logs: bool, r
             ("exit code", row.exit_code),
             ("worker", row.worker),
             ("error", row.error),
+            *chain_fields(chain),
         ]
     )
     click.echo("\nhistory:")

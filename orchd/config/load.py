@@ -167,6 +167,8 @@ _NOT_KEYS = {
     "ORCHD_SCHEDULED_FOR",
     "ORCHD_PARAMETERS",
     "ORCHD_RESULT_FILE",
+    "ORCHD_UPSTREAM_RUN_ID",
+    "ORCHD_UPSTREAM_RESULT",
     "ORCHD_TEST_DATABASE_URL",
 }
 _FIELDS = {(section, fd.name): fd for section, cls in SECTIONS.items() for fd in dataclasses.fields(cls)}
@@ -239,6 +241,7 @@ def _build(path: Path | None, documents: list[_Document], env: Mapping[str, str]
                 raise ConfigError(f"{doc.where(top, None)}: {top}: {_unknown(top, known)}")
 
     deployments = _with_pool_defaults(deployments, pools, placed)
+    _check_triggers(deployments, placed)
     overrides = _env_overrides(env)
     sections: dict[str, Any] = {}
     for name, cls in SECTIONS.items():
@@ -439,6 +442,42 @@ def _with_pool_defaults(
         container = {**(pool.container if pool else {}), **dep.container}
         resolved.append(dataclasses.replace(dep, image=image, container=container))
     return resolved
+
+
+def _check_triggers(deployments: list[DeploymentConfig], placed: Mapping[str, Any]) -> None:
+    """Every trigger names a deployment of the config, and no chain leads back to where it started
+    (``a`` after ``b`` after ``a`` would run forever).  The error points at the ``triggers`` of the
+    deployment where the cycle was found, and spells the cycle out."""
+    upstreams = {d.name: [t.after for t in d.triggers] for d in deployments}
+    for dep in deployments:
+        for trigger in dep.triggers:
+            if trigger.after not in upstreams:
+                hint = did_you_mean(trigger.after, list(upstreams)) or ""
+                raise ConfigError(
+                    f"{placed[dep.name]('triggers')}: deployments.{dep.name}.triggers: "
+                    f"after {trigger.after!r}: no such deployment{hint}"
+                )
+    done: set[str] = set()
+    for start in upstreams:
+        path: list[str] = []  # depth first along "after", iteratively: chains may be long
+        stack: list[tuple[str, int]] = [(start, 0)]
+        while stack:
+            name, index = stack.pop()
+            if index == 0:
+                if name in path:
+                    cycle = " after ".join([*path[path.index(name) :], name])
+                    raise ConfigError(
+                        f"{placed[name]('triggers')}: deployments.{name}.triggers: "
+                        f"a cycle: {cycle} (a chain must end)"
+                    )
+                if name in done:
+                    continue
+                path.append(name)
+            if index < len(upstreams[name]):
+                stack += [(name, index + 1), (upstreams[name][index], 0)]
+            else:
+                path.pop()
+                done.add(name)
 
 
 def _state_dir(env: Mapping[str, str]) -> Path:

@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from orchd.config import fields as f
+from orchd.errors import did_you_mean
 from orchd.schedules import ScheduleSpec
+from orchd.states import FINISHED, RunState
 
 NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}"
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -353,6 +355,47 @@ class PoolConfig:
     )
 
 
+#: The states a trigger may fire on: those a run ends in (FAILED, TIMED_OUT and CRASHED count once
+#: no retry is left).
+TRIGGER_STATES: tuple[str, ...] = tuple(s.value for s in RunState if s in FINISHED)
+
+
+@dataclass(frozen=True)
+class TriggerSpec:
+    """One entry of a deployment's ``triggers``: a run of the deployment ``after`` that ends in one
+    of ``on`` queues a run of this deployment."""
+
+    after: str
+    on: tuple[str, ...] = ("COMPLETED",)
+
+
+def trigger_list(value: Any) -> list[TriggerSpec]:
+    """``[{ after = "extract", on = ["COMPLETED"] }, ...]``: each entry's keys and states; whether
+    ``after`` names a deployment, and cycles, are checked against the whole config (load.py)."""
+    if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
+        raise ValueError('expected a list of tables like [{ after = "extract", on = ["COMPLETED"] }]')
+    found: list[TriggerSpec] = []
+    for position, item in enumerate(value):
+        where = f"[{position}]"
+        for key in item:
+            if key not in ("after", "on"):
+                hint = did_you_mean(key, ["after", "on"]) or " (expected after, on)"
+                raise ValueError(f"{where}.{key}: unknown key{hint}")
+        after = item.get("after")
+        if not isinstance(after, str) or not re.fullmatch(NAME_PATTERN, after):
+            got = "nothing" if after is None else repr(after)
+            raise ValueError(f"{where}.after: expected the name of a deployment, got {got}")
+        states = item.get("on", ["COMPLETED"])
+        if isinstance(states, str):
+            states = [states]
+        if not isinstance(states, list) or not states or any(s not in TRIGGER_STATES for s in states):
+            raise ValueError(f"{where}.on: expected a list of {', '.join(TRIGGER_STATES)}, got {states!r}")
+        if any(t.after == after for t in found):
+            raise ValueError(f"{where}.after: {after!r} is listed twice (give one entry all its states)")
+        found.append(TriggerSpec(after, tuple(dict.fromkeys(states))))
+    return found
+
+
 @dataclass(frozen=True)
 class DeploymentConfig:
     name: str = f.setting("", f.text, "Unique name; renaming creates a new deployment.")
@@ -408,6 +451,12 @@ class DeploymentConfig:
         [],
         f.raw,
         "List of {cron=..., timezone=...} | {interval=...} | {at=...}, each with active, parameters.",
+    )
+    triggers: list[TriggerSpec] = f.setting(
+        [],
+        trigger_list,
+        'Run chains: [{ after = "extract", on = ["COMPLETED"] }] queues a run of this deployment '
+        "when a run of extract ends in one of on (default COMPLETED).",
     )
 
 

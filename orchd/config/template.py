@@ -65,6 +65,11 @@ EXAMPLES = """\
 # python = "/opt/reports/venv/bin/python"      # the deployment's own interpreter (default: the worker's)
 # parameters = { days = 7 }
 # schedules = [{ cron = "0 6 * * mon-fri", timezone = "Europe/Berlin" }]
+#
+# [[deployments]]
+# name = "publish-report"
+# command = ["/usr/local/bin/publish"]         # gets $ORCHD_UPSTREAM_RUN_ID and $ORCHD_UPSTREAM_RESULT
+# triggers = [{ after = "refresh-report", on = ["COMPLETED"] }]   # after each COMPLETED refresh-report
 """
 
 

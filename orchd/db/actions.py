@@ -20,9 +20,9 @@ from sqlalchemy import case, select
 
 from orchd.db.base import Access
 from orchd.db.schema import deployments, runs
-from orchd.db.transitions import BACK_TO_QUEUE, insert_runs, new_run, transition
+from orchd.db.transitions import BACK_TO_QUEUE, insert_runs, new_run, transition, unscheduled_run
 from orchd.errors import OrchdError
-from orchd.models import Deployment, DeploymentSpec, Schedule
+from orchd.models import Deployment, Schedule
 from orchd.states import FINISHED, RunState, cancel_target
 
 S = RunState
@@ -49,18 +49,7 @@ class RunActions(Access):
             ).first()
             if dep is None:
                 raise OrchdError(f"deployment {deployment!r} not found (see `orchd deployment ls`)")
-            when = at or now
-            spec = DeploymentSpec.from_json(dep.spec)
-            row = new_run(
-                deployment_id=dep.id,
-                pool=dep.pool,
-                priority=dep.priority,
-                max_attempts=spec.max_attempts,
-                parameters=spec.run_parameters(parameters),
-                scheduled_for=when,
-                due_at=when,
-                now=now,
-            )
+            row = unscheduled_run(dep, at or now, now, parameters=parameters)
             (run_id,) = insert_runs(conn, [row], now=now, actor=self.actor, reason=reason)
         return run_id
 

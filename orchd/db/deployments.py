@@ -23,9 +23,10 @@ from typing import Any
 from sqlalchemy import Connection, and_, bindparam, delete, func, insert, select, update
 
 from orchd.config import Config
+from orchd.config.model import DeploymentConfig
 from orchd.db.base import chunks
 from orchd.db.reports import Reports
-from orchd.db.schema import deployments, pools, runs, schedules
+from orchd.db.schema import deployments, pools, runs, schedules, triggers
 from orchd.db.transitions import transition
 from orchd.errors import OrchdError
 from orchd.models import DeploymentSpec, SyncReport
@@ -99,6 +100,8 @@ class Deployments(Reports):
             report.created, report.updated, report.archived = len(new), len(changed), len(gone)
             wanted = {ids[d.name]: d.schedules for d in chosen}
             self._sync_schedules(conn, wanted, now, report, every=only is None)
+            known = {name: r.id for name, r in existing.items()} | ids
+            self._sync_triggers(conn, chosen, known, every=only is None)
             # after its schedules' future runs are dropped (a revived deployment fires them again)
             for chunk in chunks(gone):
                 self._cancel_waiting(conn, chunk, now)
@@ -131,6 +134,36 @@ class Deployments(Reports):
             reason="its deployment was removed from the config",
             values={"finished_at": now},
         )
+
+    def _sync_triggers(
+        self, conn: Connection, chosen: Sequence[DeploymentConfig], ids: Mapping[str, int], every: bool
+    ) -> None:
+        """The ``triggers`` rows of the ``chosen`` deployments (with ``every``, of all: those of a
+        deployment that left the config go), changed by difference so an unchanged config writes
+        nothing.  An upstream the database does not know yet (a partial apply) is left out until
+        the next full sync."""
+        wanted = {
+            (ids[t.after], state, ids[d.name])
+            for d in chosen
+            for t in d.triggers
+            if t.after in ids
+            for state in t.on
+        }
+        current_rows = select(triggers.c.upstream_id, triggers.c.state, triggers.c.downstream_id)
+        if not every:
+            current_rows = current_rows.where(triggers.c.downstream_id.in_([ids[d.name] for d in chosen]))
+        current = {tuple(r) for r in conn.execute(current_rows)}
+        for up, state, down in current - wanted:
+            conn.execute(
+                delete(triggers).where(
+                    triggers.c.upstream_id == up, triggers.c.state == state, triggers.c.downstream_id == down
+                )
+            )
+        if added := wanted - current:
+            conn.execute(
+                insert(triggers),
+                [{"upstream_id": up, "state": state, "downstream_id": down} for up, state, down in added],
+            )
 
     def _sync_pools(self, conn: Connection, config: Config, now: datetime) -> None:
         declared = {p.name: p for p in config.pools}

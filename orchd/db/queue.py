@@ -28,8 +28,8 @@ from sqlalchemy import Connection, Row, case, func, or_, select, update
 from orchd import __version__
 from orchd.db.base import Access, chunks
 from orchd.db.schema import RUNS_ACTIVE, deployments, pools, run_logs, runs, workers
-from orchd.db.transitions import BACK_TO_QUEUE, notify, transition
-from orchd.models import ClaimedRun, DeploymentSpec, Heartbeat
+from orchd.db.transitions import BACK_TO_QUEUE, notify, retry_remains, transition
+from orchd.models import ClaimedRun, DeploymentSpec, Heartbeat, Upstream
 from orchd.policy import Candidate, admit, candidates_for, only_waiting, retry_due
 from orchd.states import ACTIVE, RETRYABLE, RunState
 
@@ -133,6 +133,7 @@ class Queue(Access):
         is never lost."""
         if limit <= 0:
             return []
+        upstream = runs.alias("upstream")
         with self.write() as conn:
             full_pools, full_deployments = self._only_waiting(conn, pool_names)
             # One statement picks the candidates with everything needed to run them; paused pools
@@ -146,12 +147,15 @@ class Queue(Access):
                     runs.c.max_attempts,
                     runs.c.scheduled_for,
                     runs.c.parameters,
+                    runs.c.upstream_run_id,
+                    upstream.c.result.label("upstream_result"),
                     deployments.c.name.label("deployment"),
                     deployments.c.spec,
                     pools.c.concurrency_limit,
                 )
                 .join(deployments, deployments.c.id == runs.c.deployment_id)
                 .outerjoin(pools, pools.c.name == runs.c.pool)
+                .outerjoin(upstream, upstream.c.id == runs.c.upstream_run_id)
                 .where(
                     runs.c.state == S.SCHEDULED.value,
                     runs.c.pool.in_([p for p in pool_names if p not in full_pools]),
@@ -224,6 +228,7 @@ class Queue(Access):
                 c.scheduled_for,
                 c.parameters,
                 specs[c.deployment_id],
+                None if c.upstream_run_id is None else Upstream(c.upstream_run_id, c.upstream_result),
             )
             for c in candidates
             if c.id in ours
@@ -451,11 +456,7 @@ def requeue_failed(
     rows = conn.execute(
         select(runs.c.id, runs.c.pool, runs.c.attempt, runs.c.max_attempts, deployments.c.spec)
         .join(deployments, deployments.c.id == runs.c.deployment_id)
-        .where(
-            runs.c.id.in_(list(run_ids)),
-            runs.c.attempt < runs.c.max_attempts,
-            deployments.c.archived_at.is_(None),  # removed from the config: not run again
-        )
+        .where(runs.c.id.in_(list(run_ids)), retry_remains())
     ).all()
     retried = []
     for r in rows:

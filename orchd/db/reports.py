@@ -43,6 +43,7 @@ from orchd.models import (
     Pool,
     PoolReport,
     Run,
+    RunChain,
     RunFilter,
     RunOutcome,
     RunPage,
@@ -143,6 +144,20 @@ class Reports(Access):
         with self.read() as conn:
             row = conn.execute(stmt).first()
         return None if row is None else to.run(row)
+
+    def run_chain(self, run: Run) -> RunChain:
+        """``run``'s links in run chains: the run whose end triggered it, and the runs its own end
+        triggered (found through the trigger key's index, upstream first)."""
+        stmt = select(runs.c.id, deployments.c.name.label("deployment"), runs.c.state).join(
+            deployments, deployments.c.id == runs.c.deployment_id
+        )
+        with self.read() as conn:
+            upstream = None
+            if run.upstream_run_id is not None:
+                found = conn.execute(stmt.where(runs.c.id == run.upstream_run_id)).first()
+                upstream = None if found is None else to.run_link(found)
+            downstream = conn.execute(stmt.where(runs.c.upstream_run_id == run.id).order_by(runs.c.id))
+            return RunChain(run.upstream_run_id, upstream, [to.run_link(r) for r in downstream])
 
     def run_history(self, run_id: int) -> list[StateChange]:
         """Every transition of the run, oldest first: written in the transaction that made it, so

@@ -2,7 +2,8 @@
 
 The owner of orchd's tables (who runs `orchd db upgrade`) can do anything; the daemons need much
 less.  A worker claims, runs and records runs: it cannot change a deployment, a schedule or a
-pool's limit or pause (it may register a pool it serves, with nothing but its name).  The
+pool's limit or pause (it may register a pool it serves, with nothing but its name); it inserts
+runs only as the run chains of the runs it ends (``transitions.fire_triggers``).  The
 scheduler keeps deployments, schedules and pools in line with the config and looks after runs and
 workers.  A viewer (`orchd status`, `run ls`, a dashboard for people who look) changes nothing.
 
@@ -32,17 +33,19 @@ GRANTS: Mapping[str, Mapping[str, str]] = {
         "run_logs": "SELECT",
         "workers": "SELECT, UPDATE, DELETE",
         "schedulers": "SELECT, INSERT, UPDATE, DELETE",
+        "triggers": "SELECT, INSERT, DELETE",
         "alembic_version": "SELECT",
     },
     "worker": {
         "deployments": "SELECT, UPDATE (updated_at)",
         "schedules": "",
         "pools": "SELECT, INSERT (name, created_at, updated_at), UPDATE (updated_at)",
-        "runs": "SELECT, UPDATE",
+        "runs": "SELECT, INSERT, UPDATE",
         "run_states": "SELECT, INSERT",
         "run_logs": "SELECT, INSERT",
         "workers": "SELECT, INSERT, UPDATE",
         "schedulers": "",
+        "triggers": "SELECT",
         "alembic_version": "SELECT",
     },
     "viewer": {
@@ -56,6 +59,7 @@ GRANTS: Mapping[str, Mapping[str, str]] = {
             "run_logs",
             "workers",
             "schedulers",
+            "triggers",
             "alembic_version",
         )
     },

@@ -16,6 +16,7 @@ from orchd.models import (
     LogLine,
     Pool,
     Run,
+    RunLink,
     RunOutcome,
     Schedule,
     SchedulerSeen,
@@ -48,6 +49,7 @@ RUN_COLUMNS = (
     runs.c.parameters,
     runs.c.error,
     runs.c.result,
+    runs.c.upstream_run_id,
 )
 
 
@@ -93,6 +95,10 @@ def timeline_bar(row: Row[Any], deployment: str) -> TimelineBar:
 
 def held_run(row: Row[Any], deployment: str) -> HeldRun:
     return HeldRun(row.id, deployment, RunState(row.state))
+
+
+def run_link(row: Row[Any]) -> RunLink:
+    return _pick(RunLink, row, state=RunState(row.state))
 
 
 def log_line(row: Row[Any]) -> LogLine:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     Column,
     Float,
@@ -119,7 +120,15 @@ runs = Table(
     Column("result", JSON),
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
+    # A triggered run: the upstream run whose end created it.  No foreign key: retention may delete
+    # the upstream first, and the id must stay as the key (ids are never reused while a higher
+    # one, such as this run's own, exists).
+    Column("upstream_run_id", BigInteger),
     UniqueConstraint("deployment_id", "schedule_key", "scheduled_for", name="uq_runs_schedule_time"),
+    # A trigger's idempotency key: one run of a downstream deployment per upstream run, however
+    # often that run's end is recorded (a manual retry) or by whom.  Upstream first: it also finds
+    # a run's downstream runs.
+    Index("uq_runs_upstream", "upstream_run_id", "deployment_id", unique=True),
     Index(
         "ix_runs_active_lease",
         "lease_expires_at",
@@ -176,6 +185,17 @@ run_logs = Table(
     Column("stream", String(8), nullable=False),
     Column("line", Text, nullable=False),
     Index("ix_run_logs_run", "run_id", "id"),
+)
+
+# Run chains, kept equal to the config's ``triggers``: a run of ``upstream_id`` ending in ``state``
+# (for good: no retry left) queues a run of ``downstream_id``.  One row per state, so the lookup
+# at every run's end is one index probe.
+triggers = Table(
+    "triggers",
+    metadata,
+    Column("upstream_id", Integer, ForeignKey("deployments.id", ondelete="CASCADE"), primary_key=True),
+    Column("state", String(16), primary_key=True),
+    Column("downstream_id", Integer, ForeignKey("deployments.id", ondelete="CASCADE"), primary_key=True),
 )
 
 workers = Table(

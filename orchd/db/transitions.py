@@ -1,7 +1,16 @@
 """Runs entering the queue and moving through the state machine (``orchd.states``): the only code
 that inserts runs or changes ``runs.state``, always with a history row in ``run_states`` in the
 same transaction, so the history is complete and is the event stream notifications, triggers and
-the web's live feed read."""
+the web's live feed read.
+
+Run chains (a deployment's ``triggers``) fire here too, in the transaction that records the
+upstream run's end, whoever records it: its worker (COMPLETED, FAILED, TIMED_OUT, CANCELLED),
+the scheduler's reaper (CRASHED), a misfire or an overlap skip (MISSED), a person (CANCELLED).
+So a chain link is as durable as the end it follows: both are committed or neither is, a crash
+in between cannot lose or double it, and a downstream run is due the moment the upstream's end
+is visible.  A retryable end with a retry still to come is not an end: it fires nothing, the
+retry's own end will.
+"""
 
 from __future__ import annotations
 
@@ -9,13 +18,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, insert, text, update
+from sqlalchemy import ColumnElement, Connection, FromClause, and_, insert, not_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from orchd.db import wake
 from orchd.db.base import CHANNEL
-from orchd.db.schema import run_states, runs
-from orchd.states import RunState, check
+from orchd.db.schema import deployments, run_states, runs, triggers
+from orchd.models import DeploymentSpec
+from orchd.states import FINISHED, RETRYABLE, RunState, check
 
 S = RunState
 
@@ -68,7 +78,62 @@ def transition(
                 for row in moved
             ],
         )
+        if target in FINISHED:
+            fire_triggers(conn, [row.id for row in moved], target, now=now, actor=actor)
     return [row.id for row in moved]
+
+
+def retry_remains(deployment: FromClause = deployments) -> ColumnElement[bool]:
+    """Whether a run (``runs``, joined to its ``deployment``) that ends retryable is retried: it has
+    attempts left and its deployment is still in the config.  One rule for the retry itself
+    (``queue.requeue_failed``) and for the triggers that must wait for the retry's end."""
+    return and_(runs.c.attempt < runs.c.max_attempts, deployment.c.archived_at.is_(None))
+
+
+def fire_triggers(
+    conn: Connection, run_ids: Sequence[int], state: RunState, *, now: datetime, actor: str
+) -> None:
+    """Queue, in the caller's transaction, one run of each deployment whose ``triggers`` follow
+    the runs ``run_ids`` that just ended in ``state`` for good; due now, carrying the upstream
+    run's id.  The unique key (upstream run, downstream deployment) makes this idempotent: a
+    run that ends again (retried by hand) queues nothing more.  A paused downstream deployment
+    gets its run too, MISSED at once with the reason, so a chain's history has no holes; an
+    archived one gets none (its triggers left with it)."""
+    upstream_dep = deployments.alias("upstream_deployment")
+    stmt = (
+        select(
+            runs.c.id.label("upstream_run_id"),
+            upstream_dep.c.name.label("upstream"),
+            deployments.c.id,
+            deployments.c.name,
+            deployments.c.pool,
+            deployments.c.priority,
+            deployments.c.spec,
+            deployments.c.paused,
+        )
+        .join(upstream_dep, upstream_dep.c.id == runs.c.deployment_id)
+        .join(triggers, and_(triggers.c.upstream_id == runs.c.deployment_id, triggers.c.state == state.value))
+        .join(deployments, deployments.c.id == triggers.c.downstream_id)
+        .where(runs.c.id.in_(list(run_ids)), deployments.c.archived_at.is_(None))
+        .order_by(runs.c.id, deployments.c.id)
+    )
+    if state in RETRYABLE:
+        stmt = stmt.where(not_(retry_remains(upstream_dep)))
+    for match in conn.execute(stmt).all():
+        row = unscheduled_run(match, now, now, upstream_run_id=match.upstream_run_id)
+        cause = f"run {match.upstream_run_id} of {match.upstream} ended {state.value}"
+        created = insert_runs(conn, [row], now=now, actor=actor, reason=f"triggered: {cause}")
+        if match.paused:
+            transition(
+                conn,
+                created,
+                S.SCHEDULED,
+                S.MISSED,
+                now=now,
+                actor=actor,
+                reason=f"deployment {match.name} is paused (triggered: {cause})",
+                values={"finished_at": now},
+            )
 
 
 def record_created(
@@ -115,14 +180,17 @@ def new_run(
     now: datetime,
     schedule_id: int | None = None,
     schedule_key: str | None = None,
+    upstream_run_id: int | None = None,
 ) -> dict[str, Any]:
     """The row of a run entering the queue: SCHEDULED, first attempt.  Runs of a schedule carry its
-    id and key (the key is part of their unique key, so a fire time is never queued twice); an
-    ad-hoc run has neither, so nothing absorbs it as a repeat."""
+    id and key (the key is part of their unique key, so a fire time is never queued twice), a
+    triggered run its upstream run (one per upstream run and deployment); an ad-hoc run has
+    none of them, so nothing absorbs it as a repeat."""
     return {
         "deployment_id": deployment_id,
         "schedule_id": schedule_id,
         "schedule_key": schedule_key,
+        "upstream_run_id": upstream_run_id,
         "pool": pool,
         "state": S.SCHEDULED.value,
         "priority": priority,
@@ -136,6 +204,31 @@ def new_run(
     }
 
 
+def unscheduled_run(
+    deployment: Any,
+    when: datetime,
+    now: datetime,
+    *,
+    parameters: Mapping[str, Any] | None = None,
+    upstream_run_id: int | None = None,
+) -> dict[str, Any]:
+    """The row of a run of no schedule (ad hoc, or triggered by ``upstream_run_id``) of
+    ``deployment`` (its row: id, pool, priority, spec) due at ``when``: the deployment's attempts,
+    its parameters updated by ``parameters``."""
+    spec = DeploymentSpec.from_json(deployment.spec)
+    return new_run(
+        deployment_id=deployment.id,
+        pool=deployment.pool,
+        priority=deployment.priority,
+        max_attempts=spec.max_attempts,
+        parameters=spec.run_parameters(parameters),
+        scheduled_for=when,
+        due_at=when,
+        now=now,
+        upstream_run_id=upstream_run_id,
+    )
+
+
 def insert_runs(
     conn: Connection, rows: Sequence[Mapping[str, Any]], *, now: datetime, actor: str, reason: str
 ) -> list[int]:
@@ -143,7 +236,8 @@ def insert_runs(
     inserted.  The one way a run comes into being, so each has its creation in ``run_states``
     and the workers of its pool are woken (PostgreSQL).  A row whose (deployment, schedule key,
     scheduled_for) already exists is skipped without error: repeats of a tick, a restarted or a
-    second scheduler, a backfill over scheduled times all leave one run per fire time."""
+    second scheduler, a backfill over scheduled times all leave one run per fire time; so is a
+    triggered run whose (upstream run, deployment) exists."""
     if not rows:
         return []
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite

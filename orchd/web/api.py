@@ -166,7 +166,7 @@ def run(request: Request) -> Response:
     run_id = run_id_of(request)
     row = get_run(web.store, run_id)
     history = web.store.run_history(run_id)
-    return JSONResponse(run_detail_json(row, history))
+    return JSONResponse(run_detail_json(row, history, web.store.run_chain(row)))
 
 
 @json_errors

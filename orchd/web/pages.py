@@ -154,6 +154,7 @@ def run(request: Request) -> Response:
         request,
         "_run_summary.html" if partial else "run.html",
         run=row,
+        chain=web.store.run_chain(row),
         history=history,
         attempts=_attempts(history),
         lines=lines,

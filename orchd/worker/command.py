@@ -57,6 +57,9 @@ def invocation(run: ClaimedRun, work_dir: Path, containers: ContainerHost | None
         "ORCHD_SCHEDULED_FOR": run.scheduled_for.isoformat(),
         "ORCHD_PARAMETERS": json.dumps(run.parameters, sort_keys=True),
     }
+    if run.upstream is not None:  # a run chain: what the run that triggered this one left
+        extra["ORCHD_UPSTREAM_RUN_ID"] = str(run.upstream.run_id)
+        extra["ORCHD_UPSTREAM_RESULT"] = json.dumps(run.upstream.result, sort_keys=True)
     result_file = None
     if spec.entrypoint:
         result_file = work_dir / f".orchd-result-{run.id}-{run.attempt}.json"
