@@ -50,6 +50,7 @@ def run_row(run_id: int, **kw: Any) -> Any:
         "worker": None,
         "claimed_at": None,
         "lease_expires_at": None,
+        "upstream_run_id": None,
     }
     return SimpleNamespace(**{**values, **kw})
 
@@ -207,3 +208,26 @@ def test_a_fenced_execution_ends_when_its_worker_records_it_not_when_the_worker_
     assert "overlap" not in checks(fenced_obs)
     history[3][-1] = step(3, "RUNNING", "CRASHED", 1, 5, actor="scheduler", reason="lease expired")
     assert "overlap" in checks(fenced_obs)  # the reaper's word is no proof the child was gone
+
+
+def test_a_run_chain_fires_once_per_final_matching_end() -> None:
+    """Job c runs after each COMPLETED run of j: runs 11..15 follow runs 1..5.  A link lost, a
+    link doubled, and a link after an end no trigger names (a retried FAILED) are caught."""
+    chained = Job("c", "", 0, 0, retries=1, outcome=S.COMPLETED, triggers=(("j", ("COMPLETED",)),))
+    base = clean()
+    links = [run_row(10 + i, deployment="c", schedule_key=None, upstream_run_id=i) for i in range(1, 6)]
+    obs = replace(
+        base,
+        jobs=[JOB, chained],
+        runs=[*base.runs, *links],
+        history={**base.history, **{r.id: completed(r.id) for r in links}},
+    )
+    assert check_all(obs) == []
+    assert checks(replace(obs, runs=[r for r in obs.runs if r.id != 13])) == ["trigger"]
+    doubled = run_row(16, deployment="c", schedule_key=None, upstream_run_id=3)
+    assert checks(replace(obs, runs=[*obs.runs, doubled], history={**obs.history, 16: completed(16)})) == [
+        "trigger"
+    ]
+    failed = [run_row(2, state="FAILED", attempt=2) if r.id == 2 else r for r in obs.runs]
+    found = check_all(replace(obs, runs=failed))
+    assert "which no trigger names" in next(v.detail for v in found if v.check == "trigger")

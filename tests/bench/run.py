@@ -48,6 +48,7 @@ from tests.bench.common import (
     write_config,
 )
 from tests.bench.quiet import Meter, postmaster_pid
+from tests.bench.triggers import bench_triggers
 from tests.bench.web import bench_web
 from tests.containers import images
 from tests.pg import postgres_server
@@ -645,7 +646,19 @@ def _engine_costs(engine: Any, image: str) -> list[Figure]:
     ]
 
 
-STEPS = ("latency", "throughput", "queue", "scale", "idle", "history", "crash", "cli", "containers", "web")
+STEPS = (
+    "latency",
+    "throughput",
+    "queue",
+    "scale",
+    "idle",
+    "history",
+    "crash",
+    "cli",
+    "containers",
+    "web",
+    "triggers",
+)
 
 
 def run_step(
@@ -669,6 +682,8 @@ def run_step(
         return bench_containers(dbs, backend, tmp, 10 if quick else 40)
     if name == "web":
         return bench_web(dbs, backend, tmp, quick)
+    if name == "triggers":
+        return bench_triggers(dbs, backend, tmp, 1 if quick else 3, 20 if quick else 100)
     return bench_crash(dbs, backend, tmp, 5.0)
 
 
@@ -679,7 +694,7 @@ def main() -> None:
         "--only",
         nargs="*",
         default=[],
-        help="latency throughput queue scale idle history crash cli containers web",
+        help=" ".join(STEPS),
     )
     parser.add_argument("--backend", nargs="*", default=["postgresql", "sqlite"])
     parser.add_argument(

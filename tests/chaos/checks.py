@@ -36,6 +36,9 @@ class Job:
     outcome: RunState  # how every attempt ends unless its worker dies: COMPLETED, FAILED, TIMED_OUT
     timeout: str = ""
     overlap: str = "allow"
+    #: Run chains: (upstream deployment, the states of its runs' ends that queue a run of this one).
+    #: A job with triggers and no ``every`` runs only when triggered.
+    triggers: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     @property
     def schedule(self) -> dict[str, str]:
@@ -111,6 +114,7 @@ def check_all(obs: Observed) -> list[Violation]:
         *check_executions(obs),
         *check_retries(obs),
         *check_orphans(obs),
+        *check_triggers(obs),
     ]
 
 
@@ -161,7 +165,7 @@ def check_fire_times(obs: Observed, margin: float = 1.0) -> list[Violation]:
     overlap policy skipped is recorded MISSED), and no run has a time its schedule never fires."""
     found = []
     created = {(s.deployment, s.key): s.created_at for s in obs.schedules}
-    for job in obs.jobs:
+    for job in (j for j in obs.jobs if j.every):
         spec = parse_schedule(job.schedule)
         since = created.get((job.name, spec.key))
         if since is None:
@@ -379,6 +383,43 @@ def check_retries(obs: Observed) -> list[Violation]:
         if state in (S.MISSED, S.CANCELLED) and not _skipped_by_policy(job, steps):
             found.append(
                 Violation("outcome", f"run {r.id} ({job.name}) is {state}" + _history_text(obs, r.id))
+            )
+    return found
+
+
+def check_triggers(obs: Observed) -> list[Violation]:
+    """Run chains: every upstream run that ended for good (after the drain a retryable state is
+    final: a retry still owed is check_retries' violation) in a state a trigger names has exactly
+    one run of the triggered deployment, and every triggered run follows such an end (none fired
+    by an attempt that was retried, none by a state no trigger names)."""
+    found = []
+    by_id = {r.id: r for r in obs.runs}
+    triggered = Counter((r.upstream_run_id, r.deployment) for r in obs.runs if r.upstream_run_id is not None)
+    for job in obs.jobs:
+        for after, states in job.triggers:
+            for r in obs.runs:
+                if r.deployment == after and r.state in states and triggered[r.id, job.name] != 1:
+                    found.append(
+                        Violation(
+                            "trigger",
+                            f"run {r.id} ({after}) ended {r.state}: {triggered[r.id, job.name]} runs of "
+                            f"{job.name} follow it, expected 1" + _history_text(obs, r.id),
+                        )
+                    )
+    jobs = {j.name: j for j in obs.jobs}
+    for r in obs.runs:
+        if r.upstream_run_id is None:
+            continue
+        up = by_id.get(r.upstream_run_id)
+        job = jobs[r.deployment]
+        if up is None or not any(up.deployment == a and up.state in states for a, states in job.triggers):
+            what = "an unknown run" if up is None else f"{up.deployment} ending {up.state}"
+            found.append(
+                Violation(
+                    "trigger",
+                    f"run {r.id} ({r.deployment}) was triggered by run {r.upstream_run_id}, "
+                    f"{what}, which no trigger names" + _history_text(obs, r.upstream_run_id),
+                )
             )
     return found
 

@@ -72,6 +72,16 @@ JOBS = (
     Job("serial", "2s", 3, 0, retries=1, outcome=S.COMPLETED, overlap="skip"),
     Job("failing", "3s", 0.2, 3, retries=2, outcome=S.FAILED),
     Job("timeout", "4s", 30, 0, retries=1, outcome=S.TIMED_OUT, timeout="1s"),
+    # a run chain: after each COMPLETED fast run, and after failing's final FAILED (not its retries)
+    Job(
+        "chained",
+        "",
+        0,
+        0,
+        retries=1,
+        outcome=S.COMPLETED,
+        triggers=(("fast", ("COMPLETED",)), ("failing", ("FAILED",))),
+    ),
 )
 #: Runs in a container (busybox image built locally) when podman works here.  It writes no ledger
 #: lines (the ledger's pids are the host's); instead the harness samples the engine: never two
@@ -163,7 +173,12 @@ def write_config(path: Path, url: str, ledger: Path, work: Path, tag: str, image
                 "retries": job.retries,
                 "retry_delay": "1s",
                 "retry_backoff": 1.0,
-                "schedules": [job.schedule],
+                "schedules": [job.schedule] if job.every else [],
+                **(
+                    {"triggers": [{"after": a, "on": list(on)} for a, on in job.triggers]}
+                    if job.triggers
+                    else {}
+                ),
                 **({"timeout": job.timeout} if job.timeout else {}),
                 **({"overlap": job.overlap} if job.overlap != "allow" else {}),
             }
