@@ -126,3 +126,30 @@ def test_ready_watchdog_live_streams_and_a_prompt_stop(web: Any, notify_socket: 
     notify_socket.expect("STOPPING", "1")
     assert proc.wait(timeout=15) == 0
     assert events.ended.wait(10) and output.ended.wait(10)
+
+
+def test_only_a_watched_dashboard_listens(web: Any, notify_socket: NotifySocket) -> None:  # noqa: F811
+    """PostgreSQL: the LISTEN session of the live feed is open while a client is connected and
+    closed when the last one goes (psycopg looks at a listening connection ten times a second)."""
+    proc, url, store = web
+    notify_socket.expect("READY", "1")
+    if store.engine.dialect.name != "postgresql":
+        return  # SQLite has no sessions: its change check also runs only while someone watches
+
+    def listening() -> int:
+        with store.engine.connect() as conn:
+            return int(
+                conn.exec_driver_sql(
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'orchd-web-listen' "
+                    "AND datname = current_database()"
+                ).scalar_one()
+            )
+
+    assert listening() == 0
+    with httpx2.stream("GET", f"{url}/api/events/stream", headers=BEARER, timeout=20) as answer:
+        lines = answer.iter_lines()  # kept: a dropped iterator closes the stream
+        assert next(lines).startswith("retry:")
+        wait_for(lambda: listening() == 1, 20, what="the LISTEN session while a client watches")
+    wait_for(lambda: listening() == 0, 20, what="the LISTEN session to close after the client left")
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=15) == 0

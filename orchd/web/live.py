@@ -5,7 +5,8 @@ One ``Feed`` per daemon does the watching, however many clients are connected, a
 at least one is: an idle dashboard costs the database nothing.
 
 * PostgreSQL: a dedicated LISTEN connection on ``orchd_events`` (every statement recording state
-  changes notifies it, see migration 0003) wakes the feed the moment a change commits.  Behind a
+  changes notifies it, see migration 0003), open while someone is connected, wakes the feed the
+  moment a change commits.  Behind a
   transaction-mode pooler without ``database.direct_url`` there is no session to LISTEN on: the
   feed then looks every second.
 * SQLite: ``PRAGMA data_version`` on a connection of the feed's own, every 25 ms; it answers from
@@ -111,6 +112,8 @@ class Feed:
         self._subscribers: set[Subscriber] = set()
         self._wake = asyncio.Event()
         self._someone = asyncio.Event()
+        #: set once the last client has gone (the LISTEN connection closes)
+        self._nobody = asyncio.Event()
         self._closed = asyncio.Event()
         #: history id up to which every subscriber has been served
         self._cursor = 1 << 62
@@ -150,6 +153,7 @@ class Feed:
         # from there; each subscriber's own cursor keeps the others from getting anything twice
         self._cursor = min(self._cursor, sub.events_after)
         self._someone.set()
+        self._nobody.clear()
         self._wake.set()
         try:
             yield "retry: 2000\n\n"
@@ -166,6 +170,9 @@ class Feed:
                 yield message
         finally:
             self._subscribers.discard(sub)
+            if not self._subscribers:
+                self._someone.clear()
+                self._nobody.set()
 
     # ------------------------------------------------------------------ watching
 
@@ -255,6 +262,21 @@ class Feed:
             self._live_runs.add(run_id)
 
     async def _listen(self, url: Any) -> None:
+        """LISTEN only while someone is connected: psycopg looks at a listening connection ten
+        times a second (0.16 CPU-s a minute for nothing), and an idle dashboard holds no session.
+        A new LISTEN wakes the feed once, which reads what happened meanwhile."""
+        while True:
+            await self._someone.wait()
+            listening = asyncio.get_running_loop().create_task(self._wake_on_notify(url))
+            try:
+                await self._nobody.wait()
+            finally:
+                listening.cancel()
+                # asyncio.wait, not awaiting the task: a cancel of this task while it waits must
+                # not be taken for the listener's own
+                await asyncio.wait([listening])
+
+    async def _wake_on_notify(self, url: Any) -> None:
         async for _ in notifications(url, self._session_args, CHANNEL):
             self._wake.set()
 
