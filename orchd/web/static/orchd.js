@@ -85,7 +85,7 @@
         el.hidden = !matches(el);
         box.appendChild(el);
         shown += 1;
-        count.textContent = `${shown} lines`;
+        count.textContent = `${shown} line${shown === 1 ? "" : "s"}`;
         if (follow.checked) box.scrollTop = box.scrollHeight;
       },
       state: () => summary(),
