@@ -511,3 +511,88 @@ class HeldRun:
     id: int
     deployment: str
     state: RunState
+
+
+# ---------------------------------------------------------------------------------- notifications
+
+
+@dataclass(frozen=True)
+class RunEvent:
+    """One entry of the event log (a ``run_states`` row) with what a notification rule filters on."""
+
+    id: int
+    run_id: int
+    deployment: str
+    tags: Sequence[str]
+    state: RunState
+    attempt: int
+    max_attempts: int
+    at: datetime
+    #: A retry was queued in the same transaction: this failure is not the run's last word.
+    retried: bool
+    #: A COMPLETED run after one or more runs of its deployment that ended in failure.
+    recovered: bool
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One message of the outbox being sent: a (rule, event, channel) and its attempt number."""
+
+    id: int
+    rule: str
+    channel: str
+    event_key: str
+    event: str
+    attempt: int
+    max_attempts: int
+    payload: Mapping[str, Any]
+    #: Messages of the same rule and deployment held back by its throttle since the last one sent.
+    suppressed: int
+    #: The previous attempt's outcome was never recorded (the scheduler stopped while sending):
+    #: this attempt may repeat a message that arrived.
+    repeat: bool
+
+    @property
+    def idempotency_key(self) -> str:
+        """Stable across attempts, restarts and schedulers: receivers drop a message they have seen."""
+        return f"{self.rule}.{self.event_key}.{self.channel}"
+
+
+@dataclass(frozen=True)
+class DeliveryAttempt:
+    attempt: int
+    started_at: datetime
+    finished_at: datetime
+    ok: bool
+    error: str | None
+
+
+@dataclass(frozen=True)
+class DeliveryRecord:
+    """A message of the outbox as `orchd notification log` shows it, with its attempts."""
+
+    id: int
+    rule: str
+    channel: str
+    event: str
+    event_key: str
+    run_id: int | None
+    deployment: str | None
+    #: pending, sending, delivered, failed, or throttled (counted in the next message).
+    state: str
+    attempts: int
+    max_attempts: int
+    next_attempt_at: datetime
+    last_error: str | None
+    created_at: datetime
+    delivered_at: datetime | None
+    history: Sequence[DeliveryAttempt]
+
+
+@dataclass(frozen=True)
+class MatchReport:
+    """What one pass over the event log did."""
+
+    events: int = 0
+    queued: int = 0
+    throttled: int = 0

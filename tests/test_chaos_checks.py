@@ -11,7 +11,7 @@ from typing import Any
 
 from orchd.schedules import parse_schedule
 from orchd.states import RunState
-from tests.chaos.checks import Execution, Job, Observed, check_all
+from tests.chaos.checks import Execution, Job, NotifyRule, Observed, check_all, notification_counts
 from tests.chaos.fleet import Orphan
 
 S = RunState
@@ -231,3 +231,63 @@ def test_a_run_chain_fires_once_per_final_matching_end() -> None:
     failed = [run_row(2, state="FAILED", attempt=2) if r.id == 2 else r for r in obs.runs]
     found = check_all(replace(obs, runs=failed))
     assert "which no trigger names" in next(v.detail for v in found if v.check == "trigger")
+
+
+def notified() -> Observed:
+    """The clean history told to a rule on COMPLETED: one message per run, each received once."""
+    base = clean()
+    history = {
+        rid: [SimpleNamespace(**vars(h), id=rid * 10 + i) for i, h in enumerate(steps)]
+        for rid, steps in base.history.items()
+    }
+    outbox = [
+        SimpleNamespace(
+            id=rid,
+            rule="r",
+            event_key=f"state:{rid * 10 + 3}",
+            channel="command",
+            state="delivered",
+            last_error=None,
+        )
+        for rid in history
+    ]
+    return replace(
+        base,
+        history=history,
+        notify_rule=NotifyRule("r", frozenset({"COMPLETED"}), frozenset({"j"})),
+        notifications=outbox,
+        notified=[f"r.state:{rid * 10 + 3}.command" for rid in history],
+    )
+
+
+def test_notifications_lost_doubled_stray_or_repeated_outside_the_window() -> None:
+    obs = notified()
+    assert check_all(obs) == []
+    assert checks(replace(obs, notifications=obs.notifications[1:])) == ["notification lost"]
+    assert checks(replace(obs, notified=obs.notified[1:])) == ["notification lost"]
+    doubled = SimpleNamespace(**{**vars(obs.notifications[0]), "id": 99, "channel": "command"})
+    assert "notification doubled" in checks(replace(obs, notifications=[*obs.notifications, doubled]))
+    stray = SimpleNamespace(**{**vars(obs.notifications[0]), "id": 98, "event_key": "state:12"})
+    with_stray = replace(
+        obs, notifications=[*obs.notifications, stray], notified=[*obs.notified, "r.state:12.command"]
+    )
+    assert checks(with_stray) == ["notification stray"]
+    stuck = SimpleNamespace(**{**vars(obs.notifications[0]), "state": "pending"})
+    assert checks(replace(obs, notifications=[stuck, *obs.notifications[1:]])) == ["notification undelivered"]
+    repeated = replace(obs, notified=[*obs.notified, obs.notified[0]])
+    assert checks(repeated) == ["notification repeated"]
+    window = {1: [SimpleNamespace(error="outcome unknown: the scheduler stopped while sending")]}
+    assert check_all(replace(repeated, notify_attempts=window)) == []
+    # events after the cursor's end came once no scheduler ran: not expected
+    assert (
+        checks(replace(obs, notifications=obs.notifications[:-1], notified=obs.notified[:-1], notify_upto=50))
+        == []
+    )
+    assert notification_counts(replace(repeated, notify_attempts=window)) == {
+        "expected": 5,
+        "queued": 5,
+        "delivered": 5,
+        "received": 6,
+        "repeated": 1,
+        "window": 1,
+    }

@@ -24,6 +24,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "orchd.limits",
         "orchd.logging",
         "orchd.models",
+        "orchd.notifications",
         "orchd.observer",
         "orchd.policy",
         "orchd.printable",
@@ -32,7 +33,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "orchd.states",
     ),
     "data": ("orchd.db",),
-    "ops": ("orchd.metrics", "orchd.notify"),
+    "ops": ("orchd.channels", "orchd.metrics", "orchd.notify"),
     "daemons": ("orchd.runtime", "orchd.scheduler", "orchd.worker"),
     "face": ("orchd.cli", "orchd.web"),
 }

@@ -48,6 +48,11 @@ max_active_runs = 1
 name = "chained"
 command = ["true"]
 triggers = [{ after = "flaky", on = ["FAILED"] }]
+[[notifications]]
+name = "told"
+on = ["FAILED"]
+deployments = ["flaky"]
+command = ["true"]
 """
 
 
@@ -107,6 +112,7 @@ def test_the_daemons_work_under_their_roles_and_a_worker_cannot_edit_a_deploymen
                 status="online", started_at=now - timedelta(days=3), last_heartbeat=now - timedelta(days=2),
             )
         )  # fmt: skip
+    store.match_events([], now)  # the outbox reads the history from here: the flaky run's failure is told
     flaky, capped = store.create_run("flaky", now), [store.create_run("capped", now) for _ in range(3)]
     with daemons(tmp_path) as group:
         scheduler = group.start("orchd-scheduler", "--config", str(configs["scheduler"]))
@@ -127,6 +133,7 @@ def test_the_daemons_work_under_their_roles_and_a_worker_cannot_edit_a_deploymen
                 and all(states.get(c) == "COMPLETED" for c in capped)
                 and completed_ok
                 and [c.state for c in chained] == ["COMPLETED"]  # the worker queued it, and ran it
+                and [d.state for d in store.deliveries()] == ["delivered"]
             )
 
         wait_for(done, timeout=60, what=f"the daemons' work; logs:\n{group.output()}")
@@ -142,6 +149,7 @@ def test_the_daemons_work_under_their_roles_and_a_worker_cannot_edit_a_deploymen
         ["run", "logs", str(flaky)],
         ["worker", "ls"],
         ["pool", "ls"],
+        ["notification", "log"],
     ):
         result = viewer(*args)
         assert result.exit_code == 0, (args, result.output)

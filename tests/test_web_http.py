@@ -14,7 +14,9 @@ import pytest
 from starlette.testclient import TestClient
 
 from orchd.config import Config
+from orchd.config.model import NotificationConfig
 from orchd.db.store import Store
+from orchd.notifications import Rule
 from orchd.states import RunState
 from tests.cli_support import Orchd, one_line_error
 from tests.helpers import wait_for
@@ -382,3 +384,19 @@ def test_behind_a_proxy_under_a_base_path(tmp_path: Path, db_url: str) -> None:
             assert client.get("/orchd/api/runs").json()["runs"]
     finally:
         store.engine.dispose()
+
+
+def test_the_run_page_shows_the_runs_notifications(open_site: Site) -> None:
+    store, run = open_site.store, open_site.run
+    assert 'id="run-notifications"' not in open_site.client.get(f"/runs/{run}").text  # none: no panel
+    rule = Rule(
+        NotificationConfig(name="ops-<b>", on=["CANCELLED"], command=["/bin/true"]), {"command": "command"}
+    )
+    store.match_events([rule], datetime.now(UTC))  # places the cursor
+    store.cancel_run(run, datetime.now(UTC))
+    store.match_events([rule], datetime.now(UTC))
+    page = open_site.client.get(f"/runs/{run}").text
+    panel = page[page.index('id="run-notifications"') :]
+    assert "ops-&lt;b&gt;" in panel and "CANCELLED" in panel and "pending" in panel and "0/8" in panel
+    summary = open_site.client.get(f"/runs/{run}?part=summary").text
+    assert 'id="run-notifications"' in summary

@@ -29,6 +29,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "orchd.cli.deployments:deployment_group",
         "What is deployed: list, inspect, apply the config now, pause and resume.",
     ),
+    "notification": (
+        "orchd.cli.notifications:notification_group",
+        "Notification rules ([[notifications]]) and what they sent.",
+    ),
     "pool": ("orchd.cli.pools:pool_group", "Pools: the queues workers serve."),
     "run": ("orchd.cli.runs:run_group", "Look at runs and act on them."),
     "schedule": ("orchd.cli.schedules:schedule_group", "Look at schedules before they fire."),

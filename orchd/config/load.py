@@ -23,6 +23,7 @@ from orchd.config.model import (
     Config,
     ContainerConfig,
     DeploymentConfig,
+    NotificationConfig,
     PoolConfig,
 )
 from orchd.durations import format_duration
@@ -211,6 +212,7 @@ def _build(path: Path | None, documents: list[_Document], env: Mapping[str, str]
     locators: dict[str, Any] = {}
     pools: list[PoolConfig] = []
     deployments: list[DeploymentConfig] = []
+    notifications: list[NotificationConfig] = []
     first_defined: dict[tuple[str, str], str] = {}  # (pools|deployments, name) -> file:line
     placed: dict[str, Any] = {}  # deployment name -> its locate(key)
     for doc in documents:
@@ -227,6 +229,8 @@ def _build(path: Path | None, documents: list[_Document], env: Mapping[str, str]
                 for index, item in enumerate(body):
                     if top == "pools":
                         pools.append(_pool(doc, index, item, sources))
+                    elif top == "notifications":
+                        notifications.append(_notification(doc, index, item, sources))
                     else:
                         deployments.append(_deployment(doc, index, item, sources))
                         placed[deployments[-1].name] = _locator(doc, "deployments", index)
@@ -271,6 +275,7 @@ def _build(path: Path | None, documents: list[_Document], env: Mapping[str, str]
         state_dir=state_dir,
         pools=tuple(pools),
         deployments=tuple(deployments),
+        notifications=tuple(notifications),
         sources=sources,
         **sections,
     )
@@ -408,6 +413,56 @@ def _deployment(
         raise ConfigError(f"{locate('schedules')}: {label}.schedules: the same schedule is listed twice")
     values["schedules"] = specs
     return DeploymentConfig(**values)
+
+
+def _notification(
+    doc: _Document, index: int, item: Mapping[str, Any], sources: dict[str, str]
+) -> NotificationConfig:
+    """A ``[[notifications]]`` rule: its keys, at least one channel, and Apprise URLs that Apprise
+    knows (a typo in a scheme would otherwise only show when the first failure is not told)."""
+    name = _named(doc, "notifications", index, item)
+    label = f"notifications.{name}"
+    locate = _locator(doc, "notifications", index)
+    values = _parse_fields(NotificationConfig, item, locate, label, sources, {}, False)
+    if not (values["urls"] or values["url_file"] or values["webhook"] or values["command"]):
+        raise ConfigError(f"{locate('name')}: {label}: give a channel: urls, url_file, webhook or command")
+    if "command" in item and not (values["command"] and values["command"][0]):
+        raise ConfigError(f"{locate('command')}: {label}.command: expected a non-empty argv list")
+    for key in ("secret", "secret_file"):
+        if values[key] and not values["webhook"]:
+            raise ConfigError(f"{locate(key)}: {label}.{key}: only used with webhook")
+    if values["secret"] and values["secret_file"]:
+        raise ConfigError(f"{locate('secret_file')}: {label}.secret_file: give either secret or secret_file")
+    for url in values["urls"]:
+        if not apprise_knows(url):
+            raise ConfigError(
+                f"{locate('urls')}: {label}.urls: Apprise does not know the URL {mask_url(url)!r}"
+            )
+    return NotificationConfig(**values)
+
+
+def apprise_knows(url: str) -> bool:
+    """Whether Apprise can send to ``url`` (a known scheme, the parts it needs).  Apprise is
+    imported only for a config that has URLs: its hundred plugins take half a second."""
+    import logging
+
+    import apprise
+
+    quiet = logging.getLogger("apprise")
+    level, quiet.level = quiet.level, logging.CRITICAL + 1  # it warns on stderr about a bad URL
+    try:
+        return apprise.Apprise.instantiate(url, suppress_exceptions=True) is not None
+    finally:
+        quiet.level = level
+
+
+def mask_url(url: str) -> str:
+    """A URL fit for an error line or a log: no password, no token in the path or the query."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return "***"
+    host = rest.split("/", 1)[0].rpartition("@")[2]
+    return f"{scheme}://{host}/***" if "/" in rest or "?" in rest or "@" in rest else f"{scheme}://{host}"
 
 
 def _with_pool_defaults(

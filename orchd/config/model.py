@@ -460,6 +460,86 @@ class DeploymentConfig:
     )
 
 
+#: What a notification rule can be ``on``: the run states, plus the events orchd derives from them.
+DERIVED_EVENTS = ("LATE", "RECOVERED", "WORKER_OFFLINE")
+
+
+def event_names(value: Any) -> list[str]:
+    """A non-empty list of run states (``RunState``) and derived events (``DERIVED_EVENTS``)."""
+    known = [s.value for s in RunState] + list(DERIVED_EVENTS)
+    names = f.string_list(value)
+    if not names:
+        raise ValueError(f"expected at least one of {', '.join(known)}")
+    for name in names:
+        if name not in known:
+            hint = did_you_mean(name, known) or f" (expected some of {', '.join(known)})"
+            raise ValueError(f"unknown event {name!r}{hint}")
+    return names
+
+
+def http_url(value: Any) -> str:
+    """Empty, or an http(s) URL (a webhook)."""
+    text = f.text(value).strip()
+    if text and not re.fullmatch(r"https?://[^/\s?#]+(/\S*)?", text):
+        raise ValueError(f'expected an http(s) URL such as "https://hooks.example/orchd", got {value!r}')
+    return text
+
+
+@dataclass(frozen=True)
+class NotificationConfig:
+    """A notification rule: which events of which deployments, told to which channels."""
+
+    name: str = f.setting("", f.text, "Unique name of the rule (in `orchd notification` and the log).")
+    on: list[str] = f.setting(
+        [],
+        event_names,
+        "Events that fire it: run states (FAILED, CRASHED, TIMED_OUT, COMPLETED, MISSED, CANCELLED, ...) "
+        "and LATE, RECOVERED (first COMPLETED after failures), WORKER_OFFLINE.",
+    )
+    deployments: list[str] = f.setting(
+        [], f.string_list, 'Deployment names or globs ("nightly-*"); empty (and no tags): all.'
+    )
+    tags: list[str] = f.setting(
+        [], f.string_list, "Deployments with any of these tags (besides those named in deployments)."
+    )
+    final_only: bool = f.setting(
+        True, f.boolean, "FAILED, TIMED_OUT, CRASHED only when no retry follows (the last attempt)."
+    )
+    throttle: float | None = f.setting(
+        "",
+        f.optional_duration("1s", "30d"),
+        'At most one message per deployment this often; the next says "+N more". Empty: no limit.',
+    )
+    late_after: float = f.setting(
+        "1m", f.duration("1s", "30d"), "LATE: a run still waiting for a worker this long after its due time."
+    )
+    urls: list[str] = f.setting(
+        [], f.string_list, 'Apprise URLs: "mailtos://...", "slack://...", "ntfy://...", "json://...".'
+    )
+    url_file: str = f.setting(
+        "",
+        f.text,
+        "More Apprise URLs, one a line, read from this file (keeps secrets out of orchd.toml); "
+        "a name without a slash is a systemd credential ($CREDENTIALS_DIRECTORY/NAME).",
+    )
+    webhook: str = f.setting(
+        "", http_url, "POST the event as JSON here, with Idempotency-Key and X-Orchd-Signature-256."
+    )
+    secret: str = f.setting(
+        "", f.text, "Webhook HMAC-SHA256 key (X-Orchd-Signature-256: sha256=HEX of the body)."
+    )
+    secret_file: str = f.setting(
+        "", f.text, "Read the webhook secret from this file (or systemd credential NAME) instead."
+    )
+    command: list[str] = f.setting(
+        [], f.argv, "Run this argv (no shell) with the event as JSON on stdin and in ORCHD_EVENT."
+    )
+    timeout: float = f.setting("10s", f.duration("100ms", "10m"), "One delivery attempt may take this long.")
+    attempts: int = f.setting(
+        8, f.integer(1, 100), "Delivery attempts per channel (backoff 5s, 15s, 45s, ... up to 1h)."
+    )
+
+
 @dataclass(frozen=True)
 class Config:
     """The effective configuration.  ``sources`` says where each "section.key" came from."""
@@ -474,6 +554,7 @@ class Config:
     web: WebConfig = field(default_factory=WebConfig)
     pools: tuple[PoolConfig, ...] = ()
     deployments: tuple[DeploymentConfig, ...] = ()
+    notifications: tuple[NotificationConfig, ...] = ()
     sources: Mapping[str, str] = field(default_factory=dict)
 
     def deployment(self, name: str) -> DeploymentConfig | None:
@@ -488,4 +569,8 @@ SECTIONS: dict[str, type] = {
     "metrics": MetricsConfig,
     "web": WebConfig,
 }
-ARRAYS: dict[str, type] = {"pools": PoolConfig, "deployments": DeploymentConfig}
+ARRAYS: dict[str, type] = {
+    "pools": PoolConfig,
+    "deployments": DeploymentConfig,
+    "notifications": NotificationConfig,
+}

@@ -70,6 +70,24 @@ EXAMPLES = """\
 # name = "publish-report"
 # command = ["/usr/local/bin/publish"]         # gets $ORCHD_UPSTREAM_RUN_ID and $ORCHD_UPSTREAM_RESULT
 # triggers = [{ after = "refresh-report", on = ["COMPLETED"] }]   # after each COMPLETED refresh-report
+
+# Notifications: who hears about what runs do.  Sent by the leading scheduler, at least once,
+# with a stable idempotency key (see README, "Notifications").
+#
+# [[notifications]]
+# name = "ops-failures"
+# on = ["FAILED", "CRASHED", "TIMED_OUT", "LATE", "RECOVERED", "WORKER_OFFLINE"]
+# deployments = ["nightly-*"]         # globs; or tags = ["critical"]; neither: all deployments
+# final_only = true                   # failures only when no retry follows
+# throttle = "10m"                    # one message per deployment per 10 minutes; the next says "+N more"
+# late_after = "1m"                   # LATE: still waiting for a worker this long after its due time
+# urls = ["mailtos://user:pass@smtp.example.com?to=ops@example.com", "ntfy://ntfy.sh/orchd-ops"]
+# url_file = "notify-urls"            # more Apprise URLs: a file, or a systemd credential NAME
+# webhook = "https://hooks.example.com/orchd"
+# secret_file = "/etc/orchd/webhook-secret"   # X-Orchd-Signature-256: sha256=HMAC of the body
+# command = ["/usr/local/bin/page-oncall"]    # the event as JSON on stdin and in $ORCHD_EVENT
+# timeout = "10s"
+# attempts = 8
 """
 
 

@@ -34,6 +34,9 @@ GRANTS: Mapping[str, Mapping[str, str]] = {
         "workers": "SELECT, UPDATE, DELETE",
         "schedulers": "SELECT, INSERT, UPDATE, DELETE",
         "triggers": "SELECT, INSERT, DELETE",
+        "event_cursors": "SELECT, INSERT, UPDATE",
+        "notifications": "SELECT, INSERT, UPDATE, DELETE",
+        "notification_attempts": "SELECT, INSERT, DELETE",
         "alembic_version": "SELECT",
     },
     "worker": {
@@ -46,6 +49,9 @@ GRANTS: Mapping[str, Mapping[str, str]] = {
         "workers": "SELECT, INSERT, UPDATE",
         "schedulers": "",
         "triggers": "SELECT",
+        "event_cursors": "",
+        "notifications": "",
+        "notification_attempts": "",
         "alembic_version": "SELECT",
     },
     "viewer": {
@@ -60,12 +66,23 @@ GRANTS: Mapping[str, Mapping[str, str]] = {
             "workers",
             "schedulers",
             "triggers",
+            "event_cursors",
+            "notifications",
+            "notification_attempts",
             "alembic_version",
         )
     },
 }
 #: Tables whose id comes from a sequence: a role that inserts into them needs to use it.
-SERIAL_TABLES = ("deployments", "schedules", "runs", "run_states", "run_logs")
+SERIAL_TABLES = (
+    "deployments",
+    "schedules",
+    "runs",
+    "run_states",
+    "run_logs",
+    "notifications",
+    "notification_attempts",
+)
 DEFAULT_PREFIX = "orchd"
 
 

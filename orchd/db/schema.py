@@ -224,3 +224,67 @@ schedulers = Table(
     Column("started_at", UTCDateTime, nullable=False),
     Column("last_tick_at", UTCDateTime),
 )
+
+# Consumers of the event log (``run_states``): where each has read up to.  ``position`` is the
+# highest event id read; ``gaps`` the id ranges below it not yet seen, which a transaction still
+# open when the consumer read past them may fill yet (PostgreSQL hands out ids at insert, not in
+# commit order): [[low, high, first seen (epoch seconds)], ...].
+event_cursors = Table(
+    "event_cursors",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("position", BigInteger, nullable=False),
+    Column("gaps", JSON, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+
+# The notification outbox: one row per (rule, event, channel), written in the transaction that
+# matches the event, so a restart or a second scheduler never doubles a message.  ``state``:
+# pending -> sending -> delivered | pending (retry) | failed; throttled rows are counted in the
+# next message ("+N more") and never sent.
+notifications = Table(
+    "notifications",
+    metadata,
+    Column("id", BigID, primary_key=True),
+    Column("rule", String(128), nullable=False),
+    Column("event_key", String(128), nullable=False),
+    Column("channel", String(64), nullable=False),
+    Column("event", String(32), nullable=False),
+    Column("run_id", BigInteger),
+    Column("deployment", String(128)),
+    Column("state", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("max_attempts", Integer, nullable=False),
+    # when a pending row may be sent next; while sending, when the attempt is given up as lost
+    Column("next_attempt_at", UTCDateTime, nullable=False),
+    Column("payload", JSON, nullable=False),
+    Column("suppressed", Integer, nullable=False, server_default="0"),
+    Column("last_error", Text),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Column("delivered_at", UTCDateTime),
+    UniqueConstraint("rule", "event_key", "channel"),
+    Index(
+        "ix_notifications_due",
+        "next_attempt_at",
+        sqlite_where=text("state IN ('pending', 'sending')"),
+        postgresql_where=text("state IN ('pending', 'sending')"),
+    ),
+    Index("ix_notifications_throttle", "rule", "deployment", "channel", "id"),
+    Index("ix_notifications_run", "run_id"),
+    Index("ix_notifications_created", "created_at"),
+)
+
+# Every delivery attempt and its outcome (`orchd notification log`).
+notification_attempts = Table(
+    "notification_attempts",
+    metadata,
+    Column("id", BigID, primary_key=True),
+    Column("notification_id", BigID, ForeignKey("notifications.id", ondelete="CASCADE"), nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("started_at", UTCDateTime, nullable=False),
+    Column("finished_at", UTCDateTime, nullable=False),
+    Column("ok", Boolean, nullable=False),
+    Column("error", Text),
+    Index("ix_notification_attempts_notification", "notification_id", "id"),
+)

@@ -10,6 +10,7 @@ works on; ``Store`` puts the parts together so a caller holds one object:
 ``orchd.db.actions``            a person's actions on runs: create, cancel, retry, backfill
 ``orchd.db.reports``            read models for the CLI, the web and metrics, each one snapshot
 ``orchd.db.activity``           what happened lately: the dashboard's overview
+``orchd.db.notifications``      the notification outbox: events matched to rules, deliveries
 ``orchd.db.locks``              leader locks; ``orchd.db.listen``: LISTEN wake-ups
 ``orchd.db.transitions``        the only code that inserts runs or changes their state
 ==============================  =============================================================
@@ -24,9 +25,10 @@ from __future__ import annotations
 from orchd.db.actions import RunActions
 from orchd.db.activity import Activity
 from orchd.db.deployments import Deployments
+from orchd.db.notifications import Notifications
 from orchd.db.queue import Queue
 from orchd.db.scheduling import Scheduling
 
 
-class Store(Queue, Scheduling, Deployments, RunActions, Activity):
+class Store(Queue, Scheduling, Deployments, RunActions, Activity, Notifications):
     """All of the data layer over one engine, acting as ``actor`` (recorded in the run history)."""

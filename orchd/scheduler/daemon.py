@@ -26,6 +26,7 @@ from orchd.logging import get_logger
 from orchd.models import DueSchedule, Materialization, TickReport
 from orchd.notify import Notifier
 from orchd.observer import Observer
+from orchd.scheduler.notifications import Dispatcher
 from orchd.scheduler.plan import missed_while_down, plan
 
 log = get_logger("orchd.scheduler")
@@ -74,6 +75,8 @@ class Scheduler:
         self._next_upkeep = 0.0
         self._recheck_at = 0.0
         self._earliest: datetime | None = None
+        #: Notifications: matched in the tick, sent from threads of their own while leader.
+        self.notifications = Dispatcher(store, lambda: self.config, clock)
 
     def sync(self) -> None:
         self._earliest = None  # schedules may have changed: look again on the next tick
@@ -135,6 +138,7 @@ class Scheduler:
             crashed, missed = self.store.upkeep(now, cfg.misfire_grace, cfg.worker_timeout)
             report.crashed, report.missed = len(crashed), len(missed)
             self._next_upkeep = time.monotonic() + _UPKEEP_EVERY
+        self._notify()
         if cfg.retention and time.monotonic() >= self._next_prune:
             report.pruned = self.store.prune(now, cfg.retention)
             self._next_prune = time.monotonic() + (0 if report.pruned else _PRUNE_EVERY)
@@ -151,6 +155,16 @@ class Scheduler:
                 schedules=report.schedules,
             )
         return report
+
+    def _notify(self) -> None:
+        """Match new events to the notification rules.  A database error is the tick's (waited out
+        like any outage); any other failure is logged and scheduling goes on without it."""
+        try:
+            self.notifications.match()
+        except DatabaseError:
+            raise
+        except Exception as exc:
+            log.error("notifications: matching failed", error=f"{type(exc).__name__}: {exc}")
 
     def _materialize(self, now: datetime, horizon_end: datetime, report: TickReport) -> None:
         """Runs for every schedule whose cursor is inside the horizon, a page at a time."""
@@ -225,6 +239,7 @@ class Scheduler:
         leader = False
         notify.ready("started: electing a leader")
         backoff = Backoff(1.0, 30.0)
+        self.notifications.start()
         try:
             while not stop.is_set():
                 notify.watchdog()
@@ -237,6 +252,7 @@ class Scheduler:
                     if leader and self._needs_sync:
                         self.apply_config()
                     self.observer.leading(leader)
+                    (self.notifications.leading.set if leader else self.notifications.leading.clear)()
                     if leader:
                         self.tick()
                     else:
@@ -253,6 +269,8 @@ class Scheduler:
                     notify.status(f"database {what}: {exc.reason}; retrying in {delay:.0f}s")
                 stop.wait(backoff.delay or self.config.scheduler.loop_interval)
         finally:
+            self.notifications.leading.clear()
+            self.notifications.stop()
             lock.release()
             notify.stopping()
 

@@ -165,6 +165,7 @@ def run(request: Request) -> Response:
         took=duration(row.started_at, row.finished_at),
         parameters_json=_json(row.parameters),
         result_json=None if row.result is None else _json(row.result),
+        deliveries=web.store.deliveries(run_id=run_id, limit=50),
     )
 
 

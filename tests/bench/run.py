@@ -47,6 +47,7 @@ from tests.bench.common import (
     wait_until,
     write_config,
 )
+from tests.bench.notifications import bench_notifications
 from tests.bench.quiet import Meter, postmaster_pid
 from tests.bench.triggers import bench_triggers
 from tests.bench.web import bench_web
@@ -658,6 +659,7 @@ STEPS = (
     "containers",
     "web",
     "triggers",
+    "notifications",
 )
 
 
@@ -684,6 +686,8 @@ def run_step(
         return bench_web(dbs, backend, tmp, quick)
     if name == "triggers":
         return bench_triggers(dbs, backend, tmp, 1 if quick else 3, 20 if quick else 100)
+    if name == "notifications":
+        return bench_notifications(dbs, backend, tmp, quick)
     return bench_crash(dbs, backend, tmp, 5.0)
 
 

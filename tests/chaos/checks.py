@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from itertools import pairwise
 from pathlib import Path
@@ -67,6 +67,16 @@ class Execution:
 
 
 @dataclass(frozen=True)
+class NotifyRule:
+    """The chaos config's notification rule: a command appending each message's idempotency key to
+    a ledger of its own."""
+
+    name: str
+    on: frozenset[str]
+    deployments: frozenset[str]
+
+
+@dataclass(frozen=True)
 class Observed:
     """Everything the checks look at, gathered once the fleet is drained and stopped."""
 
@@ -81,6 +91,14 @@ class Observed:
     drained_at: datetime  # no run was due or active at this moment
     lease: float
     orphans: Sequence[Orphan]
+    notify_rule: NotifyRule | None = None
+    #: The outbox rows (rule, event_key, channel, state, last_error, id) and each one's attempts.
+    notifications: Sequence[Any] = ()
+    notify_attempts: Mapping[int, Sequence[Any]] = field(default_factory=dict)
+    #: The idempotency keys the rule's command received, in order (repeats included).
+    notified: Sequence[str] = ()
+    #: Where the outbox's cursor ended: later events came after the schedulers were stopped.
+    notify_upto: int | None = None
 
 
 def read_ledger(path: Path) -> tuple[list[Execution], list[Violation]]:
@@ -115,6 +133,7 @@ def check_all(obs: Observed) -> list[Violation]:
         *check_retries(obs),
         *check_orphans(obs),
         *check_triggers(obs),
+        *check_notifications(obs),
     ]
 
 
@@ -464,3 +483,85 @@ def _history_text(obs: Observed, run_id: int) -> str:
 
 def _iso(at: datetime | None) -> str:
     return at.isoformat(timespec="milliseconds") if at is not None else "-"
+
+
+#: What the outbox records for an attempt a killed scheduler left (orchd.db.notifications).
+UNKNOWN_OUTCOME = "outcome unknown"
+
+
+def expected_notifications(obs: Observed) -> set[str]:
+    """The event keys the rule must have told, from the history alone: each transition of one of
+    its deployments into one of its states, a failure only when no retry was queued with it, up to
+    where the outbox's cursor stopped (later events came once no scheduler ran)."""
+    rule = obs.notify_rule
+    expected: set[str] = set()
+    if rule is None:
+        return expected
+    for run in obs.runs:
+        if run.deployment not in rule.deployments:
+            continue
+        steps = list(obs.history.get(run.id, []))
+        for i, h in enumerate(steps):
+            if h.to_state not in rule.on or (obs.notify_upto is not None and h.id > obs.notify_upto):
+                continue
+            retried = any(
+                later.from_state == h.to_state and later.to_state == S.SCHEDULED.value and later.at == h.at
+                for later in steps[i + 1 :]
+            )
+            if not (S(h.to_state) in RETRYABLE and retried):
+                expected.add(f"state:{h.id}")
+    return expected
+
+
+def notification_counts(obs: Observed) -> dict[str, int]:
+    """Figures for the summary: matches expected and queued, delivered, received, repeated, and
+    attempts left unrecorded by a killed scheduler (the window)."""
+    received = Counter(obs.notified)
+    return {
+        "expected": len(expected_notifications(obs)),
+        "queued": len(obs.notifications),
+        "delivered": sum(n.state == "delivered" for n in obs.notifications),
+        "received": len(obs.notified),
+        "repeated": sum(c - 1 for c in received.values()),
+        "window": sum(
+            1
+            for attempts in obs.notify_attempts.values()
+            for a in attempts
+            if (a.error or "").startswith(UNKNOWN_OUTCOME)
+        ),
+    }
+
+
+def check_notifications(obs: Observed) -> list[Violation]:
+    """Every event the rule asks for is matched once (no loss, no double, nothing it did not ask
+    for), delivered, received by its command; a message received twice had an attempt whose
+    outcome a killed scheduler never recorded (the documented window), else it is a violation."""
+    rule = obs.notify_rule
+    if rule is None:
+        return []
+    found = []
+    expected = expected_notifications(obs)
+    queued = Counter(n.event_key for n in obs.notifications)
+    for key in sorted(expected - set(queued)):
+        found.append(Violation("notification lost", f"{rule.name}: event {key} was never queued"))
+    for key in sorted(set(queued) - expected):
+        found.append(Violation("notification stray", f"{rule.name}: event {key} queued but not asked for"))
+    for key, n in sorted(queued.items()):
+        if n > 1:
+            found.append(Violation("notification doubled", f"{rule.name}: event {key} queued {n} times"))
+    received = Counter(obs.notified)
+    for n in obs.notifications:
+        key = f"{n.rule}.{n.event_key}.{n.channel}"
+        if n.state != "delivered":
+            found.append(Violation("notification undelivered", f"{key}: {n.state} ({n.last_error})"))
+        elif not received[key]:
+            found.append(Violation("notification lost", f"{key}: recorded delivered, never received"))
+        window = sum((a.error or "").startswith(UNKNOWN_OUTCOME) for a in obs.notify_attempts.get(n.id, []))
+        if received[key] - 1 > window:
+            found.append(
+                Violation(
+                    "notification repeated",
+                    f"{key}: received {received[key]} times, {window} attempts in the window",
+                )
+            )
+    return found

@@ -41,13 +41,33 @@ from typing import Any
 import tomli_w
 from sqlalchemy import Engine, func, select
 
+from orchd.db import migrate
 from orchd.db.engine import mask
-from orchd.db.schema import deployments, run_states, runs, schedulers, schedules
+from orchd.db.schema import (
+    deployments,
+    event_cursors,
+    notification_attempts,
+    notifications,
+    run_states,
+    runs,
+    schedulers,
+    schedules,
+)
+from orchd.db.store import Store
 from orchd.errors import DatabaseError
 from orchd.states import FINISHED, RunState
 from orchd.worker import containers
 from orchd.worker.containers import EngineUnavailable, database_label
-from tests.chaos.checks import Job, Observed, Violation, check_all, read_ledger, unexplained_crashes
+from tests.chaos.checks import (
+    Job,
+    NotifyRule,
+    Observed,
+    Violation,
+    check_all,
+    notification_counts,
+    read_ledger,
+    unexplained_crashes,
+)
 from tests.chaos.fleet import KINDS, Daemon, Fleet
 from tests.containers import images
 from tests.helpers import engine_for
@@ -83,6 +103,13 @@ JOBS = (
         triggers=(("fast", ("COMPLETED",)), ("failing", ("FAILED",))),
     ),
 )
+#: Told of every final outcome of these jobs by a command that appends the message's idempotency
+#: key to a ledger (its timeout is short, so a message a killed leader left is sent again soon).
+NOTIFY = NotifyRule(
+    "chaos-outcomes",
+    frozenset({"COMPLETED", "FAILED", "TIMED_OUT", "CRASHED"}),
+    frozenset({"fast", "failing", "timeout"}),
+)
 #: Runs in a container (busybox image built locally) when podman works here.  It writes no ledger
 #: lines (the ledger's pids are the host's); instead the harness samples the engine: never two
 #: running containers of one run, and none left of this database after the drain.
@@ -116,6 +143,7 @@ class Summary:
     leader_kills: int = 0
     restarts: int = 0
     pg_restarts: int = 0
+    notifications: dict[str, int] = field(default_factory=dict)
     unexplained_crashes: list[str] = field(default_factory=list)
     violations: list[Violation] = field(default_factory=list)
     work_dir: str | None = None
@@ -127,6 +155,7 @@ class Summary:
             *(f"  {dep}: {_counts(states)}" for dep, states in sorted(self.runs_by_deployment.items())),
             f"kills: {_counts(self.kills)} (leader scheduler {self.leader_kills}), "
             f"restarts: {self.restarts}, PostgreSQL restarts: {self.pg_restarts}",
+            f"notifications: {_counts(self.notifications)}",
         ]
         if self.unexplained_crashes:
             lines.append(
@@ -144,7 +173,15 @@ def _counts(counts: dict[str, int]) -> str:
     return ", ".join(f"{k} {n}" for k, n in sorted(counts.items())) or "none"
 
 
-def write_config(path: Path, url: str, ledger: Path, work: Path, tag: str, image: str | None = None) -> None:
+def write_config(
+    path: Path,
+    url: str,
+    ledger: Path,
+    work: Path,
+    tag: str,
+    image: str | None = None,
+    notified: Path | None = None,
+) -> None:
     body: dict[str, Any] = {
         "database": {"url": url},
         "scheduler": {"loop_interval": "250ms", "horizon": "10s", "catchup": "all", "misfire_grace": "10m"},
@@ -185,6 +222,16 @@ def write_config(path: Path, url: str, ledger: Path, work: Path, tag: str, image
             for job in JOBS
         ],
     }
+    if notified is not None:
+        body["notifications"] = [
+            {
+                "name": NOTIFY.name,
+                "on": sorted(NOTIFY.on),
+                "deployments": sorted(NOTIFY.deployments),
+                "command": ["sh", "-c", f'echo "$ORCHD_IDEMPOTENCY_KEY" >> {notified}'],
+                "timeout": "2s",
+            }
+        ]
     if image is not None:
         body["deployments"].append(
             {
@@ -214,11 +261,13 @@ class Chaos:
         self.engine: Engine = engine_for(url)
         self.ledger = work / "ledger"
         self.ledger.touch()
+        self.notified = work / "notified"
+        self.notified.touch()
         (work / "logs").mkdir()
         (work / "runs").mkdir()  # a configured worker.work_dir must exist (a typo is refused)
         config = work / "orchd.toml"
         tag = uuid.uuid4().hex
-        write_config(config, url, self.ledger, work / "runs", tag, image)
+        write_config(config, url, self.ledger, work / "runs", tag, image, self.notified)
         self.jobs = (*JOBS, BOXED) if image is not None else JOBS
         self.podman = containers.Engine.find("podman") if image is not None else None
         self.database = database_label(mask(self.engine.url))
@@ -234,6 +283,9 @@ class Chaos:
 
     def run(self) -> Summary:
         started = datetime.now(UTC)
+        # the outbox's cursor at the start of the history: every event of the run is to be told
+        migrate.upgrade(self.engine)
+        Store(self.engine, "chaos").match_events([], started)
         for daemon in self.fleet.daemons:
             self.fleet.start(daemon)
         if not self._wait(
@@ -393,6 +445,7 @@ class Chaos:
             return due | (runs.c.state == S.PENDING.value)
 
         self._wait("the window's runs to finish", settled(window_open), timeout)
+        self._wait("the notifications to be sent", self._notifications_settled, timeout)
         self.fleet.stop_kind("scheduler", 30)
         self._wait("nothing due or starting", settled(due_or_starting), timeout)
         self.fleet.stop_kind("worker", 60)
@@ -419,6 +472,23 @@ class Chaos:
         self.say(f"timed out waiting for {what}")
         return False
 
+    def _notify_position(self) -> int | None:
+        with self.engine.connect() as conn:
+            position: int | None = conn.execute(select(event_cursors.c.position)).scalar()
+        return position
+
+    def _notifications_settled(self) -> bool:
+        """The outbox has read the whole history and holds nothing to send."""
+        with self.engine.connect() as conn:
+            last = conn.execute(select(func.coalesce(func.max(run_states.c.id), 0))).scalar_one()
+            read = conn.execute(select(event_cursors.c.position)).scalar()
+            waiting = conn.execute(
+                select(func.count())
+                .select_from(notifications)
+                .where(notifications.c.state.in_(["pending", "sending"]))
+            ).scalar_one()
+        return read is not None and read >= last and waiting == 0
+
     def _count(self, condition: Any) -> int:
         with self.engine.connect() as conn:
             return int(conn.execute(select(func.count()).select_from(runs).where(condition)).scalar_one())
@@ -428,6 +498,7 @@ class Chaos:
     def _audit(self, window: tuple[datetime, datetime], drained_at: datetime) -> Summary:
         run_rows, history, schedule_rows = database_rows(self.engine)
         executions, problems = read_ledger(self.ledger)
+        outbox, attempts = notification_rows(self.engine)
         observed = Observed(
             jobs=self.jobs,
             runs=run_rows,
@@ -440,6 +511,11 @@ class Chaos:
             drained_at=drained_at,
             lease=LEASE,
             orphans=self.fleet.orphans,
+            notify_rule=NOTIFY,
+            notifications=outbox,
+            notify_attempts=attempts,
+            notified=self.notified.read_text().split(),
+            notify_upto=self._notify_position(),
         )
         by_deployment: dict[str, Counter[str]] = defaultdict(Counter)
         for r in run_rows:
@@ -455,6 +531,7 @@ class Chaos:
             leader_kills=self.leader_kills,
             restarts=self.fleet.restarts,
             pg_restarts=len(self.outages),
+            notifications=notification_counts(observed),
             unexplained_crashes=unexplained_crashes(observed),
             violations=[*self.violations, *problems, *check_all(observed)],
         )
@@ -482,6 +559,16 @@ def database_rows(engine: Engine) -> tuple[list[Any], dict[int, list[Any]], list
             )
         ).all()
     return list(run_rows), history, list(schedule_rows)
+
+
+def notification_rows(engine: Engine) -> tuple[list[Any], dict[int, list[Any]]]:
+    """The outbox and each message's attempts, in order."""
+    with engine.connect() as conn:
+        outbox = conn.execute(select(notifications).order_by(notifications.c.id)).all()
+        attempts: dict[int, list[Any]] = defaultdict(list)
+        for a in conn.execute(select(notification_attempts).order_by(notification_attempts.c.id)):
+            attempts[a.notification_id].append(a)
+    return list(outbox), attempts
 
 
 @contextmanager
