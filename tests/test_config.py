@@ -119,6 +119,9 @@ def test_state_dir_from_systemd_state_directory(tmp_path: Path) -> None:
     config = load_config("/dev/null", env={"STATE_DIRECTORY": f"{tmp_path}/a:{tmp_path}/b"})
     assert config.state_dir == tmp_path / "a"
     assert config.database.url == f"sqlite:///{tmp_path}/a/orchd.db"
+    # systemd sorts the directories: one a drop-in adds may come first
+    config = load_config("/dev/null", env={"STATE_DIRECTORY": f"{tmp_path}/cache:{tmp_path}/orchd"})
+    assert config.state_dir == tmp_path / "orchd"
 
 
 def test_orchd_state_dir_beats_state_directory(tmp_path: Path) -> None:

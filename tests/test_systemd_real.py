@@ -11,7 +11,6 @@ database is the default SQLite file in /var/lib/orchd (the container has no netw
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -20,8 +19,9 @@ from typing import Any
 import pytest
 
 from tests.helpers import wait_for
-from tests.systemd import container, deb
-from tests.systemd.container import Container, ContainerError
+from tests.systemd import deb
+from tests.systemd.container import Container
+from tests.systemd.deb import run_state, runs
 
 SCHEDULER = "orchd-scheduler.service"
 WORKER = "orchd-worker@docker-test-pool.service"
@@ -35,13 +35,9 @@ with urllib.request.urlopen("http://127.0.0.1:4200/api/events/stream", timeout=1
         print(line.decode().rstrip(), flush=True)
 print("stream ended", flush=True)
 """
-CONFIG = """\
-[scheduler]
-loop_interval = "200ms"
-[worker]
-heartbeat = "1s"
-lease_timeout = "3s"
-poll_interval = "500ms"
+CONFIG = (
+    deb.QUICK
+    + """\
 shutdown_grace = "20s"
 
 [[deployments]]
@@ -50,54 +46,16 @@ pool = "docker-test-pool"
 command = ["sh", "-c", "echo hello from run $ORCHD_RUN_ID"]
 schedules = [{ interval = "2s" }]
 """
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]  # make deb pip-installs from PyPI
 
 
-def not_here(reason: str) -> None:
-    """Skip where a container cannot run; in CI that is a failure, never a skip."""
-    if os.environ.get("CI"):
-        pytest.fail(f"CI must run the real-systemd tests: {reason}")
-    pytest.skip(reason)
-
-
 @pytest.fixture(scope="module")
 def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Container]:
-    """A booted container with the package installed and both daemons started."""
-    reason = container.unavailable_reason() or deb.unavailable_reason()
-    if reason:
-        not_here(reason)
-    started = time.monotonic()
-    package = deb.build()
-    share = tmp_path_factory.mktemp("share")
-    (share / "orchd.deb").write_bytes(package.read_bytes())
-    try:
-        box = Container("orchd-systemd", share)
-    except ContainerError as exc:
-        not_here(str(exc))
-    try:
-        box.copy_dpkg_database()
-        box.run("dpkg", "--install", "/mnt/share/orchd.deb", timeout=120)
-        # no network in here: network-online.target must not wait for one
-        box.run("systemctl", "mask", "systemd-networkd-wait-online.service")
-        box.write("/etc/orchd/orchd.toml", CONFIG)
+    """A booted container with the package installed (both daemons are started by the first test)."""
+    with deb.installed("orchd-systemd", tmp_path_factory.mktemp("share"), CONFIG) as box:
         yield box
-    finally:
-        box.close()
-        elapsed = time.monotonic() - started
-        print(f"real-systemd fixture (.deb, boot, install, the tests, halt): {elapsed:.1f}s")
-
-
-def runs(box: Container, deployment: str) -> list[dict[str, Any]]:
-    """``orchd run ls --json`` as the orchd user (it owns the SQLite files)."""
-    result = box.run(
-        "orchd", "run", "ls", "--json", "--deployment", deployment, "--limit", "1000", user="orchd"
-    )
-    return list(json.loads(result.stdout))
-
-
-def run_state(box: Container, run_id: int) -> dict[str, Any]:
-    return dict(json.loads(box.run("orchd", "run", "show", str(run_id), "--json", user="orchd").stdout))
 
 
 def one_off(box: Container, name: str, command: list[str], **extra: Any) -> None:

@@ -139,26 +139,34 @@ CONTAINERS_DROPIN = """\
 # podman as root: the worker (and its process runs, if any) runs as root
 User=root
 Group=root
+# /var/lib/orchd stays the orchd user's: as a root unit's StateDirectory= systemd would hand it,
+# with the SQLite database the scheduler uses too, to root.  The worker writes there as root.
+StateDirectory=
+Environment=ORCHD_STATE_DIR=/var/lib/orchd
 # runc and conmon need every capability, their own user, mount, pid, network namespaces and the
 # system calls to make them (mount, pivot_root, setns, unshare)
 CapabilityBoundingSet=~
 PrivateUsers=no
 RestrictNamespaces=no
 SystemCallFilter=
-# containers get devices (/dev/null, /dev/fuse, GPUs); netavark sets sysctls and talks netlink
+# podman's mounts (containers' root file systems, bridge networks' namespaces in /run/netns) must
+# be seen by every podman: the worker restarted after a crash, which removes what the dead one
+# left, and an administrator's `podman ps`.  So the worker gets no mount namespace of its own,
+# which each of these would give it (a read-only system, private /tmp and /dev, hidden files).
+ProtectSystem=no
+ProtectHome=no
+PrivateTmp=no
 PrivateDevices=no
-DevicePolicy=auto
+PrivateMounts=no
 ProtectKernelTunables=no
-RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK
-# cgroups for --memory/--cpus, a hostname per container, /proc of the container processes
+ProtectKernelModules=no
+ProtectKernelLogs=no
 ProtectControlGroups=no
-ProtectHostname=no
 ProtectProc=default
-# what podman writes: image store, run state, the network lock
-StateDirectory=containers
-RuntimeDirectory=containers libpod runc
-RuntimeDirectoryPreserve=yes
-ReadWritePaths=-/etc/containers/networks
+# containers get devices (/dev/null, /dev/fuse, GPUs) and a hostname each; netavark talks netlink
+DevicePolicy=auto
+ProtectHostname=no
+RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK
 """
 
 WEB = _SERVICE.format(

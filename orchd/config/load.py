@@ -539,8 +539,9 @@ def _state_dir(env: Mapping[str, str]) -> Path:
     """/var/lib/orchd when this process may write there (root, or the orchd user), else XDG data."""
     if env.get("ORCHD_STATE_DIR"):
         return Path(env["ORCHD_STATE_DIR"])
-    if env.get("STATE_DIRECTORY"):  # systemd StateDirectory=
-        return Path(env["STATE_DIRECTORY"].split(":")[0])
+    if env.get("STATE_DIRECTORY"):  # systemd StateDirectory=, sorted: a drop-in may add one before ours
+        entries = [Path(entry) for entry in env["STATE_DIRECTORY"].split(":")]
+        return next((entry for entry in entries if entry.name == "orchd"), entries[0])
     if os.access(SYSTEM_STATE_DIR, os.W_OK) or (
         not SYSTEM_STATE_DIR.exists() and os.access(SYSTEM_STATE_DIR.parent, os.W_OK)
     ):

@@ -57,14 +57,23 @@ def _engine(engine: Engine, *args: str, stdin: bytes | None = None) -> str:
     return result.stdout.decode().strip()
 
 
-def _import(engine: Engine, rootfs: Path, tag: str, *changes: str) -> str:
-    tar = subprocess.run(["tar", "-C", str(rootfs), "-c", "."], capture_output=True, check=True).stdout
+def _tar(rootfs: Path) -> bytes:
+    return subprocess.run(["tar", "-C", str(rootfs), "-c", "."], capture_output=True, check=True).stdout
+
+
+def _import(engine: Engine, tar: bytes, tag: str, *changes: str) -> str:
     options = [arg for change in changes for arg in ("--change", change)]
     _engine(engine, "import", *options, "-", tag, stdin=tar)
     return tag
 
 
-def busybox_image(engine: Engine, tag: str) -> str:
+#: The image settings of the busybox image (``import --change``).
+BUSYBOX_CHANGES = ("ENV PATH=/bin", 'CMD ["/bin/sh", "-c", "echo image default"]')
+
+
+def busybox_tar() -> bytes:
+    """The busybox image's file system as a tar, for ``podman import`` where the image is needed
+    (here, or inside a test container)."""
     busybox = shutil.which("busybox")
     assert busybox, "the container tests need busybox (apt-get install busybox-static)"
     with tempfile.TemporaryDirectory() as tmp:
@@ -75,7 +84,11 @@ def busybox_image(engine: Engine, tag: str) -> str:
         for applet in BUSYBOX_APPLETS:
             (root / "bin" / applet).symlink_to("busybox")
         (root / "etc" / "passwd").write_text("root:x:0:0:root:/:/bin/sh\nnobody:x:65534:65534::/:/bin/sh\n")
-        return _import(engine, root, tag, "ENV PATH=/bin", 'CMD ["/bin/sh", "-c", "echo image default"]')
+        return _tar(root)
+
+
+def busybox_image(engine: Engine, tag: str) -> str:
+    return _import(engine, busybox_tar(), tag, *BUSYBOX_CHANGES)
 
 
 def python_image(engine: Engine, tag: str) -> str:
@@ -84,7 +97,7 @@ def python_image(engine: Engine, tag: str) -> str:
         subprocess.run(
             ["bash", str(HERE / "build-python-rootfs.sh"), str(root)], check=True, capture_output=True
         )
-        return _import(engine, root, tag, "ENV PATH=/usr/bin")
+        return _import(engine, _tar(root), tag, "ENV PATH=/usr/bin")
 
 
 @contextmanager

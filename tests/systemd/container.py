@@ -53,8 +53,17 @@ def _cgroup_hierarchies() -> list[Path]:
 class Container:
     """One booted container; ``close()`` halts it and removes everything it left on the host."""
 
-    def __init__(self, name: str, share: Path | None = None, boot_timeout: float = 60.0) -> None:
+    def __init__(
+        self, name: str, share: Path | None = None, boot_timeout: float = 60.0, engine_room: bool = False
+    ) -> None:
+        """``engine_room``: what a container engine inside needs of nspawn.  A cgroup v2 tree of
+        its own (its part of the host's cgroup2 mount) instead of the host's hybrid layout, where
+        nspawn mounts the v1 controllers read-only and runc cannot make a container's cgroups (the
+        host's v1-bound controllers, memory, pids and the rest, are not in it); and system calls
+        nspawn denies everything it starts: the keyring's (runc gives each container a session
+        keyring of its own) and bpf (runc's device filter on cgroup v2)."""
         self.name = f"{name}-{os.getpid()}"
+        self.engine_room = engine_room
         self.tmp = Path(tempfile.mkdtemp(prefix=f"{self.name}-", dir="/var/tmp"))
         self.cgroups = [h / self.name for h in _cgroup_hierarchies()]
         self.console = self.tmp / "console.log"
@@ -93,12 +102,18 @@ class Container:
         ]
         if share is not None:
             args.append(f"--bind-ro={share}:/mnt/share")
+        if self.engine_room:
+            args.append("--system-call-filter=add_key keyctl request_key bpf")
         # basic.target: journald and the units we start ourselves, not every unit the host's
         # packages enable by preset (their /etc is empty here, so every preset applies).
         args += ["--", "systemd.firstboot=off", "systemd.unit=basic.target"]
+        env = {k: v for k, v in os.environ.items() if k != "SYSTEMD_NSPAWN_UNIFIED_HIERARCHY"}
+        if self.engine_room:
+            env["SYSTEMD_NSPAWN_UNIFIED_HIERARCHY"] = "1"
         with open(self.console, "wb") as log:
             self.proc = subprocess.Popen(
                 args,
+                env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -106,20 +121,34 @@ class Container:
             )
         deadline = time.monotonic() + timeout
         while not self.leader:
-            children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
-            text = children.read_text().split() if children.exists() else []
-            self.leader = int(text[0]) if text else 0
-            self._check_alive(deadline)
+            self.leader = self._pid1()
+            self._check_alive(deadline, "no PID 1")
         state = ""
         while state not in ("running", "degraded"):
             state = self.run("systemctl", "is-system-running", check=False).stdout.strip()
-            self._check_alive(deadline)
+            self._check_alive(deadline, f"is-system-running: {state!r}")
 
-    def _check_alive(self, deadline: float) -> None:
+    def _pid1(self) -> int:
+        """The container's PID 1 as a host PID, or 0: the child of nspawn that is PID 1 of a PID
+        namespace of its own (nspawn first forks a helper that sets up the mounts and exits: taken
+        for PID 1, every command inside would fail once it is gone)."""
+        assert self.proc is not None
+        with contextlib.suppress(OSError):  # nspawn or its child gone meanwhile
+            for child in Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split():
+                status = Path(f"/proc/{child}/status").read_text()
+                nspid = next(line for line in status.splitlines() if line.startswith("NSpid:")).split()
+                if len(nspid) > 2 and nspid[-1] == "1":
+                    return int(child)
+        return 0
+
+    def _check_alive(self, deadline: float, waiting_for: str) -> None:
         assert self.proc is not None
         if self.proc.poll() is not None or time.monotonic() > deadline:
+            code = self.proc.returncode
+            ended = "timed out" if code is None else f"nspawn exited {code}"
             raise ContainerError(
-                f"the container did not boot:\n{self.console.read_text(errors='replace')[-3000:]}"
+                f"the container did not boot ({ended}, {waiting_for}):\n"
+                f"{self.console.read_text(errors='replace')[-3000:]}"
             )
         time.sleep(0.05)
 
@@ -178,10 +207,14 @@ class Container:
         target.write_text(text)
 
     def copy_dpkg_database(self) -> None:
-        """Give the container the host's dpkg database, which matches the /usr it runs on; without
-        its stat overrides, which name groups of the host's /etc that the container lacks."""
+        """Give the container the host's dpkg database, which matches the /usr it runs on (without
+        its stat overrides, which name groups of the host's /etc that the container lacks), and the
+        alternatives' links."""
         shutil.copytree("/var/lib/dpkg", self.root / "var/lib/dpkg", symlinks=True, dirs_exist_ok=True)
         (self.root / "var/lib/dpkg/statoverride").write_text("")
+        # and the alternatives' links (/usr/sbin/iptables -> /etc/alternatives/iptables -> ...)
+        alternatives = self.root / "etc/alternatives"
+        shutil.copytree("/etc/alternatives", alternatives, symlinks=True, dirs_exist_ok=True)
 
     def show(self, unit: str, prop: str) -> str:
         return self.run("systemctl", "show", "--property", prop, "--value", unit).stdout.strip()
