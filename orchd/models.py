@@ -190,6 +190,16 @@ class RunLink:
 
 
 @dataclass(frozen=True)
+class TriggerEdge:
+    """A trigger as the database has it: runs of ``upstream`` ending in one of ``states`` queue a
+    run of ``downstream``."""
+
+    upstream: str
+    downstream: str
+    states: Sequence[RunState]
+
+
+@dataclass(frozen=True)
 class RunChain:
     """A run's place in run chains: the run that triggered it and those it triggered."""
 

@@ -7,6 +7,7 @@ upstream; the config refuses unknown upstreams and cycles."""
 from __future__ import annotations
 
 import json
+import re
 import signal
 import threading
 from datetime import UTC, datetime, timedelta
@@ -355,7 +356,7 @@ def _complete(store: Store, run_id: int, now: datetime) -> None:
     assert store.complete_many([run_id], "w", now) == [run_id]
 
 
-def test_run_show_and_the_run_pages_link_the_chain(tmp_path: Path, db_url: str) -> None:
+def test_run_and_deployment_pages_and_show_link_the_chain(tmp_path: Path, db_url: str) -> None:
     chained = '[[deployments]]\nname = "chained"\ncommand = ["true"]\ntriggers = [{ after = "hello" }]\n'
     config = load(write_web_config(tmp_path, db_url, auth=False, extra=chained), tmp_path)
     store = synced_store(config)
@@ -380,6 +381,24 @@ def test_run_show_and_the_run_pages_link_the_chain(tmp_path: Path, db_url: str) 
             page = client.get(f"/runs/{up}").text
             assert f'<dd id="run-downstream"><a href="/runs/{down}">run {down}</a> of chained' in page
             assert 'id="run-upstream"' not in page
+            page = client.get("/deployments/chained").text
+            assert (
+                '<dd id="runs-after"><a href="/deployments/hello">hello</a> <span class="muted">(COMPLETED)'
+                in page
+            )
+            assert (
+                'id="starts"><a href="/deployments/chained">chained</a>'
+                in client.get("/deployments/hello").text
+            )
+            api = client.get("/api/deployments/chained").json()
+            assert (api["triggers"], api["triggered"]) == ([{"after": "hello", "on": ["COMPLETED"]}], [])
+        shown = orchd("deployment", "show", "hello").stdout
+        assert re.search(r"^starts:\s+chained \(COMPLETED\)$", shown, re.M) and "runs after" not in shown
+        shown = orchd("deployment", "show", "chained").stdout
+        assert re.search(r"^runs after:\s+hello \(COMPLETED\)$", shown, re.M)
+        as_json = json.loads(orchd("deployment", "show", "hello", "--json").stdout)
+        assert as_json["triggers"] == []
+        assert as_json["triggered"] == [{"deployment": "chained", "on": ["COMPLETED"]}]
         # retention deleted the upstream: the link says so, the key stays
         with store.write() as conn:
             conn.execute(runs.delete().where(runs.c.id == up))

@@ -19,7 +19,7 @@ from orchd.cli.output import coloured, duration, iso, plural, print_fields, prin
 from orchd.config import Config, default_config_path, load_config
 from orchd.db.store import Store
 from orchd.errors import NotFound, OrchdError, did_you_mean
-from orchd.models import Deployment, DeploymentReport, Run, Schedule
+from orchd.models import Deployment, DeploymentReport, Run, Schedule, TriggerEdge
 
 
 def complete_deployment(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[str]:
@@ -88,16 +88,32 @@ def deployment_json(d: DeploymentReport, next_run_at: datetime | None) -> dict[s
     }
 
 
+def chain_lines(name: str, edges: list[TriggerEdge]) -> list[tuple[str, str]]:
+    """`deployment show`'s lines of a deployment's neighbours in run chains, each with the states
+    that link them; none for a deployment in no chain."""
+    after = [f"{e.upstream} ({', '.join(e.states)})" for e in edges if e.downstream == name]
+    starts = [f"{e.downstream} ({', '.join(e.states)})" for e in edges if e.upstream == name]
+    return [
+        (label, ", ".join(names)) for label, names in (("runs after", after), ("starts", starts)) if names
+    ]
+
+
 def deployment_detail_json(
     row: Deployment,
     schedules: list[Schedule],
     recent: list[Run],
     upcoming: list[Run],
     fires: dict[int, datetime | None],
+    edges: list[TriggerEdge],
 ) -> dict[str, Any]:
     """A deployment as `orchd deployment show --json` prints it: ``recent`` runs (due or done),
-    ``upcoming`` ones (planned), ``fires`` the next fire time of each active schedule."""
+    ``upcoming`` ones (planned), ``fires`` the next fire time of each active schedule, its run
+    chains (``triggers``: what it runs after; ``triggered``: what its runs start)."""
     return {
+        "triggers": [{"after": e.upstream, "on": list(e.states)} for e in edges if e.downstream == row.name],
+        "triggered": [
+            {"deployment": e.downstream, "on": list(e.states)} for e in edges if e.upstream == row.name
+        ],
         "name": row.name,
         "pool": row.pool,
         "status": row.status,
@@ -197,8 +213,9 @@ def deployment_show(deployment: str, config_path: Path | None, as_json: bool) ->
     schedules = store.schedules_of(row.id)
     now = datetime.now(UTC)
     recent, upcoming, fires = deployment_runs(store, row, now)
+    edges = store.triggers_of(row.id)
     if as_json:
-        print_json(deployment_detail_json(row, schedules, recent, upcoming, fires))
+        print_json(deployment_detail_json(row, schedules, recent, upcoming, fires, edges))
         return
     spec = row.spec
     print_fields(
@@ -213,6 +230,7 @@ def deployment_show(deployment: str, config_path: Path | None, as_json: bool) ->
             ("retries", spec.retries),
             ("catch-up", spec.catchup),
             ("overlap", f"{spec.overlap} (max_active_runs {spec.max_active_runs or 'unlimited'})"),
+            *chain_lines(row.name, edges),
             ("updated", relative(row.updated_at)),
         ]
     )

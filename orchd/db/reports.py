@@ -30,6 +30,7 @@ from orchd.db.schema import (
     runs,
     schedulers,
     schedules,
+    triggers,
     workers,
 )
 from orchd.errors import NotFound, did_you_mean
@@ -50,6 +51,7 @@ from orchd.models import (
     Schedule,
     StateChange,
     Strip,
+    TriggerEdge,
     Worker,
 )
 from orchd.states import FINISHED, LIVE, RETRYABLE, RunState
@@ -144,6 +146,26 @@ class Reports(Access):
         with self.read() as conn:
             row = conn.execute(stmt).first()
         return None if row is None else to.run(row)
+
+    def triggers_of(self, deployment_id: int) -> list[TriggerEdge]:
+        """The triggers a deployment is part of, as downstream (what it runs after) or upstream
+        (what its runs start), by name, each with its states in the state machine's order."""
+        upstream, downstream = deployments.alias("upstream"), deployments.alias("downstream")
+        stmt = (
+            select(upstream.c.name.label("up"), downstream.c.name.label("down"), triggers.c.state)
+            .join(upstream, upstream.c.id == triggers.c.upstream_id)
+            .join(downstream, downstream.c.id == triggers.c.downstream_id)
+            .where(or_(triggers.c.upstream_id == deployment_id, triggers.c.downstream_id == deployment_id))
+        )
+        edges: dict[tuple[str, str], list[RunState]] = {}
+        with self.read() as conn:
+            for r in conn.execute(stmt):
+                edges.setdefault((r.up, r.down), []).append(RunState(r.state))
+        order = list(RunState)
+        return [
+            TriggerEdge(up, down, sorted(states, key=order.index))
+            for (up, down), states in sorted(edges.items())
+        ]
 
     def run_chain(self, run: Run) -> RunChain:
         """``run``'s links in run chains: the run whose end triggered it, and the runs its own end

@@ -256,7 +256,7 @@ def deployment(request: Request) -> Response:
     row = web.store.deployment(name)
     schedules = web.store.schedules_of(row.id)
     recent, upcoming, next_fires = deployment_runs(web.store, row, datetime.now(UTC))
-    body = deployment_detail_json(row, schedules, recent, upcoming, next_fires)
+    body = deployment_detail_json(row, schedules, recent, upcoming, next_fires, web.store.triggers_of(row.id))
     fires = next_fire_times(web, row)
     for entry in body["schedules"]:
         entry["next_fire_times"] = fires.get(entry["id"], [])

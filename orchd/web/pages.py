@@ -242,6 +242,7 @@ def _deployment_page(request: Request, row: Deployment, status: int = 200, **ext
         "spark": charts.sparkline(strip.durations),
         "recent": recent.runs,
         "parameters_text": _json(row.spec.parameters),
+        "edges": web.store.triggers_of(row.id),
         "run_error": None,
     }
     context.update(extra)
