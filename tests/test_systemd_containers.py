@@ -133,6 +133,9 @@ def test_the_worker_runs_as_root_under_the_drop_in_and_its_engine_answers(box: C
     assert not [line for line in warnings.splitlines() if "orchd" in line], warnings
     # the scheduler (User=orchd) keeps its state directory: the root worker shares, not takes it
     assert box.run("stat", "--format", "%U:%G", "/var/lib/orchd").stdout.strip() == "orchd:orchd"
+    # and the orchd user's CLI and scheduler can wake it: its wake-up socket is theirs
+    wake = box.run("find", "/var/lib/orchd/orchd.db-wake", "-printf", "%u:%g %y\n").stdout.split("\n")
+    assert sorted(filter(None, wake)) == ["orchd:orchd d", "orchd:orchd s"], wake
 
 
 def test_a_container_run_lands_in_the_database_and_its_container_is_removed(box: Container) -> None:

@@ -4,8 +4,10 @@ at once instead of at its next look at the file."""
 
 from __future__ import annotations
 
+import os
 import queue
 import socket
+import stat
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -51,6 +53,23 @@ def test_a_worker_socket_is_woken_for_its_pools_only(tmp_path: Path) -> None:
     finally:
         receiver.stop()
     assert list(tmp_path.glob("*.sock")) == []  # a stopped worker leaves no socket behind
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root makes files another user owns")
+def test_a_root_workers_socket_belongs_to_the_databases_owner(tmp_path: Path) -> None:
+    database = tmp_path / "orchd.db"
+    database.write_bytes(b"")
+    database.chmod(0o640)
+    os.chown(database, 65534, 65534)  # the orchd user's file, its daemons and CLI write there
+    receiver = WakeSocket(tmp_path / "orchd.db-wake", ["etl"], queue.Queue())
+    receiver.start()
+    try:
+        [path] = (tmp_path / "orchd.db-wake").glob("*.sock")
+        for made in (path.parent, path):
+            assert (made.stat().st_uid, made.stat().st_gid) == (65534, 65534), made
+        assert stat.S_IMODE(path.stat().st_mode) == 0o640
+    finally:
+        receiver.stop()
 
 
 def test_a_socket_nobody_listens_on_is_removed(tmp_path: Path) -> None:

@@ -95,7 +95,13 @@ class WakeSocket:
             with contextlib.suppress(FileNotFoundError):
                 self._path.unlink()  # a predecessor with our pid left it
             self._sock.bind(str(self._path))
-            os.chmod(self._path, database.stat().st_mode & 0o666)
+            owner = database.stat()
+            os.chmod(self._path, owner.st_mode & 0o666)
+            if os.geteuid() == 0 and owner.st_uid != 0:
+                # a root worker (the podman drop-in) beside the daemons of the database's owner:
+                # the directory and socket are that owner's, as SQLite gives it the -wal and -shm
+                for path in (self._path.parent, self._path):
+                    os.chown(path, owner.st_uid, owner.st_gid)
         except OSError as exc:
             from orchd.logging import get_logger  # here: the CLI, which sends only, loads no structlog
 
