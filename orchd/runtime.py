@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import select
 import signal
 import threading
 import time
@@ -18,6 +20,9 @@ from orchd.logging import get_logger
 from orchd.notify import Notifier
 
 log = get_logger("orchd")
+#: How often the signal relay looks at the flags without a wakeup byte (see Signals), and, for a
+#: second after one, how often until the signal's handler has set its flag.
+_RELAY_CHECK, _HANDLER_CHECK = 1.0, 0.01
 
 
 class Signals:
@@ -26,7 +31,11 @@ class Signals:
     The handlers only assign plain attributes.  Setting a threading.Event from a handler takes the
     Event's lock, and a second signal arriving while the first handler holds it (Ctrl-C pressed
     twice, systemd's SIGTERM after a Ctrl-C) deadlocks the main thread; so a small relay thread
-    turns the flags into the events the loops wait on, within a tenth of a second.
+    turns the signals into the events the loops wait on.  It sleeps on the interpreter's wakeup
+    fd, which gets each signal's number the moment it arrives (even while the main thread is busy
+    in C, before any Python handler runs), so an idle daemon is not woken ten times a second to
+    look at flags; it still looks once a second, in case something else (an asyncio loop) took
+    the wakeup fd over.
 
     ``exit_after``: a process whose every change is one transaction (the scheduler) must answer a
     stop within a second or two whatever it is computing (a sync of 100,000 schedules, a slow
@@ -39,9 +48,11 @@ class Signals:
         self.exit_after = exit_after
         self._stop_requested = False
         self._reload_requested = False
+        self._wakeup, self._wakeup_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
     def install(self) -> Signals:
         _clear_inherited_signals()
+        signal.set_wakeup_fd(self._wakeup_write, warn_on_full_buffer=False)
         signal.signal(signal.SIGTERM, self._on_stop)
         signal.signal(signal.SIGINT, self._on_stop)
         signal.signal(signal.SIGHUP, self._on_reload)
@@ -55,13 +66,21 @@ class Signals:
         self._reload_requested = True
 
     def _relay(self) -> None:
+        pending = 0.0  # until when a signal's handler may still be about to run
         while not self.stop.is_set():
+            wait = _RELAY_CHECK if time.monotonic() >= pending else _HANDLER_CHECK
+            if select.select([self._wakeup], [], [], wait)[0]:
+                with contextlib.suppress(BlockingIOError):
+                    numbers = os.read(self._wakeup, 512)
+                    # a stop is told at once, even if the main thread is stuck in C; the flags
+                    # (a reload) are set by the handlers, in the main thread, a moment later
+                    self._stop_requested |= any(n in (signal.SIGTERM, signal.SIGINT) for n in numbers)
+                    pending = time.monotonic() + _RELAY_CHECK
             if self._reload_requested:
                 self._reload_requested = False
                 self.reload.set()
             if self._stop_requested:
                 self.stop.set()
-            time.sleep(0.1)
         if self.exit_after is not None:
             time.sleep(self.exit_after)  # a daemon thread: the process normally ends before this
             log.warning("still busy after the stop request: exiting now", waited=self.exit_after)

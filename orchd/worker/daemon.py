@@ -51,7 +51,11 @@ from orchd.worker.process import ExitEvent, Guardian, OutputEvent, RunProcess, d
 log = get_logger("orchd.worker")
 S = RunState
 _LOG_FLUSH = 0.03  # how soon output reaches the database once it arrives
-_MAX_WAIT = 0.5  # how quickly a stop request (signal) or a changed SQLite file is noticed
+#: With runs active, how often their deadlines (timeout, kill, fence) are looked at.
+_MAX_WAIT = 0.5
+#: Idle, how often an SQLite worker looks whether the file changed without a wake-up (a writer
+#: that could not send one); a stop request and wake-ups are events, waited for without polling.
+_IDLE_WAIT = 2.0
 _CANCEL_CHECK = 1.0  # how often a worker with running runs looks for cancellations
 _CANCEL_GRACE = 1.0  # SIGTERM, then SIGKILL this much later, so a cancel lands within two seconds
 _LOG_BATCH = 500
@@ -199,6 +203,8 @@ class Worker:
         listener = self._listener()
         if listener is not None:
             listener.start()
+        # a stop request wakes the loop (it otherwise sleeps until its next duty)
+        threading.Thread(target=self._wake_on, args=(stop,), name="stop", daemon=True).start()
         log.info("worker started", worker=self.name, pools=",".join(self.pools), concurrency=self.concurrency)
         notify.ready(self._status())
         try:
@@ -215,6 +221,10 @@ class Worker:
         self._flush_logs()
         self.store.worker_stopped(self.name, self.clock())
         log.info("worker stopped", worker=self.name)
+
+    def _wake_on(self, stop: threading.Event) -> None:
+        stop.wait()
+        self.events.put(WakeEvent(""))
 
     def _fail(self, exc: Exception) -> None:
         """The worker dies from an error of its own: first its runs (the guardian kills their
@@ -324,7 +334,7 @@ class Worker:
             # in an outage the heartbeat is overdue: waiting for it would mean not waiting at all
             wake_at = max(wake_at, outage.retry_at)
             self._handle_events(
-                timeout=max(0.0, min(wake_at - time.monotonic(), _MAX_WAIT)),
+                timeout=max(0.0, min(wake_at - time.monotonic(), _MAX_WAIT if self.active else _IDLE_WAIT)),
                 writable=time.monotonic() >= outage.retry_at,
             )
 
