@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -217,6 +218,15 @@ def bench_throughput(dbs: Databases, backend: str, tmp: Path, repeats: int, coun
 # 3 ---------------------------------------------------------------------------------------------
 
 
+def _retrying(step: Callable[[], list[int]]) -> list[int]:
+    """``step`` again after a moment while SQLite is too busy for it, as a worker does."""
+    while True:
+        try:
+            return step()
+        except DatabaseUnavailable:
+            time.sleep(0.01)
+
+
 def bench_queue_only(dbs: Databases, backend: str, tmp: Path, repeats: int, count: int) -> list[Figure]:
     """Claim + start + complete with no child process: the cost of the queue itself."""
     figures = []
@@ -240,13 +250,12 @@ def bench_queue_only(dbs: Databases, backend: str, tmp: Path, repeats: int, coun
                         continue
                     if not claimed:
                         return
-                    pending = {run.id: 0 for run in claimed}
-                    while pending:
-                        try:
-                            store.complete_many(store.start_many(pending, store.actor, now), store.actor, now)
-                            pending = {}
-                        except DatabaseUnavailable:
-                            time.sleep(0.01)
+                    # each step retried alone: a start retried after it succeeded moves nothing,
+                    # and its runs were left RUNNING (the count failed on a busy SQLite)
+                    started = _retrying(
+                        partial(store.start_many, {r.id: 0 for r in claimed}, store.actor, now)
+                    )
+                    _retrying(partial(store.complete_many, started, store.actor, now))
 
             began = time.perf_counter()
             threads = [threading.Thread(target=drain, args=(s,)) for s in stores]
