@@ -16,8 +16,22 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from functools import lru_cache
+from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, delete, func, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Select,
+    and_,
+    bindparam,
+    delete,
+    exists,
+    func,
+    or_,
+    select,
+    update,
+)
 
 from orchd import __version__
 from orchd.db import rows as to
@@ -143,17 +157,19 @@ class Scheduling(Access):
         skipped, for the next call: a worker cut off from the database in the middle of a
         transaction leaves its row locks behind until the server gives up on its session, and the
         upkeep (and the tick with it) must not wait for that."""
+        silent_since = now - timedelta(seconds=worker_timeout)
+        stale_since = now - timedelta(seconds=misfire_grace) if misfire_grace else None
+        with self.read() as conn:  # idle, one read every few seconds, not the write lock
+            todo = conn.execute(
+                _upkeep_todo(stale_since is not None),
+                {"now": now, "silent_since": silent_since, "stale_since": stale_since},
+            ).scalar()
+        if not todo:
+            return [], []
         with self.write() as conn:
             crashed = self._reap(conn, now)
             missed = self._mark_missed(conn, now, misfire_grace) if misfire_grace else []
-            silent = (
-                select(workers.c.name)
-                .where(
-                    workers.c.status == "online",
-                    workers.c.last_heartbeat < now - timedelta(seconds=worker_timeout),
-                )
-                .with_for_update(skip_locked=True)
-            )
+            silent = select(workers.c.name).where(_silent(silent_since)).with_for_update(skip_locked=True)
             conn.execute(update(workers).where(workers.c.name.in_(silent)).values(status="offline"))
         return crashed, missed
 
@@ -163,7 +179,7 @@ class Scheduling(Access):
             select(runs.c.id, runs.c.state, runs.c.worker, runs.c.lease_expires_at)
             # the states literally, so SQLite uses ix_runs_active_lease (with bound values it
             # walked the whole history: 0.7 s a tick at a million runs)
-            .where(RUNS_ACTIVE, runs.c.lease_expires_at < now)
+            .where(_expired(now))
             .limit(limit)
             .with_for_update(skip_locked=True)  # see upkeep
         ).all()
@@ -208,7 +224,7 @@ class Scheduling(Access):
         stale = (
             conn.execute(
                 select(runs.c.id)
-                .where(runs.c.state == S.SCHEDULED.value, runs.c.due_at < cutoff)
+                .where(_stale(cutoff))
                 .limit(limit)
                 .with_for_update(skip_locked=True)  # see upkeep
             )
@@ -340,3 +356,33 @@ class Scheduling(Access):
                 conn, run_ids, S.SCHEDULED, S.MISSED, now=now, actor=self.actor, reason=reason,
                 values={"finished_at": now},
             )  # fmt: skip
+
+
+# What the upkeep acts on, stated once for its look (``_upkeep_todo``) and its work.
+def _expired(now: Any) -> ColumnElement[bool]:
+    """Active runs whose lease has expired."""
+    return and_(RUNS_ACTIVE, runs.c.lease_expires_at < now)
+
+
+def _stale(cutoff: Any) -> ColumnElement[bool]:
+    """Runs still waiting since before ``cutoff`` (misfire_grace after their due time)."""
+    return and_(runs.c.state == S.SCHEDULED.value, runs.c.due_at < cutoff)
+
+
+def _silent(since: Any) -> ColumnElement[bool]:
+    """Workers shown online that have not been heard from since ``since``."""
+    return and_(workers.c.status == "online", workers.c.last_heartbeat < since)
+
+
+@lru_cache(maxsize=2)
+def _upkeep_todo(misfires: bool) -> Select[tuple[bool]]:
+    """Whether the upkeep has anything to do, in one read built once (bound: now, silent_since,
+    stale_since): an idle scheduler asks every few seconds."""
+    when = bindparam("now", type_=runs.c.lease_expires_at.type)
+    checks = [
+        exists().where(_expired(when)),
+        exists().where(_silent(bindparam("silent_since", type_=workers.c.last_heartbeat.type))),
+    ]
+    if misfires:
+        checks.append(exists().where(_stale(bindparam("stale_since", type_=runs.c.due_at.type))))
+    return select(or_(*checks))
