@@ -87,6 +87,13 @@ class Notifications(Access):
         move the cursor.  One write transaction, kept short by the limit (SQLite's writers wait
         for it).  The first pass ever starts at the end of the log: history from before
         notifications were configured is not told."""
+        with self.read() as conn:  # an idle history costs one read, no write transaction
+            seen = conn.execute(
+                select(event_cursors.c.position, event_cursors.c.gaps).where(event_cursors.c.name == CURSOR)
+            ).first()
+            newest = conn.execute(select(func.coalesce(func.max(run_states.c.id), 0))).scalar_one()
+        if seen is not None and not seen.gaps and newest <= seen.position:
+            return MatchReport()
         with self.write() as conn:
             cursor = conn.execute(  # locked: two matchers at once (a leader change) take turns
                 select(event_cursors.c.position, event_cursors.c.gaps)
@@ -308,19 +315,30 @@ class Notifications(Access):
         if not late_rules:
             return 0
         shortest = min(r.config.late_after for r in late_rules)
+        late = (
+            select(runs.c.id, runs.c.attempt, runs.c.due_at, deployments.c.name, deployments.c.spec)
+            .join(deployments, deployments.c.id == runs.c.deployment_id)
+            .where(
+                runs.c.state == S.SCHEDULED.value,
+                runs.c.due_at <= now - timedelta(seconds=shortest),
+                runs.c.due_at > now - LOOKBACK,
+            )
+            .order_by(runs.c.due_at)
+            .limit(500)
+        )
+        with self.read() as conn:
+            wanted = {
+                (rule.name, event_key("late", r.id, r.attempt))
+                for r in conn.execute(late)
+                for rule in late_rules
+                if (now - r.due_at).total_seconds() >= rule.config.late_after
+                and rule.covers(r.name, list((r.spec or {}).get("tags") or []))
+            }
+            if not self._unqueued(conn, wanted):
+                return 0
         queued = 0
         with self.write() as conn:
-            rows = conn.execute(
-                select(runs.c.id, runs.c.attempt, runs.c.due_at, deployments.c.name, deployments.c.spec)
-                .join(deployments, deployments.c.id == runs.c.deployment_id)
-                .where(
-                    runs.c.state == S.SCHEDULED.value,
-                    runs.c.due_at <= now - timedelta(seconds=shortest),
-                    runs.c.due_at > now - LOOKBACK,
-                )
-                .order_by(runs.c.due_at)
-                .limit(500)
-            ).all()
+            rows = conn.execute(late).all()
             for r in rows:
                 late_by = (now - r.due_at).total_seconds()
                 tags = list((r.spec or {}).get("tags") or [])
@@ -340,13 +358,20 @@ class Notifications(Access):
         offline_rules = [r for r in rules if "WORKER_OFFLINE" in r.config.on]
         if not offline_rules:
             return 0
+        offline = select(workers).where(
+            workers.c.status == "offline", workers.c.last_heartbeat > now - LOOKBACK
+        )
+        with self.read() as conn:
+            wanted = {
+                (rule.name, event_key("worker_offline", w.name, w.started_at.isoformat()))
+                for w in conn.execute(offline)
+                for rule in offline_rules
+            }
+            if not self._unqueued(conn, wanted):
+                return 0
         queued = 0
         with self.write() as conn:
-            for w in conn.execute(
-                select(workers).where(
-                    workers.c.status == "offline", workers.c.last_heartbeat > now - LOOKBACK
-                )
-            ):
+            for w in conn.execute(offline):
                 key = event_key("worker_offline", w.name, w.started_at.isoformat())
                 payload = {
                     "event": "WORKER_OFFLINE",
@@ -363,6 +388,22 @@ class Notifications(Access):
                         conn, rule, "WORKER_OFFLINE", key, None, None, {**payload, "rule": rule.name}, now
                     )[0]
         return queued
+
+    def _unqueued(self, conn: Connection, wanted: set[tuple[str, str]]) -> bool:
+        """Whether some (rule, event key) of ``wanted`` has no outbox row yet: the periodic scans
+        (LATE, offline workers) see the same events again and again, and write only for a new one."""
+        keys = sorted({key for _, key in wanted})
+        found: set[tuple[str, str]] = set()
+        for part in chunks(keys):
+            found |= {
+                (r.rule, r.event_key)
+                for r in conn.execute(
+                    select(notifications.c.rule, notifications.c.event_key).where(
+                        notifications.c.event_key.in_(list(part))
+                    )
+                )
+            }
+        return bool(wanted - found)
 
     def sample_event(self, rule: str, now: datetime, public_url: str = "") -> dict[str, Any]:
         """A sample FAILED event for `orchd notification test`: the latest failed run's facts if
