@@ -91,3 +91,41 @@ def test_a_database_outage_is_waited_out_not_spun(
         stop.set()
         for thread in threads:
             thread.join(timeout=30)
+
+
+@pytest.mark.parametrize("backend", ["postgresql"])
+def test_a_worker_starting_into_an_outage_waits_it_out(
+    make_config: MakeConfig, store: Store, pg_server: PgServer
+) -> None:
+    """The database answered the worker's start-up check and went away before it registered:
+    the worker ended with exit 1 (seen in the chaos run); now it registers once the server is back."""
+    if pg_server.data_dir is None:
+        pytest.skip("ORCHD_TEST_DATABASE_URL points at a server this test must not stop")
+    config = make_config(BODY)
+    store.sync(config, datetime.now(UTC))
+    run_id = store.create_run("chatty", datetime.now(UTC))
+    worker = Worker(config, store, ["default"], 2, name="w")
+    stop = threading.Event()
+    failed: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            worker.run(stop)
+        except BaseException as exc:  # the test reports it, the thread would only print it
+            failed.append(exc)
+
+    pg_server.stop()
+    thread = threading.Thread(target=work, daemon=True)
+    try:
+        thread.start()
+        time.sleep(OUTAGE)  # the outage itself, not a synchronisation
+        assert thread.is_alive() and not failed, failed
+    finally:
+        pg_server.start()
+    try:
+        wait_for(lambda: _state(store, run_id) == "COMPLETED", timeout=60, what="the run, after the outage")
+        assert [w.name for w in store.workers()] == ["w"]
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    assert not failed, failed

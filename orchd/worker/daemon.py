@@ -194,9 +194,8 @@ class Worker:
         """Work until ``stop`` is set (then drain) or, with ``burst``, until nothing is due."""
         notify = notifier or Notifier()
         self._prepare_work_dir()
-        self.store.register_worker(
-            self.name, self.host, os.getpid(), self.pools, self.concurrency, self.clock()
-        )
+        if not self._register(stop):
+            return
         engine = self.containers.engine
         self.guardian = Guardian(engine.remove_argv() if engine else (), env=client_environment({}))
         self._check_engine()
@@ -221,6 +220,23 @@ class Worker:
         self._flush_logs()
         self.store.worker_stopped(self.name, self.clock())
         log.info("worker stopped", worker=self.name)
+
+    def _register(self, stop: threading.Event) -> bool:
+        """Record this worker, waiting out an outage that began after the database answered at
+        start (it used to end the worker with exit 1); False if told to stop meanwhile."""
+        outage = Outage()
+        while not stop.is_set():
+            try:
+                self.store.register_worker(
+                    self.name, self.host, os.getpid(), self.pools, self.concurrency, self.clock()
+                )
+            except DatabaseError as exc:
+                outage.failed(exc, time.monotonic(), cap=5.0)
+                stop.wait(max(0.0, outage.retry_at - time.monotonic()))
+                continue
+            outage.over()
+            return True
+        return False
 
     def _wake_on(self, stop: threading.Event) -> None:
         stop.wait()
@@ -363,7 +379,7 @@ class Worker:
             log.error("container runs will fail", pools=",".join(needing), error=str(exc))
             return
         log.info("container engine ready", engine=version, pools=",".join(needing))
-        self._sweep()
+        self._next_sweep = 0.0  # the loop's first turn, where an outage is waited out
 
     def _sweep(self) -> None:
         """Remove this database's containers on this host that no live worker holds: those whose

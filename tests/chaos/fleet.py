@@ -178,9 +178,10 @@ class Fleet:
         """SIGTERM every daemon of ``kind`` and wait for each; their exit statuses are kept, and the
         slots are left empty so nothing restarts them."""
         stopping = [(d, d.proc) for d in self.alive(kind) if d.proc is not None]
-        for _, proc in stopping:
-            proc.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + timeout
+        for _, proc in stopping:
+            _wait_for_sigterm_handler(proc, deadline)
+            proc.send_signal(signal.SIGTERM)
         for daemon, proc in stopping:
             try:
                 status = proc.wait(timeout=max(0.1, deadline - time.monotonic()))
@@ -275,3 +276,19 @@ def _describe(pid: int, kill: Kill) -> Orphan:
         int(env.get("ORCHD_ATTEMPT", "0")),
         cmdline.strip()[:200],
     )
+
+
+def _wait_for_sigterm_handler(proc: subprocess.Popen[bytes], deadline: float) -> None:
+    """A daemon restarted a moment ago may still be importing: a SIGTERM before its handler is
+    installed ends it with the default action (-15), which is the harness's timing, not a daemon
+    that failed to stop.  Its handler is installed when SIGTERM is in its caught set (SigCgt)."""
+    caught = 1 << (signal.SIGTERM - 1)
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            status = Path(f"/proc/{proc.pid}/status").read_text()
+        except OSError:
+            return
+        mask = next(int(line.split()[1], 16) for line in status.splitlines() if line.startswith("SigCgt:"))
+        if mask & caught:
+            return
+        time.sleep(0.05)
