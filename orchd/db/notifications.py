@@ -24,7 +24,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, and_, delete, exists, func, insert, or_, select, update
-from sqlalchemy.orm import aliased
 
 from orchd.db.base import Access, chunks
 from orchd.db.schema import (
@@ -144,7 +143,7 @@ class Notifications(Access):
         limit: int,
         rules: Sequence[Rule],
     ) -> list[RunEvent]:
-        later = aliased(run_states)
+        later = run_states.alias()
         retried = exists().where(
             later.c.run_id == run_states.c.run_id,
             later.c.id > run_states.c.id,
