@@ -146,6 +146,14 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
+def proc_status(pid: int, key: str) -> str:
+    """The first value of ``key`` in /proc/PID/status (VmRSS in kB, SigCgt as hex…)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return line.split()[1]
+    raise KeyError(f"{key} not in /proc/{pid}/status")
+
+
 def signal_name(sig: int) -> str:
     return signal.Signals(sig).name
 

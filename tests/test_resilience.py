@@ -17,7 +17,7 @@ from orchd.config import load_config
 from orchd.db.schema import runs, schedulers
 from orchd.db.store import Store
 from orchd.errors import DatabaseUnavailable
-from tests.helpers import daemons, history, pid_alive, store_for, wait_for, write_config
+from tests.helpers import daemons, history, pid_alive, proc_status, store_for, wait_for, write_config
 from tests.pg import PgServer
 
 pytestmark = pytest.mark.slow
@@ -187,8 +187,7 @@ def test_worker_memory_stays_bounded_with_100mb_of_output(tmp_path: Path, db_url
     with daemons(tmp_path) as group:
         worker = group.start("orchd-worker", "--config", str(config))
         wait_for(lambda: store.get_run(run_id).state == "COMPLETED", timeout=90, what="the run")  # type: ignore[union-attr]
-        status = Path(f"/proc/{worker.pid}/status").read_text()
-        peak_kb = int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM")))
+        peak_kb = int(proc_status(worker.pid, "VmHWM"))
         assert group.stop(worker) == 0
     print(f"\nworker peak RSS with 100 MB of run output: {peak_kb / 1024:.0f} MB")
     assert peak_kb < 200 * 1024

@@ -152,10 +152,10 @@ def cpu_seconds(pid: int) -> float:
 
 
 def rss_mb(pid: int, key: str = "VmRSS") -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    try:
+        return int(helpers.proc_status(pid, key)) / 1024
+    except KeyError:  # a zombie has no memory lines
+        return float("nan")
 
 
 def report(figures: list[Figure], sections: list[Section], path: Path) -> str:

@@ -19,6 +19,8 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.helpers import proc_status
+
 BIN = Path(sys.executable).parent
 KINDS = ("scheduler", "worker")
 _PR_SET_PDEATHSIG = 1
@@ -285,10 +287,9 @@ def _wait_for_sigterm_handler(proc: subprocess.Popen[bytes], deadline: float) ->
     caught = 1 << (signal.SIGTERM - 1)
     while time.monotonic() < deadline and proc.poll() is None:
         try:
-            status = Path(f"/proc/{proc.pid}/status").read_text()
+            mask = int(proc_status(proc.pid, "SigCgt"), 16)
         except OSError:
             return
-        mask = next(int(line.split()[1], 16) for line in status.splitlines() if line.startswith("SigCgt:"))
         if mask & caught:
             return
         time.sleep(0.05)
