@@ -127,8 +127,16 @@ runs = Table(
     UniqueConstraint("deployment_id", "schedule_key", "scheduled_for", name="uq_runs_schedule_time"),
     # A trigger's idempotency key: one run of a downstream deployment per upstream run, however
     # often that run's end is recorded (a manual retry) or by whom.  Upstream first: it also finds
-    # a run's downstream runs.
-    Index("uq_runs_upstream", "upstream_run_id", "deployment_id", unique=True),
+    # a run's downstream runs.  Of triggered runs only (migration 0007): SQLite's statistics count
+    # the NULLs of every other run as one value, and its planner then preferred a scan.
+    Index(
+        "uq_runs_upstream",
+        "upstream_run_id",
+        "deployment_id",
+        unique=True,
+        sqlite_where=text("upstream_run_id IS NOT NULL"),
+        postgresql_where=text("upstream_run_id IS NOT NULL"),
+    ),
     Index(
         "ix_runs_active_lease",
         "lease_expires_at",
