@@ -361,6 +361,23 @@ def test_a_page_of_several_states_merges_them_newest_first(open_site: Site) -> N
     assert {r["id"] for r in only_cancelled} == cancelled
 
 
+def test_the_strips_are_each_deployments_last_finished_runs_newest_first(open_site: Site) -> None:
+    """The deployments page's squares and the last run of `deployment ls`: per deployment, its
+    latest scheduled finished runs, as many as asked; waiting runs and other deployments' are not
+    in them."""
+    store = open_site.store
+    start = datetime.now(UTC) - timedelta(hours=2)
+    fail = [store.create_run("fail", start, at=start + timedelta(minutes=m), parameters={}) for m in range(8)]
+    for run_id in fail[:6]:
+        store.cancel_run(run_id, datetime.now(UTC))
+    hello = store.deployment("hello").id
+    strips = store.strips([store.deployment("fail").id, hello], size=4)
+    assert [r.id for r in strips[store.deployment("fail").id].runs] == fail[5:1:-1]
+    assert strips[hello].runs == []
+    by_name = {d.deployment.name: d for d in store.deployments()}
+    assert by_name["fail"].last_run is not None and by_name["fail"].last_run.id == fail[5]
+
+
 def test_behind_a_proxy_under_a_base_path(tmp_path: Path, db_url: str) -> None:
     """base_path "/orchd/": every link, form, redirect, cookie and asset is under it."""
     path = write_web_config(tmp_path, db_url, auth=True, extra='base_path = "/orchd/"\n')
