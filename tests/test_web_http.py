@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy import event
 from starlette.testclient import TestClient
 
 from orchd.config import Config
@@ -359,6 +360,26 @@ def test_a_page_of_several_states_merges_them_newest_first(open_site: Site) -> N
     assert seen == created[::-1]
     only_cancelled = client.get("/api/runs", params={"state": "CANCELLED", "limit": 100}).json()["runs"]
     assert {r["id"] for r in only_cancelled} == cancelled
+
+
+def test_each_page_is_read_in_one_transaction(open_site: Site) -> None:
+    """What a page shows is one snapshot: the overview's checks (the ping, the schema revision,
+    the server's connections) join it rather than opening transactions of their own, each a
+    BEGIN and a ROLLBACK more on a busy server."""
+    engine = open_site.store.engine
+    begun: list[object] = []
+
+    def count(conn: object) -> None:
+        begun.append(conn)
+
+    for page in PAGES:
+        begun.clear()
+        event.listen(engine, "begin", count)
+        try:
+            assert open_site.client.get(open_site.url(page)).status_code == 200, page
+        finally:
+            event.remove(engine, "begin", count)
+        assert len(begun) == 1, page
 
 
 def test_the_strips_are_each_deployments_last_finished_runs_newest_first(open_site: Site) -> None:

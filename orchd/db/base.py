@@ -38,6 +38,25 @@ def chunks(ids: Sequence[Any], size: int = 5000) -> Iterable[Sequence[Any]]:
     return (ids[i : i + size] for i in range(0, len(ids), size))
 
 
+def reading(engine: Engine) -> Any:
+    """``Access.read`` of ``engine``, for the few reads outside the data layer's classes (the
+    server version, the schema revision, the server's connections): inside a ``snapshot()`` block
+    they join its one transaction, so a page's health checks cost no transactions of their own."""
+    shared = _SHARED.get()
+    if shared is None or shared.engine is not engine:
+        return _read_connection(engine)
+    if shared.conn is None:
+        shared.conn = _read_connection(engine)
+    return nullcontext(shared.conn)
+
+
+def _read_connection(engine: Engine) -> Connection:
+    conn = engine.connect().execution_options(**READ_ONLY)
+    if engine.dialect.name == "postgresql":
+        conn = conn.execution_options(isolation_level="REPEATABLE READ")
+    return conn
+
+
 class Access:
     """The engine and the actor (recorded in the run history as who made each change)."""
 
@@ -77,18 +96,7 @@ class Access:
         so a report is consistent: PostgreSQL REPEATABLE READ (which never fails to serialize a
         transaction that only reads), SQLite a deferred BEGIN (in WAL mode it keeps its snapshot,
         and readers never block writers).  Inside ``snapshot()``: that block's transaction."""
-        shared = _SHARED.get()
-        if shared is None or shared.engine is not self.engine:
-            return self._read_connection()
-        if shared.conn is None:
-            shared.conn = self._read_connection()
-        return nullcontext(shared.conn)
-
-    def _read_connection(self) -> Connection:
-        conn = self.engine.connect().execution_options(**READ_ONLY)
-        if self._postgres:
-            conn = conn.execution_options(isolation_level="REPEATABLE READ")
-        return conn
+        return reading(self.engine)
 
     @contextmanager
     def snapshot(self) -> Iterator[None]:

@@ -211,9 +211,12 @@ def _set_wal(cursor: sqlite3.Cursor, patience: float) -> None:
 
 
 def ping(engine: Engine) -> str:
-    """Connect and return the server version; raise DatabaseUnavailable with a clear reason."""
+    """Connect and return the server version; raise DatabaseUnavailable with a clear reason.
+    Inside a ``snapshot()`` block, in its transaction (the web's overview pings on every view)."""
+    from orchd.db.base import reading  # (base imports this module)
+
     try:
-        with engine.connect() as conn:
+        with reading(engine) as conn:
             if engine.dialect.name == "sqlite":
                 return "SQLite " + str(conn.exec_driver_sql("select sqlite_version()").scalar())
             return str(conn.execute(text("show server_version")).scalar()).split()[0]

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection, Engine, inspect, text
 
+from orchd.db.base import reading
 from orchd.errors import OrchdError
 
 if TYPE_CHECKING:
@@ -52,7 +53,8 @@ def _current(conn: Connection) -> str | None:
 
 
 def current_revision(engine: Engine) -> str | None:
-    with engine.connect() as conn:
+    """The schema's revision (None: no schema); inside a ``snapshot()`` block, read in it."""
+    with reading(engine) as conn:
         return _current(conn)
 
 

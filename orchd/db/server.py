@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 from sqlalchemy import Engine, text
 
+from orchd.db.base import reading
+
 
 @dataclass(frozen=True)
 class Connections:
@@ -41,9 +43,10 @@ _QUERY = text(
 
 
 def connections(engine: Engine) -> Connections | None:
-    """The server's connections now; None on SQLite (one file, no server)."""
+    """The server's connections now; None on SQLite (one file, no server).  Inside a
+    ``snapshot()`` block, read in it."""
     if engine.dialect.name != "postgresql":
         return None
-    with engine.connect() as conn:
+    with reading(engine) as conn:
         row = conn.execute(_QUERY).one()
     return Connections(int(row.used), int(row.orchd), int(row.limit))
