@@ -24,11 +24,11 @@ import hashlib
 import itertools
 import json
 import math
+import sys
 import types
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta, timezone, tzinfo
-from functools import cached_property
 from types import SimpleNamespace
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -36,7 +36,6 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.date import DateTrigger
-from apscheduler.triggers.interval import IntervalTrigger
 from dateutil.rrule import rrule, rrulestr
 
 from orchd.durations import format_duration, parse_duration
@@ -54,49 +53,56 @@ MIN_INTERVAL, MAX_INTERVAL = 1.0, 3650 * 86400.0
 MAX_JITTER = 7 * 86400.0
 
 
-@dataclass(frozen=True)
+#: The parameters of a schedule that has none: one object shared by all of them.
+NO_PARAMETERS: Mapping[str, Any] = types.MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
 class ScheduleSpec:
-    """One entry of a deployment's ``schedules`` list, validated."""
+    """One entry of a deployment's ``schedules`` list, validated.
+
+    A config may hold 100,000 of these for the life of the scheduler, so each keeps its fields
+    and its key only (slots, no ``__dict__``); what computing fire times needs (time zone,
+    triggers, rule) is built on demand into a bounded cache shared by equal definitions
+    (``_calendar``), not kept on each one.
+    """
 
     kind: Kind
     expr: str
     timezone: str = "UTC"
     anchor: datetime | None = None
     active: bool = True
-    parameters: Mapping[str, Any] = field(default_factory=dict)
+    parameters: Mapping[str, Any] = field(default_factory=lambda: NO_PARAMETERS)
     #: Seconds; each run is due up to this much after its nominal time (spreads load).
     jitter: float = 0.0
+    _key: str = field(default="", init=False, repr=False, compare=False)
 
-    @cached_property
+    @property
     def key(self) -> str:
         """A stable identity of the definition (never a row id), part of each run's unique key.
 
         ``active`` is left out on purpose: pausing and resuming a schedule must not re-fire it.
         Optional settings enter only when set, so adding one never re-keys existing schedules.
+        Computed on first use and kept (a 25-character string).
         """
-        identity: dict[str, Any] = {
-            "kind": self.kind,
-            "expr": " ".join(self.expr.split()) if self.kind == "cron" else self.expr,
-            "tz": self.timezone,
-            "anchor": self.anchor.isoformat() if self.anchor else None,
-            "params": self.parameters,
-        }
-        if self.jitter:
-            identity["jitter"] = self.jitter
-        body = json.dumps(identity, sort_keys=True, default=str)
-        return f"{self.kind}-{hashlib.sha256(body.encode()).hexdigest()[:16]}"
+        if not self._key:
+            identity: dict[str, Any] = {
+                "kind": self.kind,
+                "expr": " ".join(self.expr.split()) if self.kind == "cron" else self.expr,
+                "tz": self.timezone,
+                "anchor": self.anchor.isoformat() if self.anchor else None,
+                "params": dict(self.parameters),
+            }
+            if self.jitter:
+                identity["jitter"] = self.jitter
+            body = json.dumps(identity, sort_keys=True, default=str)
+            object.__setattr__(self, "_key", f"{self.kind}-{hashlib.sha256(body.encode()).hexdigest()[:16]}")
+        return self._key
 
-    @cached_property
+    @property
     def zone(self) -> ZoneInfo:
+        """The schedule's time zone (ZoneInfo keeps one object per name)."""
         return ZoneInfo(self.timezone)
-
-    @cached_property
-    def triggers(self) -> tuple[BaseTrigger, ...]:
-        return _build_triggers(self, self.zone)
-
-    @cached_property
-    def _drops_repeated_hour(self) -> bool:
-        return self.kind == "cron" and _cron_fields(self.expr)["hour"] != "*"
 
     def describe(self) -> str:
         tz = f" ({self.timezone})" if self.kind == "cron" and self.timezone != "UTC" else ""
@@ -109,15 +115,95 @@ class ScheduleSpec:
     def next_at_or_after(self, start: datetime, end: datetime | None = None) -> datetime | None:
         """The first fire time at or after ``start``, or None when the schedule is over.  With
         ``end``, a fire time after it may be reported as None (a bound on the search, not more)."""
+        return _calendar(self.kind, self.expr, self.timezone, self.anchor).next_at_or_after(start, end)
+
+    def delay(self, fire_time: datetime) -> timedelta:
+        """The jitter of one fire time: a fixed fraction of ``jitter`` derived from the schedule and
+        the time, so every scheduler (and every retry of a tick) gives the same due time."""
+        if not self.jitter:
+            return timedelta(0)
+        digest = hashlib.sha256(f"{self.key}/{fire_time.isoformat()}".encode()).digest()
+        return timedelta(seconds=self.jitter * int.from_bytes(digest[:4], "big") / 2**32)
+
+    def fire_times(self, start: datetime, end: datetime, limit: int) -> list[datetime]:
+        """Fire times in ``[start, end]`` (UTC, ascending), at most ``limit`` of them."""
+        return list(_take(self._iter_from(start, end), end, limit))
+
+    def last_fire_times(self, start: datetime, end: datetime, count: int) -> list[datetime]:
+        """The last ``count`` fire times in ``[start, end)``, ascending.
+
+        Found by bisecting on the window's start, so at most about ``count * 45`` fire times are
+        computed however long the window is: walking it would take minutes for a scheduler that
+        was down for a month next to a schedule firing every second.
+        """
+        last = end - TICK
+        found = self.fire_times(start, last, count + 1)
+        if len(found) <= count:
+            return found
+        lo, hi = start, end  # more than ``count`` fire times in [lo, end), at most ``count`` in [hi, end)
+        while hi - lo > TICK:
+            mid = lo + (hi - lo) / 2
+            if len(self.fire_times(mid, last, count + 1)) > count:
+                lo = mid
+            else:
+                hi = mid
+        return self.fire_times(hi, last, count)
+
+    def _iter_from(self, start: datetime, end: datetime | None = None) -> Iterator[datetime]:
+        nxt = self.next_at_or_after(start, end)
+        while nxt is not None and (end is None or nxt <= end):
+            yield nxt
+            nxt = self.next_at_or_after(nxt + TICK, end)
+
+
+#: How many definitions' calendars are kept (``_calendar``): a tick plans each due schedule once,
+#: from start to end, so a small cache serves it; a config with 100,000 schedules keeps no more.
+CALENDARS = 1024
+
+
+class _Calendar:
+    """What computing the fire times of one definition needs, built once: its zone, the step of an
+    interval, the rule of an rrule, the triggers of an ``at``, the triggers of a cron for each UTC
+    offset it was read on."""
+
+    __slots__ = (
+        "_by_offset",
+        "_cron",
+        "_drops_repeated_hour",
+        "_naive",
+        "_rule",
+        "_step",
+        "_triggers",
+        "anchor",
+        "kind",
+        "zone",
+    )
+
+    def __init__(self, kind: Kind, expr: str, timezone_name: str, anchor: datetime | None) -> None:
+        self.kind, self.anchor, self.zone = kind, anchor, ZoneInfo(timezone_name)
+        if kind == "interval":
+            self._step = _interval_step(expr)
+        elif kind == "at":
+            self._triggers = _build_triggers(kind, expr, UTC)
+        elif kind == "rrule":
+            self._rule, self._naive = _build_rrule(expr, self.zone, anchor)
+        else:
+            self._cron = expr
+            self._by_offset: dict[timedelta, tuple[BaseTrigger, ...]] = {}
+            self._drops_repeated_hour = _cron_fields(expr)["hour"] != "*"
+
+    def next_at_or_after(self, start: datetime, end: datetime | None = None) -> datetime | None:
+        """The first fire time at or after ``start``, or None when the schedule is over.  With
+        ``end``, a fire time after it may be reported as None (a bound on the search, not more)."""
         start = start.astimezone(UTC)
         if self.kind == "interval":
             # exact arithmetic: APScheduler's float timestamps can miss the fire time ``start`` is on
-            origin, step = self.anchor or EPOCH, timedelta(seconds=parse_duration(self.expr))
+            origin, step = self.anchor or EPOCH, self._step
             return origin if start <= origin else origin - ((origin - start) // step) * step
         if self.kind == "at":
-            return _first(self.triggers, start)
+            return _first(self._triggers, start)
         if self.kind == "rrule":
-            rule, naive = self._rule
+            rule, naive = self._rule, self._naive
 
             def wall(t: datetime) -> datetime:  # as the rule reads times
                 local = t.astimezone(self.zone)
@@ -166,56 +252,15 @@ class ScheduleSpec:
                 found.append(nxt)  # a wall time inside the gap; the clock after it may still fire first
             start, offset = change, after
 
-    @cached_property
-    def _fixed_offset_triggers(self) -> dict[timedelta, tuple[BaseTrigger, ...]]:
-        return {}
-
     def _triggers_at(self, offset: timedelta) -> tuple[BaseTrigger, ...]:
-        if offset not in self._fixed_offset_triggers:
-            self._fixed_offset_triggers[offset] = _build_triggers(self, timezone(offset))
-        return self._fixed_offset_triggers[offset]
+        if offset not in self._by_offset:
+            self._by_offset[offset] = _build_triggers("cron", self._cron, timezone(offset))
+        return self._by_offset[offset]
 
-    @cached_property
-    def _rule(self) -> tuple[rrule, bool]:
-        return _build_rrule(self.expr, self.zone, self.anchor)
 
-    def delay(self, fire_time: datetime) -> timedelta:
-        """The jitter of one fire time: a fixed fraction of ``jitter`` derived from the schedule and
-        the time, so every scheduler (and every retry of a tick) gives the same due time."""
-        if not self.jitter:
-            return timedelta(0)
-        digest = hashlib.sha256(f"{self.key}/{fire_time.isoformat()}".encode()).digest()
-        return timedelta(seconds=self.jitter * int.from_bytes(digest[:4], "big") / 2**32)
-
-    def fire_times(self, start: datetime, end: datetime, limit: int) -> list[datetime]:
-        """Fire times in ``[start, end]`` (UTC, ascending), at most ``limit`` of them."""
-        return list(_take(self._iter_from(start, end), end, limit))
-
-    def last_fire_times(self, start: datetime, end: datetime, count: int) -> list[datetime]:
-        """The last ``count`` fire times in ``[start, end)``, ascending.
-
-        Found by bisecting on the window's start, so at most about ``count * 45`` fire times are
-        computed however long the window is: walking it would take minutes for a scheduler that
-        was down for a month next to a schedule firing every second.
-        """
-        last = end - TICK
-        found = self.fire_times(start, last, count + 1)
-        if len(found) <= count:
-            return found
-        lo, hi = start, end  # more than ``count`` fire times in [lo, end), at most ``count`` in [hi, end)
-        while hi - lo > TICK:
-            mid = lo + (hi - lo) / 2
-            if len(self.fire_times(mid, last, count + 1)) > count:
-                lo = mid
-            else:
-                hi = mid
-        return self.fire_times(hi, last, count)
-
-    def _iter_from(self, start: datetime, end: datetime | None = None) -> Iterator[datetime]:
-        nxt = self.next_at_or_after(start, end)
-        while nxt is not None and (end is None or nxt <= end):
-            yield nxt
-            nxt = self.next_at_or_after(nxt + TICK, end)
+@functools.lru_cache(maxsize=CALENDARS)
+def _calendar(kind: Kind, expr: str, timezone_name: str, anchor: datetime | None) -> _Calendar:
+    return _Calendar(kind, expr, timezone_name, anchor)
 
 
 def never_fires(spec: ScheduleSpec, now: datetime) -> str | None:
@@ -292,27 +337,32 @@ def parse_schedule(raw: Mapping[str, Any]) -> ScheduleSpec:
     parameters = raw.get("parameters", {})
     if not isinstance(parameters, dict):
         raise ValueError(f"parameters: expected a table, got {parameters!r}")
-    parameters = json_safe(parameters, "parameters")
+    parameters = json_safe(parameters, "parameters") if parameters else NO_PARAMETERS
     anchor = _parse_time(raw["anchor"], timezone, "anchor") if "anchor" in raw else None
     if kind == "at":
         expr = _parse_time(expr, timezone, "at").isoformat()
     elif not isinstance(expr, str):
         raise ValueError(f"{kind}: expected a string, got {expr!r}")
     try:
-        jitter = parse_duration(raw.get("jitter", 0))
+        jitter = parse_duration(raw["jitter"]) if "jitter" in raw else 0.0
     except ValueError as exc:
         raise ValueError(f"jitter: {exc}") from None
     if jitter > MAX_JITTER:
         raise ValueError(
             f"jitter: expected a duration from 0s to {format_duration(MAX_JITTER)}, got {raw['jitter']!r}"
         )
-    spec = ScheduleSpec(kind, expr, timezone, anchor, active, dict(parameters), jitter)
     try:
-        # validate without keeping the triggers: a config of 100,000 schedules must stay small
-        _ = _build_rrule(expr, spec.zone, anchor) if kind == "rrule" else _build_triggers(spec, spec.zone)
+        # validate without keeping anything built: a config of 100,000 schedules must stay small
+        if kind == "interval":
+            _interval_step(expr)
+        elif kind == "rrule":
+            _build_rrule(expr, ZoneInfo(timezone), anchor)
+        else:
+            _build_triggers(kind, expr, ZoneInfo(timezone))
     except ValueError as exc:
         raise ValueError(f"{kind}: {exc}") from None
-    return spec
+    # equal strings of thousands of schedules ("1h", "Europe/Berlin") are kept once
+    return ScheduleSpec(kind, sys.intern(expr), sys.intern(timezone), anchor, active, parameters, jitter)
 
 
 def _parse_time(value: object, timezone: str, key: str) -> datetime:
@@ -442,18 +492,21 @@ def _has_date(year: int, month: int, day: int) -> bool:
     return 1 <= year <= 9999 and day <= calendar.monthrange(year, month)[1]
 
 
-def _build_triggers(spec: ScheduleSpec, zone: tzinfo) -> tuple[BaseTrigger, ...]:
-    if spec.kind == "interval":
-        seconds = parse_duration(spec.expr)
-        if not MIN_INTERVAL <= seconds <= MAX_INTERVAL:
-            raise ValueError(
-                f"expected an interval from {format_duration(MIN_INTERVAL)} to "
-                f"{format_duration(MAX_INTERVAL)}, got {spec.expr!r}"
-            )
-        return (IntervalTrigger(seconds=seconds, start_date=spec.anchor or EPOCH, timezone=UTC),)
-    if spec.kind == "at":
-        return (DateTrigger(run_date=datetime.fromisoformat(spec.expr), timezone=UTC),)
-    fields = _cron_fields(spec.expr)
+def _interval_step(expr: str) -> timedelta:
+    seconds = parse_duration(expr)
+    if not MIN_INTERVAL <= seconds <= MAX_INTERVAL:
+        raise ValueError(
+            f"expected an interval from {format_duration(MIN_INTERVAL)} to "
+            f"{format_duration(MAX_INTERVAL)}, got {expr!r}"
+        )
+    return timedelta(seconds=seconds)
+
+
+def _build_triggers(kind: Kind, expr: str, zone: tzinfo) -> tuple[BaseTrigger, ...]:
+    """The APScheduler triggers of an ``at`` or a ``cron`` (an interval is plain arithmetic)."""
+    if kind == "at":
+        return (DateTrigger(run_date=datetime.fromisoformat(expr), timezone=UTC),)
+    fields = _cron_fields(expr)
     # crontab(5): a field "starting with *" (also "*/2") is unrestricted for the OR rule below.
     dom_star = fields["day"].startswith("*")
     dow_star = fields["day_of_week"].startswith("*")

@@ -542,6 +542,36 @@ def test_key_is_stable_across_parses() -> None:
 
 
 @pytest.mark.parametrize(
+    ("raw", "key"),
+    [
+        ({"interval": "90s", "jitter": "30s"}, "interval-84318538d151fe7a"),
+        (
+            {"rrule": "DTSTART:20260101T090000\nRRULE:FREQ=WEEKLY;BYDAY=MO", "timezone": "Europe/Berlin"},
+            "rrule-592e1a3275607369",
+        ),
+        ({"at": "2026-06-01T09:00:00", "timezone": "America/New_York"}, "at-03e38683f6af013b"),
+        (
+            {
+                "cron": "0 9 * * *",
+                "parameters": {"when": "2026-01-01T00:00:00+00:00", "deep": {"l": [1, 2.5]}},
+            },
+            "cron-aaac34b318a76fbd",
+        ),
+        ({"interval": "1h", "parameters": {}}, "interval-72993b31f240e52e"),
+    ],
+)
+def test_key_of_a_config_entry_and_of_its_row_is_the_golden_one(raw: dict[str, Any], key: str) -> None:
+    """Golden values taken before schedules kept their key in a slot and shared their empty
+    parameters: a definition read from the config and one read back from its database row
+    (parameters a plain dict) have the key its runs were stored under."""
+    spec = parse_schedule(raw)
+    row = ScheduleSpec(
+        spec.kind, spec.expr, spec.timezone, spec.anchor, spec.active, dict(spec.parameters), spec.jitter
+    )
+    assert spec.key == row.key == key
+
+
+@pytest.mark.parametrize(
     "change",
     [
         {"cron": "0 13 * * 1"},
