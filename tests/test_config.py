@@ -283,6 +283,35 @@ def test_drop_ins_are_loaded_sorted(tmp_path: Path, env: dict[str, str]) -> None
     assert config.sources["deployments.b2.command"] == f"{tmp_path}/deployments.d/20-b.toml:6"
 
 
+def test_deployments_among_other_tables_mean_what_toml_says(tmp_path: Path, env: dict[str, str]) -> None:
+    """Each [[deployments]] table is parsed on its own (a config of 100,000 schedules is never in
+    memory whole), which must not change what any layout means; a file with a multi-line string
+    is parsed whole, and reads the same."""
+    text = (
+        deployment("a")
+        + '[[deployments.triggers]]\nafter = "b"\n'
+        + "[worker]\nconcurrency = 3\n"
+        + deployment("b")
+        + 'schedules = [\n  { interval = "1h" },\n  { cron = "0 * * * *" },\n]\n'
+        + '[[pools]]\nname = "p"\n'
+        + deployment("c")
+        + 'pool = "p"\n'
+    )
+    path = write(tmp_path / "orchd.toml", text)
+    config = load_config(path, env=env)
+    assert [(d.name, d.pool, len(d.schedules)) for d in config.deployments] == [
+        ("a", "default", 0),
+        ("b", "default", 2),
+        ("c", "p", 0),
+    ]
+    assert config.deployments[0].triggers == [TriggerSpec("b", ("COMPLETED",))]
+    assert (config.worker.concurrency, [p.name for p in config.pools]) == (3, ["p"])
+    assert config.sources["deployments.c.pool"] == f"{path}:20"
+    write(path, text + '[logging]\nlevel = """warning"""\n')
+    whole = load_config(path, env=env)
+    assert (whole.deployments, whole.pools, whole.worker) == (config.deployments, config.pools, config.worker)
+
+
 def test_duplicate_across_drop_ins_is_refused(tmp_path: Path, env: dict[str, str]) -> None:
     path = write(tmp_path / "orchd.toml", "[worker]\nconcurrency = 1\n\n" + deployment("nightly"))
     write(tmp_path / "deployments.d" / "a.toml", deployment("other") + deployment("nightly"))
@@ -376,6 +405,21 @@ DEPLOY = '[[deployments]]\nname = "a"\n' + CMD
 
 BAD = {
     "toml-syntax": Bad('[worker]\nconcurrency = 4\nname = "unterminated\n', 3, None, "invalid TOML"),
+    "toml-syntax-in-a-deployment": Bad(
+        deployment("a") + deployment("b") + "retries = \n", 7, None, "invalid TOML"
+    ),
+    "deployments-inline-and-as-tables": Bad(
+        'deployments = [{ name = "a", command = ["true"] }]\n' + deployment("b"), 2, None, "invalid TOML"
+    ),
+    "section-twice-around-deployments": Bad(
+        "[worker]\nconcurrency = 2\n" + deployment("a") + "[worker]\nconcurrency = 3\n",
+        6,
+        None,
+        "invalid TOML",
+    ),
+    "array-line-like-a-header": Bad(  # cut there, the table would not parse: it is read whole
+        deployment("a") + 'tags = [\n  ["x"]\n]\n' + deployment("b"), 4, "deployments.a.tags", "got list"
+    ),
     "unknown-section": Bad(
         '[logging]\nlevel = "info"\n\n[wrker]\nconcurrency = 2\n', 4, "wrker", "did you mean 'worker'?"
     ),

@@ -7,11 +7,13 @@ the key, and what was expected, so a person can fix it without reading a traceba
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from array import array
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +37,9 @@ DEFAULT_PATH = Path("/etc/orchd/orchd.toml")
 ENTRYPOINT_PATTERN = r"[A-Za-z_][\w.]*:[A-Za-z_]\w*"
 SYSTEM_STATE_DIR = Path("/var/lib/orchd")
 CREDENTIAL_NAME = "database-url"
+#: The escapes that write a NUL character in a TOML string (the last one is TOML 1.1's); the
+#: character itself is refused by the parser.
+_NUL_ESCAPES = ("\\u0000", "\\U00000000", "\\x00")
 
 
 def default_config_path(env: Mapping[str, str]) -> Path:
@@ -50,32 +55,61 @@ def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = 
     env = os.environ if env is None else env
     explicit = path is not None or bool(env.get("ORCHD_CONFIG"))
     cfg_path = Path(path) if path is not None else default_config_path(env)
-    documents: list[_Document] = []
+    files: list[Path] = []
     if cfg_path.exists() or explicit:
-        documents.append(_Document.read(cfg_path))
+        files.append(cfg_path)
         drop_in = cfg_path.parent / "deployments.d"
         if drop_in.is_dir():
-            documents.extend(_Document.read(p) for p in sorted(drop_in.glob("*.toml")))
-    return _build(cfg_path if documents else None, documents, env)
+            files += sorted(drop_in.glob("*.toml"))
+    try:
+        return _build(cfg_path if files else None, [_Document.read(p) for p in files], env)
+    except _Uncut:
+        return _build(cfg_path, [_Document.read(p, cut=False) for p in files], env)
+
+
+class _Uncut(Exception):
+    """A [[deployments]] table cut out of its file does not read alone as one table: the file
+    has a layout ``_Document._parse`` did not foresee, and is read again, parsed whole."""
 
 
 class _Document:
-    """One parsed TOML file, remembering its text so keys can be traced back to a line."""
+    """One parsed TOML file, remembering its text so keys can be traced back to a line.
+
+    A config may hold 100,000 schedules (6 MB of TOML, 50 MB once parsed whole), so the file is
+    never in memory three times over: the text is kept once, with where each line starts (not a
+    list of lines: a string each), and each ``[[deployments]]`` table is parsed on its own when
+    it is read (``deployments``), so the parsed file is never whole next to the config built
+    from it.  The tables are cut out only where that cannot change what the file means (see
+    ``_parse``); any other file is parsed whole."""
 
     _HEADER = re.compile(r"^\s*\[\[?\s*([^\]\s]+)\s*\]\]?\s*(#.*)?$")
 
-    def __init__(self, path: Path, text: str, data: dict[str, Any]) -> None:
-        self.path, self.text, self.data = path, text, data
-        self.lines = text.splitlines()
+    def __init__(self, path: Path, text: str) -> None:
+        self.path, self.text = path, text
+        #: The file, without its [[deployments]] tables when ``deployments`` reads them.
+        self.data: dict[str, Any] = {}
+        self.starts = array("q", [0])  # the offset of each line in the text, and of its end
         # line numbers of each table header, found once: a config with thousands of deployments
         # must not be rescanned for every key
         self.headers: dict[str, list[int]] = {}
-        for number, line in enumerate(self.lines):
+        #: The lines [first, end) of each [[deployments]] table with its sub-tables.
+        self.tables: list[tuple[int, int]] = []
+        first = None
+        for number, line in enumerate(text.split("\n")):
+            self.starts.append(self.starts[-1] + len(line) + 1)
             if line.lstrip().startswith("[") and (match := self._HEADER.match(line)):
-                self.headers.setdefault(match.group(1), []).append(number)
+                name = match.group(1)
+                self.headers.setdefault(name, []).append(number)
+                if first is not None and not name.startswith("deployments."):
+                    self.tables.append((first, number))
+                    first = None
+                if name == "deployments" and line.lstrip().startswith("[["):
+                    first = number
+        if first is not None:
+            self.tables.append((first, len(self.starts) - 1))
 
     @classmethod
-    def read(cls, path: Path) -> _Document:
+    def read(cls, path: Path, cut: bool = True) -> _Document:
         try:
             text = path.read_bytes().decode("utf-8")
         except FileNotFoundError:
@@ -87,19 +121,58 @@ class _Document:
         except UnicodeDecodeError as exc:
             line = exc.object[: exc.start].count(b"\n") + 1
             raise ConfigError(f"{path}:{line}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-        try:
-            data = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
-            at = re.search(r"\(at line (\d+), column \d+\)", str(exc))
-            raise ConfigError(f"{path}{':' + at.group(1) if at else ''}: invalid TOML: {exc}") from None
-        if (key := nul_path(data)) is not None:
+        doc = cls(path, text)
+        doc._parse(cut)
+        # most files have none of the escapes, and need no walk through every value
+        if any(escape in text for escape in _NUL_ESCAPES) and (key := nul_path(doc.data)) is not None:
             lines = enumerate(text.splitlines(), 1)
-            line = next((n for n, ln in lines if "\\u0000" in ln or "\\U00000000" in ln), 0)
+            line = next((n for n, ln in lines if any(escape in ln for escape in _NUL_ESCAPES)), 0)
             raise ConfigError(
                 f"{path}{f':{line}' if line else ''}: {key}: a NUL character (\\u0000) cannot be stored "
                 "in a database or passed to a run"
             )
-        return cls(path, text, data)
+        return doc
+
+    def _parse(self, cut: bool) -> None:
+        """Set ``data``: with ``cut``, the file without its [[deployments]] tables (blank lines in
+        their place, so that line numbers stay) when that is what the file says, else the whole
+        file.  Cutting a table out at its header line, up to the next header, keeps its meaning
+        when no value spans lines but an array (no multi-line string), and the rest does not
+        name ``deployments`` itself (``deployments = [...]``; a table header written so that it
+        is not recognized, which leaves its keys to the rest).  A line inside an array that looks
+        like a header (``[3]``) leaves an array open on one side, which does not parse: the file
+        is then parsed whole, as it is when it has a NUL escape (``nul_path`` walks the whole)."""
+        text = self.text
+        if cut and self.tables and not any(mark in text for mark in ('"""', "'''", *_NUL_ESCAPES)):
+            parts, line = [], 0
+            for first, end in self.tables:
+                parts += [text[self.starts[line] : self.starts[first]], "\n" * (end - first)]
+                line = end
+            parts.append(text[self.starts[line] :])
+            with contextlib.suppress(tomllib.TOMLDecodeError):  # the whole file says where
+                self.data = tomllib.loads("".join(parts))
+                if "deployments" not in self.data:
+                    return
+        self.tables = []
+        try:
+            self.data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            at = re.search(r"\(at line (\d+), column \d+\)", str(exc))
+            raise ConfigError(f"{self.path}{':' + at.group(1) if at else ''}: invalid TOML: {exc}") from None
+
+    def deployments(self) -> Iterator[dict[str, Any]]:
+        """The [[deployments]] tables cut out by ``_parse``, parsed one at a time."""
+        for first, end in self.tables:
+            try:
+                table = tomllib.loads(self.text[self.starts[first] : self.starts[end]])
+            except tomllib.TOMLDecodeError:
+                raise _Uncut from None  # the whole file says where the error is, if it is one
+            if list(table) != ["deployments"] or len(table["deployments"]) != 1:
+                raise _Uncut
+            yield table["deployments"][0]
+
+    def line(self, number: int) -> str:
+        return self.text[self.starts[number] : self.starts[number + 1] - 1]
 
     def where(self, table: str, key: str | None, index: int = 0) -> str:
         """``file:line`` of ``key`` inside ``[table]`` (the index-th ``[[table]]``), best effort."""
@@ -109,8 +182,8 @@ class _Document:
         if key is not None:
             pattern = re.compile(rf"^\s*(?:{re.escape(table)}\.)?[\"']?{re.escape(key)}[\"']?\s*=")
             inline = re.compile(rf"[{{,]\s*[\"']?{re.escape(key)}[\"']?\s*=")
-            for number in range(start + 1, len(self.lines)):
-                line = self.lines[number]
+            for number in range(start + 1, len(self.starts) - 1):
+                line = self.line(number)
                 if re.match(r"^\s*\[", line):  # the next table, or the next [[table]]
                     break
                 if pattern.match(line) or inline.search(line):
@@ -215,6 +288,22 @@ def _build(path: Path | None, documents: list[_Document], env: Mapping[str, str]
     notifications: list[NotificationConfig] = []
     first_defined: dict[tuple[str, str], str] = {}  # (pools|deployments, name) -> file:line
     placed: dict[str, Any] = {}  # deployment name -> its locate(key)
+
+    def add(doc: _Document, top: str, index: int, item: dict[str, Any]) -> None:
+        if top == "pools":
+            pools.append(_pool(doc, index, item, sources))
+        elif top == "notifications":
+            notifications.append(_notification(doc, index, item, sources))
+        else:
+            deployments.append(_deployment(doc, index, item, sources))
+            placed[deployments[-1].name] = _locator(doc, "deployments", index)
+        where, name = doc.where(top, "name", index), item["name"]
+        if (top, name) in first_defined:
+            raise ConfigError(
+                f"{where}: {top}: {name!r} is defined twice (first at {first_defined[top, name]})"
+            )
+        first_defined[top, name] = where
+
     for doc in documents:
         for top, body in doc.data.items():
             if top in SECTIONS:
@@ -227,22 +316,12 @@ def _build(path: Path | None, documents: list[_Document], env: Mapping[str, str]
                 if not isinstance(body, list) or not all(isinstance(item, dict) for item in body):
                     raise ConfigError(f"{doc.where(top, None)}: {top}: expected [[{top}]] tables")
                 for index, item in enumerate(body):
-                    if top == "pools":
-                        pools.append(_pool(doc, index, item, sources))
-                    elif top == "notifications":
-                        notifications.append(_notification(doc, index, item, sources))
-                    else:
-                        deployments.append(_deployment(doc, index, item, sources))
-                        placed[deployments[-1].name] = _locator(doc, "deployments", index)
-                    where, name = doc.where(top, "name", index), item["name"]
-                    if (top, name) in first_defined:
-                        raise ConfigError(
-                            f"{where}: {top}: {name!r} is defined twice (first at {first_defined[top, name]})"
-                        )
-                    first_defined[top, name] = where
+                    add(doc, top, index, item)
             else:
                 known = [*SECTIONS, *ARRAYS]
                 raise ConfigError(f"{doc.where(top, None)}: {top}: {_unknown(top, known)}")
+        for index, item in enumerate(doc.deployments()):
+            add(doc, "deployments", index, item)
 
     deployments = _with_pool_defaults(deployments, pools, placed)
     _check_triggers(deployments, placed)
