@@ -682,7 +682,13 @@ STEPS = (
 
 
 def run_step(
-    name: str, dbs: Databases, backend: str, tmp: Path, quick: bool, transactions: Callable[[str], int] | None
+    name: str,
+    dbs: Databases,
+    backend: str,
+    tmp: Path,
+    quick: bool,
+    transactions: Callable[[str], int] | None,
+    settle: float,
 ) -> list[Figure]:
     if name == "latency":
         return bench_latency(dbs, backend, tmp, 1 if quick else 3, 5 if quick else 15)
@@ -701,7 +707,7 @@ def run_step(
     if name == "containers":
         return bench_containers(dbs, backend, tmp, 10 if quick else 40)
     if name == "web":
-        return bench_web(dbs, backend, tmp, quick)
+        return bench_web(dbs, backend, tmp, quick, settle)
     if name == "triggers":
         return bench_triggers(dbs, backend, tmp, 1 if quick else 3, 20 if quick else 100)
     if name == "notifications":
@@ -756,13 +762,20 @@ def main() -> None:
                     step: list[Figure] = []
                     try:
                         step = run_step(
-                            name, dbs, backend, tmp, quick, transactions if backend == "postgresql" else None
+                            name,
+                            dbs,
+                            backend,
+                            tmp,
+                            quick,
+                            transactions if backend == "postgresql" else None,
+                            args.settle,
                         )
                     except Exception as exc:  # one broken step must not lose the other figures
                         failed.append(f"{name} on {backend}: {exc!r}")
                     section = meter.end(name, backend, before)
                     for figure in step:
-                        figure.section, figure.quiet = name, section.quiet
+                        if figure.quiet is None:  # a step may have judged a part of itself
+                            figure.section, figure.quiet = name, section.quiet
                     figures += step
                     print(f"[bench] {section.line()}", flush=True)
         finally:

@@ -31,6 +31,7 @@ from tests.bench.common import (
     wait_until,
     write_config,
 )
+from tests.bench.quiet import Meter, postmaster_pid
 from tests.web_support import free_port
 
 DEPLOYMENTS = 20
@@ -174,7 +175,7 @@ def _hold_clients(base: str, clients: int, seconds: float) -> tuple[int, list[in
     return errors[0], received, created
 
 
-def bench_web(dbs: Databases, backend: str, tmp: Path, quick: bool) -> list[Figure]:
+def bench_web(dbs: Databases, backend: str, tmp: Path, quick: bool, settle: float) -> list[Figure]:
     count = 100_000 if quick else 1_000_000
     repeats = 20 if quick else 100
     url = dbs.new(backend)
@@ -223,6 +224,14 @@ def bench_web(dbs: Databases, backend: str, tmp: Path, quick: bool) -> list[Figu
             "API /api/runs, 3rd page": None,
             "API /api/runs/ID": f"/api/runs/{sample}",
         }
+        # The page timings get a quiet verdict of their own: the step's (run.py) also covers
+        # seeding a million runs and the SSE minute, and a neighbour busy then says nothing
+        # about these 30 seconds, nor a neighbour busy now about those.
+        meter = Meter(lambda: postmaster_pid(dbs.pg.data_dir if dbs.pg else None))
+        if not meter.settle(settle):
+            print(f"[bench] the machine stayed busy for {settle:.0f}s before the web pages: going on")
+        timed = len(figures)
+        before = meter.begin()
         with httpx2.Client(base_url=base, timeout=30) as client:
             cursor = client.get("/api/runs").json()["next_cursor"]
             cursor = client.get("/api/runs", params={"cursor": cursor}).json()["next_cursor"]
@@ -240,6 +249,10 @@ def bench_web(dbs: Databases, backend: str, tmp: Path, quick: bool) -> list[Figu
                         lambda v: v <= 50,
                     )
                 )
+        section = meter.end("web pages", backend, before)
+        print(f"[bench] {section.line()}", flush=True)
+        for figure in figures[timed:]:
+            figure.section, figure.quiet = section.name, section.quiet
         figures.append(Figure("web RSS after the page runs", backend, "MB", [rss_mb(web.pid)]))
         start(procs, tmp, "orchd-worker", "--config", str(path))
         delays = _tail_latency(base, 50)
