@@ -328,9 +328,9 @@ class Reports(Access):
         """Every pool with its queue (due, upcoming, oldest due), active runs, online workers and
         their slots, and the live deployments that use it, as one snapshot."""
         with self.read() as conn:
-            return self._pools(conn, now, worker_timeout)
+            return self._pools(conn, now, self._online_workers(conn, now, worker_timeout))
 
-    def _pools(self, conn: Any, now: datetime, worker_timeout: float) -> list[PoolReport]:
+    def _pools(self, conn: Any, now: datetime, online_workers: list[Row[Any]]) -> list[PoolReport]:
         due = self._queue(conn, now)
         upcoming = dict(
             conn.execute(
@@ -351,7 +351,7 @@ class Reports(Access):
         )
         online: Counter[str] = Counter()
         slots: Counter[str] = Counter()
-        for w in self._online_workers(conn, now, worker_timeout):
+        for w in online_workers:
             for pool in w.pools:
                 online[pool] += 1
                 slots[pool] += w.concurrency
@@ -436,12 +436,13 @@ class Reports(Access):
                     runs.c.state.in_([s.value for s in RETRYABLE]),
                 )
             ).scalar_one()
+            online = self._online_workers(conn, now, worker_timeout)
             return Health(
                 now=now,
                 leader=None if leader is None else to.scheduler_seen(leader),
                 standbys=int(standbys),
-                pools=self._pools(conn, now, worker_timeout),
-                workers_online=len(self._online_workers(conn, now, worker_timeout)),
+                pools=self._pools(conn, now, online),
+                workers_online=len(online),
                 late=list(late),
                 stuck=list(stuck),
                 failures=int(failures),
