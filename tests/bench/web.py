@@ -9,6 +9,7 @@ tailed, HTTP over a socket, server-sent events read as a browser reads them.
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -190,6 +191,9 @@ def bench_web(dbs: Databases, backend: str, tmp: Path, quick: bool, settle: floa
     print(
         f"[bench] web on {backend}: {count} runs of history in {time.perf_counter() - began:.0f}s", flush=True
     )
+    # written to disk now, not by the kernel's writeback during the page timings: its threads'
+    # CPU (counted as other processes') and its I/O would land in them
+    os.sync()
     figures: list[Figure] = []
     with daemons(tmp) as procs:
         web = start(procs, tmp, "orchd-web", "--config", str(path))
