@@ -7,8 +7,10 @@ import threading
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from sqlalchemy import select
 
+import orchd.db.deployments
 from orchd.config import load_config
 from orchd.db.engine import make_engine
 from orchd.db.schema import deployments, runs
@@ -88,6 +90,35 @@ def test_reapplying_unchanged_config_a_hundred_times_creates_nothing(
     assert _times(store) == before
     with store.read() as conn:
         assert conn.execute(select(deployments.c.updated_at)).scalar_one() == stamp
+
+
+def test_a_sync_reads_the_schedules_a_few_deployments_at_a_time(
+    store: Store, make_config: MakeConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Schedule rows are read a few hundred deployments at a time (100,000 schedules at once took
+    45 MB); across reads, each deployment's schedules are still added, kept or archived."""
+    monkeypatch.setattr(orchd.db.deployments, "_DEPLOYMENTS_READ", 2)
+
+    def config(names: str, second: str = "2m") -> str:
+        return "".join(
+            f'[[deployments]]\nname = "{n}"\ncommand = ["true"]\n'
+            f'schedules = [{{ interval = "1m" }}, {{ interval = "{second if n == "b" else "2m"}" }}]\n'
+            for n in names
+        )
+
+    now = T0
+    first = store.sync(make_config(config("abcde")), now)
+    assert (first.created, first.schedules_added, first.schedules_removed) == (5, 10, 0)
+    again = store.sync(make_config(config("abc", second="3m")), now)
+    assert (again.created, again.archived, again.schedules_added, again.schedules_removed) == (0, 2, 1, 5)
+    same = store.sync(make_config(config("abc", second="3m")), now)
+    assert (same.created, same.updated, same.archived, same.schedules_added, same.schedules_removed) == (
+        0,
+        0,
+        0,
+        0,
+        0,
+    )
 
 
 def test_two_schedulers_at_once_never_duplicate(store: Store, make_config: MakeConfig, db_url: str) -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -35,6 +35,8 @@ from orchd.states import RunState
 
 S = RunState
 _BATCH = 2000
+#: Deployments whose schedule rows one statement of a sync reads.
+_DEPLOYMENTS_READ = 500
 
 
 def _hash(value: Any) -> str:
@@ -58,7 +60,13 @@ class Deployments(Reports):
         chosen = [d for d in config.deployments if only is None or d.name in only]
         with self.write() as conn:
             self._sync_pools(conn, config, now)
-            existing = {r.name: r for r in conn.execute(select(deployments))}
+            columns = (
+                deployments.c.id,
+                deployments.c.name,
+                deployments.c.config_hash,
+                deployments.c.archived_at,
+            )
+            existing = {r.name: r for r in conn.execute(select(*columns))}
             ids: dict[str, int] = {}
             new, changed = [], []
             for dep in chosen:
@@ -76,9 +84,9 @@ class Deployments(Reports):
                 ids[dep.name] = row.id
                 if row.config_hash != values["config_hash"] or row.archived_at is not None:
                     changed.append({"did": row.id, **values})
-            if new:
+            for batch in chunks(new, _BATCH):
                 stmt = insert(deployments).returning(deployments.c.id, deployments.c.name)
-                ids.update({r.name: r.id for r in conn.execute(stmt, new)})
+                ids.update({r.name: r.id for r in conn.execute(stmt, batch)})
             if changed:
                 conn.execute(
                     update(deployments)
@@ -202,23 +210,15 @@ class Deployments(Reports):
         """Schedules of every deployment (archived ones want none), or with ``every`` false of those
         in ``wanted`` only: add, re-activate, deactivate, archive — keyed by the schedule's
         definition, never by its row id."""
-        current: dict[int, dict[str, Any]] = {}
-        for r in conn.execute(
-            select(
-                schedules.c.id,
-                schedules.c.deployment_id,
-                schedules.c.key,
-                schedules.c.active,
-                schedules.c.archived_at,
-            )
-        ):
-            current.setdefault(r.deployment_id, {})[r.key] = r
+        dep_ids = list(wanted)
+        if every:  # and the deployments that left the config, while they have live schedules
+            live = select(schedules.c.deployment_id).where(schedules.c.archived_at.is_(None)).distinct()
+            dep_ids += [i for i in conn.execute(live).scalars() if i not in wanted]
         new: list[dict[str, Any]] = []
         gone: list[int] = []
         deactivated: list[int] = []
         added = 0
-        for dep_id in wanted.keys() | (current.keys() if every else set()):
-            rows = current.get(dep_id, {})
+        for dep_id, rows in self._schedule_rows(conn, dep_ids):
             specs = wanted.get(dep_id, ())
             for spec in specs:
                 row = rows.get(spec.key)
@@ -262,6 +262,21 @@ class Deployments(Reports):
         self._drop_unstarted(conn, deactivated, now, "schedule deactivated")
         self._drop_unstarted(conn, gone, now, "schedule removed from config")
         report.schedules_added, report.schedules_removed = added, len(gone)
+
+    def _schedule_rows(
+        self, conn: Connection, dep_ids: Sequence[int]
+    ) -> Iterator[tuple[int, dict[str, Any]]]:
+        """Each deployment's schedule rows by key, read a few hundred deployments at a time: all the
+        rows of 100,000 schedules at once took 45 MB."""
+        for chunk in chunks(dep_ids, _DEPLOYMENTS_READ):
+            current: dict[int, dict[str, Any]] = {}
+            columns = schedules.c.id, schedules.c.deployment_id, schedules.c.key, schedules.c.active
+            for r in conn.execute(
+                select(*columns, schedules.c.archived_at).where(schedules.c.deployment_id.in_(chunk))
+            ):
+                current.setdefault(r.deployment_id, {})[r.key] = r
+            for dep_id in chunk:
+                yield dep_id, current.get(dep_id, {})
 
     def _drop_unstarted(
         self, conn: Connection, schedule_ids: Sequence[int], now: datetime, reason: str
