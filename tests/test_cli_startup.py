@@ -12,6 +12,9 @@ from pathlib import Path
 
 import click
 import pytest
+from click.testing import CliRunner
+from sqlalchemy import event
+from sqlalchemy.pool import Pool
 
 from orchd.cli import COMMANDS, LazyGroup, main
 from orchd.db import migrate
@@ -67,3 +70,21 @@ def test_the_help_lists_each_command_with_its_own_first_line() -> None:
     for name, command in commands.items():
         assert COMMANDS[name][1] == command.get_short_help_str(limit=1000), name
     assert main.get_command(click.Context(main), "nosuch") is None
+
+
+def test_a_database_command_opens_one_connection(db_url: str, tmp_path: Path) -> None:
+    """Its ping, schema check and queries share one connection: on PostgreSQL each new one is a
+    server process started (several ms of every command), and one was opened per statement."""
+    config = write_config(tmp_path / "orchd.toml", db_url)
+    opened: list[object] = []
+
+    def connected(dbapi_connection: object, record: object) -> None:
+        opened.append(dbapi_connection)
+
+    event.listen(Pool, "connect", connected)
+    try:
+        result = CliRunner().invoke(main, ["run", "ls", "--config", str(config)], env=clean_env(tmp_path))
+    finally:
+        event.remove(Pool, "connect", connected)
+    assert result.exit_code == 0, result.output
+    assert len(opened) == 1

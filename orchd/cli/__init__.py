@@ -8,6 +8,7 @@ to the command's own).
 
 from __future__ import annotations
 
+import gc
 import importlib
 import signal
 from typing import Any
@@ -65,7 +66,13 @@ class LazyGroup(OneLineErrorsGroup):
         Its database connections never see SIGPIPE: libpq sends with MSG_NOSIGNAL.  `orchd up`
         runs daemons and ignores SIGPIPE again."""
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-        return super().__call__(*args, **kwargs)
+        try:
+            return super().__call__(*args, **kwargs)
+        finally:
+            # What a command imported (SQLAlchemy's classes and caches, the data layer) lives until
+            # the process ends: freezing it spares the interpreter's exit a last collection that
+            # walks every one of those objects (~60-90 ms of every database command here).
+            gc.freeze()
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(COMMANDS)
@@ -74,7 +81,11 @@ class LazyGroup(OneLineErrorsGroup):
         if cmd_name not in COMMANDS:
             return None
         module, _, attribute = COMMANDS[cmd_name][0].partition(":")
-        command: click.Command = getattr(importlib.import_module(module), attribute)
+        gc.disable()
+        try:
+            command: click.Command = getattr(importlib.import_module(module), attribute)
+        finally:
+            gc.enable()
         return command
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:

@@ -3,6 +3,7 @@ turning orchd's and the database's errors into one line on stderr (orchd.cli.one
 
 from __future__ import annotations
 
+import atexit
 import functools
 import getpass
 import os
@@ -73,7 +74,8 @@ def open_store(config: Config, *, schema: bool = True, create: bool = False) -> 
     schema must be current.  A missing SQLite file is an error unless ``create``: a typo in a path
     must not leave an empty database behind."""
     check_sqlite_file(parse_url(config.database.url), create=create)
-    engine = make_engine(config.database, pooled=False)
+    engine = make_engine(config.database, pool_size=1)
+    atexit.register(engine.dispose)  # a server sees a goodbye, not a dropped connection
     ping(engine)
     if schema:
         migrate.ensure_current(engine)

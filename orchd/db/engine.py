@@ -18,7 +18,6 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
-from sqlalchemy.pool import NullPool
 
 from orchd.backoff import Backoff
 from orchd.config import DatabaseConfig
@@ -72,15 +71,17 @@ def describe(url: URL) -> str:
     return f"PostgreSQL at {url.host or 'localhost'}:{url.port or 5432}/{url.database or ''}"
 
 
-def make_engine(db: DatabaseConfig, *, pooled: bool = True) -> Engine:
+def make_engine(db: DatabaseConfig, *, pool_size: int | None = None) -> Engine:
+    """``pool_size``: connections kept open (default ``database.pool_size``); a short command
+    asks for 1, so its ping, schema check and queries share one connection (a PostgreSQL
+    connection costs a server process start: several ms each)."""
     url = parse_url(db.url)
     if url.get_backend_name() == "sqlite":
         return install(_sqlite_engine(url, db))
     # No pre-ping: it would double the queries of an idle daemon.  A connection broken by a
     # database restart fails once, SQLAlchemy invalidates the pool, and the loops retry.
-    kwargs: dict[str, Any] = {"pool_size": db.pool_size, "max_overflow": db.pool_size}
-    if not pooled:
-        kwargs = {"poolclass": NullPool}
+    size = db.pool_size if pool_size is None else pool_size
+    kwargs: dict[str, Any] = {"pool_size": size, "max_overflow": size}
     args = connect_args(db, url=url if db.pooler == "none" else None)
     if not prepares(db):
         args["prepare_threshold"] = None
