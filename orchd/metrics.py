@@ -127,6 +127,8 @@ class QueueCollector(Collector):
 
 QUEUE = QueueCollector()
 REGISTRY.register(QUEUE)
+#: Is /metrics served by this process (``serve``)?  Only then does the leader read the queue.
+_served = False
 
 
 class Metrics(Observer):
@@ -150,7 +152,8 @@ class Metrics(Observer):
         RUNS_MATERIALIZED.inc(report.created)
         RUNS_REAPED.inc(report.crashed)
         RUNS_MISSED.inc(report.missed)
-        QUEUE.refresh(self.store, now)
+        if _served:  # three queries every REFRESH seconds that nobody would read
+            QUEUE.refresh(self.store, now)
 
     def claimed(self, runs: int, seconds: float) -> None:
         RUNS_CLAIMED.inc(runs)
@@ -179,4 +182,6 @@ def serve(listen: str) -> WSGIServer:
         server, _thread = start_http_server(int(port), host)
     except OSError as exc:
         raise OrchdError(f"metrics: cannot listen on {listen}: {exc.strerror or exc}") from None
+    global _served
+    _served = True
     return server

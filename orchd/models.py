@@ -287,6 +287,17 @@ class Materialization:
     next_fire_at: datetime | None
 
 
+@dataclass(frozen=True)
+class Upkeep:
+    """What one upkeep did, and when it will next have something to do."""
+
+    crashed: list[int]
+    missed: list[int]
+    #: The earliest lease end, misfire or worker silence it saw coming (None: nothing live).
+    #: Past when it found work: it may have left some for the next call (500 of each at most).
+    next_due: datetime | None
+
+
 @dataclass
 class TickReport:
     """What one scheduler tick did."""

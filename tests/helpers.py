@@ -106,7 +106,7 @@ def daemons(log_dir: Path) -> Iterator[Daemons]:
 
 def reap(store: Store, now: datetime) -> list[int]:
     """The reaping part of the scheduler's upkeep: the runs whose lease expired, now CRASHED."""
-    return store.upkeep(now, misfire_grace=None, worker_timeout=3600)[0]
+    return store.upkeep(now, misfire_grace=None, worker_timeout=3600).crashed
 
 
 def state_of(store: Store, run_id: int) -> str:

@@ -40,7 +40,7 @@ def test_a_worker_whose_leases_lapsed_is_offline_at_once(store: Store, make_conf
         store.start_many({claimed.id: 1}, name, T0)
     later = T0 + lease + timedelta(seconds=1)
     store.heartbeat("alive", later, later + lease, [])  # alive, it only lost track of its run
-    crashed, _ = store.upkeep(later, None, worker_timeout=120)
+    crashed = store.upkeep(later, None, worker_timeout=120).crashed
     assert len(crashed) == 2
     status = {w.name: w.status_at(later, 120) for w in store.workers()}
     assert status == {"dead": "offline", "alive": "online"}

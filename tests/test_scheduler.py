@@ -271,6 +271,33 @@ def test_reaper_crashes_expired_leases_and_retries(store: Store, make_config: Ma
     assert state_of(store, run_id) == RunState.CRASHED  # no attempts left
 
 
+def test_the_upkeep_says_when_it_will_next_have_work(store: Store, make_config: MakeConfig) -> None:
+    """An idle scheduler looks again when the earliest lease, worker silence or misfire falls
+    due (within bounds), not every 2 s: what it reads must be exactly that moment."""
+    store.sync(make_config('[[deployments]]\nname = "job"\ncommand = ["true"]\n'), T0)
+    assert store.upkeep(T0, 60, 120).next_due is None  # nothing live
+    store.register_worker("w1", "host", 1, ["default"], 1, T0)
+    assert store.upkeep(T0, 60, 120).next_due == T0 + timedelta(seconds=120)  # its silence
+    waiting = store.create_run("job", T0 + timedelta(seconds=10))
+    assert store.upkeep(T0, 60, 120).next_due == T0 + timedelta(seconds=70)  # misfire_grace after due
+    assert store.upkeep(T0, None, 120).next_due == T0 + timedelta(seconds=120)  # no misfires
+    claimed_at = T0 + timedelta(seconds=10)
+    (claimed,) = store.claim("w1", ["default"], 1, claimed_at, claimed_at + timedelta(seconds=30))
+    assert claimed.id == waiting
+    upkeep = store.upkeep(claimed_at + timedelta(seconds=29), 60, 120)
+    assert (upkeep.crashed, upkeep.next_due) == ([], claimed_at + timedelta(seconds=30))  # its lease
+    upkeep = store.upkeep(claimed_at + timedelta(seconds=31), 60, 120)
+    assert upkeep.crashed == [waiting] and upkeep.next_due == claimed_at + timedelta(seconds=30)
+    scheduler = _scheduler(make_config, store, Clock(T0))
+    wait = scheduler._upkeep_wait  # lease_timeout 60 s: at most 10 s, at least 2 s
+    assert [wait(None, T0), wait(T0 + timedelta(seconds=5), T0), wait(T0 - timedelta(seconds=1), T0)] == [
+        10.0,
+        5.0,
+        2.0,
+    ]
+    assert wait(T0 + timedelta(hours=1), T0) == 10.0
+
+
 def test_a_reaped_worker_cannot_record_anything_on_the_retry(store: Store, make_config: MakeConfig) -> None:
     """A worker cut off past its lease comes back to find its run reaped and RUNNING again on
     another worker: its start, outcome and hand-back must not land on the retry."""

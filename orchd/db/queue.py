@@ -429,11 +429,17 @@ class Queue(Access):
             with self.write() as conn:
                 conn.execute(run_logs.insert(), list(rows))
 
+    @property
+    def polled(self) -> bool:
+        """Must an idle worker poll ``changed`` to notice new work?  SQLite: as a backstop to
+        wake-up datagrams.  PostgreSQL: no, NOTIFY wakes it (or its poll_interval, without LISTEN)."""
+        return not self._postgres
+
     def changed(self) -> bool:
         """SQLite: has another connection (the scheduler, the CLI, another worker) committed since we
         last asked?  PRAGMA data_version answers from shared memory, so polling it costs no I/O.
         PostgreSQL workers are woken by NOTIFY instead: always False."""
-        if self.engine.dialect.name != "sqlite":
+        if not self.polled:
             return False
         with self.engine.connect() as conn:
             version = int(conn.exec_driver_sql("PRAGMA data_version").scalar_one())

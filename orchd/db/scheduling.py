@@ -26,8 +26,8 @@ from sqlalchemy import (
     and_,
     bindparam,
     delete,
-    exists,
     func,
+    null,
     or_,
     select,
     update,
@@ -39,7 +39,7 @@ from orchd.db.base import Access
 from orchd.db.queue import requeue_failed
 from orchd.db.schema import RUNS_ACTIVE, deployments, runs, schedulers, schedules, workers
 from orchd.db.transitions import insert_runs, new_run, transition
-from orchd.models import DeploymentSpec, DueSchedule, Materialization, OverdueRun
+from orchd.models import DeploymentSpec, DueSchedule, Materialization, OverdueRun, Upkeep
 from orchd.states import ACTIVE, FINISHED, RunState
 
 S = RunState
@@ -140,11 +140,9 @@ class Scheduling(Access):
             ).scalar()
         return value
 
-    def upkeep(
-        self, now: datetime, misfire_grace: float | None, worker_timeout: float
-    ) -> tuple[list[int], list[int]]:
+    def upkeep(self, now: datetime, misfire_grace: float | None, worker_timeout: float) -> Upkeep:
         """The scheduler's periodic upkeep in one short transaction; returns the runs it CRASHED
-        (some of them retried since) and those it marked MISSED.
+        (some of them retried since), those it marked MISSED, and when it will next have work.
 
         * Runs whose lease expired (their worker died, hung, or lost the database for longer than
           the lease) become CRASHED, and are retried when attempts remain.  The lease is set at
@@ -158,20 +156,22 @@ class Scheduling(Access):
         transaction leaves its row locks behind until the server gives up on its session, and the
         upkeep (and the tick with it) must not wait for that."""
         silent_since = now - timedelta(seconds=worker_timeout)
-        stale_since = now - timedelta(seconds=misfire_grace) if misfire_grace else None
         with self.read() as conn:  # idle, one read every few seconds, not the write lock
-            todo = conn.execute(
-                _upkeep_todo(stale_since is not None),
-                {"now": now, "silent_since": silent_since, "stale_since": stale_since},
-            ).scalar()
-        if not todo:
-            return [], []
+            lease, heard, due = conn.execute(_upkeep_next(misfire_grace is not None)).one()
+        coming: list[datetime] = [lease] if lease else []
+        if heard:
+            coming.append(heard + timedelta(seconds=worker_timeout))
+        if due and misfire_grace is not None:
+            coming.append(due + timedelta(seconds=misfire_grace))
+        next_due = min(coming, default=None)
+        if next_due is None or next_due >= now:
+            return Upkeep([], [], next_due)
         with self.write() as conn:
             crashed = self._reap(conn, now)
             missed = self._mark_missed(conn, now, misfire_grace) if misfire_grace else []
             silent = select(workers.c.name).where(_silent(silent_since)).with_for_update(skip_locked=True)
             conn.execute(update(workers).where(workers.c.name.in_(silent)).values(status="offline"))
-        return crashed, missed
+        return Upkeep(crashed, missed, next_due)
 
     def _reap(self, conn: Connection, now: datetime, limit: int = 500) -> list[int]:
         crashed: list[int] = []
@@ -358,7 +358,7 @@ class Scheduling(Access):
             )  # fmt: skip
 
 
-# What the upkeep acts on, stated once for its look (``_upkeep_todo``) and its work.
+# What the upkeep acts on (``_upkeep_next`` reads when each will next be true).
 def _expired(now: Any) -> ColumnElement[bool]:
     """Active runs whose lease has expired."""
     return and_(RUNS_ACTIVE, runs.c.lease_expires_at < now)
@@ -375,14 +375,15 @@ def _silent(since: Any) -> ColumnElement[bool]:
 
 
 @lru_cache(maxsize=2)
-def _upkeep_todo(misfires: bool) -> Select[tuple[bool]]:
-    """Whether the upkeep has anything to do, in one read built once (bound: now, silent_since,
-    stale_since): an idle scheduler asks every few seconds."""
-    when = bindparam("now", type_=runs.c.lease_expires_at.type)
-    checks = [
-        exists().where(_expired(when)),
-        exists().where(_silent(bindparam("silent_since", type_=workers.c.last_heartbeat.type))),
-    ]
-    if misfires:
-        checks.append(exists().where(_stale(bindparam("stale_since", type_=runs.c.due_at.type))))
-    return select(or_(*checks))
+def _upkeep_next(misfires: bool) -> Select[tuple[Any, Any, Any]]:
+    """When the upkeep will next have work, in one read built once: the earliest lease of an
+    active run, the oldest heartbeat of a worker shown online and (``misfires``) the earliest due
+    time of a waiting run, each from an index.  An idle scheduler asks every few seconds."""
+    lease = select(func.min(runs.c.lease_expires_at)).where(RUNS_ACTIVE)
+    heard = select(func.min(workers.c.last_heartbeat)).where(workers.c.status == "online")
+    due = select(func.min(runs.c.due_at)).where(runs.c.state == S.SCHEDULED.value)
+    return select(
+        lease.scalar_subquery(),
+        heard.scalar_subquery(),
+        due.scalar_subquery() if misfires else null(),
+    )

@@ -37,7 +37,11 @@ _PRUNE_EVERY = 60.0
 SEEN_EVERY = 10.0
 #: No leader recorded itself for this long: the scheduler was down (a failover takes a second).
 DOWNTIME = 3 * SEEN_EVERY
-_UPKEEP_EVERY = 2.0  # reaping, misfires, offline workers: a crash is seen within lease + this
+#: Reaping, misfires, offline workers: the upkeep looks again when the earliest lease end,
+#: misfire or worker silence it saw falls due, but not sooner than this (a crash is seen within
+#: lease + this) and not later than a few seconds: a run claimed meanwhile may have a short lease.
+_UPKEEP_EVERY = 2.0
+_UPKEEP_AT_MOST = 10.0
 _RECHECK_EVERY = 30.0
 
 
@@ -138,9 +142,9 @@ class Scheduler:
         if recheck or (earliest is not None and horizon_end >= earliest):
             self._materialize(now, horizon_end, report)
         if time.monotonic() >= self._next_upkeep:
-            crashed, missed = self.store.upkeep(now, cfg.misfire_grace, cfg.worker_timeout)
-            report.crashed, report.missed = len(crashed), len(missed)
-            self._next_upkeep = time.monotonic() + _UPKEEP_EVERY
+            upkeep = self.store.upkeep(now, cfg.misfire_grace, cfg.worker_timeout)
+            report.crashed, report.missed = len(upkeep.crashed), len(upkeep.missed)
+            self._next_upkeep = time.monotonic() + self._upkeep_wait(upkeep.next_due, now)
         self._notify()
         if cfg.retention and time.monotonic() >= self._next_prune:
             report.pruned = self.store.prune(now, cfg.retention)
@@ -158,6 +162,15 @@ class Scheduler:
                 schedules=report.schedules,
             )
         return report
+
+    def _upkeep_wait(self, next_due: datetime | None, now: datetime) -> float:
+        """Seconds until the next upkeep: when its next work falls due, within _UPKEEP_EVERY and
+        the longest a new run's lease could go unseen (a quarter of ``worker.lease_timeout``, at
+        most _UPKEEP_AT_MOST; leases and heartbeats are written by workers, not announced)."""
+        longest = max(_UPKEEP_EVERY, min(_UPKEEP_AT_MOST, self.config.worker.lease_timeout / 4))
+        if next_due is None:
+            return longest
+        return max(_UPKEEP_EVERY, min(longest, (next_due - now).total_seconds()))
 
     def _notify(self) -> None:
         """Match new events to the notification rules.  A database error is the tick's (waited out

@@ -11,6 +11,7 @@ file changed, every half second) is only the safety net.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import queue
 import socket
@@ -303,6 +304,8 @@ class Worker:
         next_cancel_check = 0.0
         outage = Outage()
         drain_until: float | None = None
+        # idle, a PostgreSQL worker sleeps until its next duty: NOTIFY and stop requests wake it
+        idle_wait = _IDLE_WAIT if self.store.polled else math.inf
         while True:
             now = time.monotonic()
             notify.watchdog()
@@ -350,7 +353,7 @@ class Worker:
             # in an outage the heartbeat is overdue: waiting for it would mean not waiting at all
             wake_at = max(wake_at, outage.retry_at)
             self._handle_events(
-                timeout=max(0.0, min(wake_at - time.monotonic(), _MAX_WAIT if self.active else _IDLE_WAIT)),
+                timeout=max(0.0, min(wake_at - time.monotonic(), _MAX_WAIT if self.active else idle_wait)),
                 writable=time.monotonic() >= outage.retry_at,
             )
 
