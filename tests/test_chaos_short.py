@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.mark.timeout(400)
 def test_short_chaos_run_loses_nothing_and_doubles_nothing(tmp_path: Path) -> None:
-    summary = run(Settings(seconds=60, results=tmp_path / "chaos.json", drain_timeout=60))
+    summary = run(Settings(seconds=60, results=tmp_path / "chaos.json", drain_stall=60))
     report = summary.render()
     print(report)
     assert summary.kills.get("worker") and summary.kills.get("scheduler"), report

@@ -38,6 +38,7 @@ import urllib.request
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
@@ -56,11 +57,13 @@ from orchd.db.store import Store
 from orchd.states import FINISHED, RunState
 from tests import netns
 from tests.bench.common import RESULTS, engine_for, percentile, rss_mb
+from tests.bench.quiet import QUIET_CORES, postmaster_pid
 from tests.bench.run import queue_runs
 from tests.chaos import checks
 from tests.chaos.checks import Job, Observed, Violation, read_ledger
 from tests.chaos.fleet import Daemon, Fleet
 from tests.chaos.harness import JOB_SCRIPT, database_rows
+from tests.chaos.settle import wait_settled
 from tests.pg import PgServer, postgres_server
 from tests.pgbouncer import PgBouncer, pgbouncer
 
@@ -80,6 +83,8 @@ class Settings:
     kill_fraction: float = 0.1
     burst: int = 5_000
     mode: str = "pgbouncer"
+    #: The drain fails when no run finished for this long (slow is fine, stuck is not).
+    stall: float = 60.0
     seed: int | None = None
     results: Path | None = RESULTS / "scale.json"
     keep: bool = False
@@ -219,15 +224,87 @@ class Sampler(threading.Thread):
 Scraped = dict[str, list[tuple[dict[str, str], float]]]
 
 
-def scrape(address: str, port: int = METRICS_PORT) -> Scraped:
-    """name -> [(labels, value)] of a daemon's /metrics, or {} when it does not answer."""
+@dataclass(frozen=True)
+class Proc:
+    """A process as /proc/PID/stat shows it: its own CPU time and that of its reaped children."""
+
+    comm: str
+    parent: int
+    own: float
+    reaped: float
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+#: What a process of ours is, by its command name; the kind its reaped children's time goes to.
+_KIND = {"postgres": "postgres", "pgbouncer": "pgbouncer", "orchd-worker": "workers"}
+_KIND["orchd-scheduler"] = "scheduler"
+_REAPED_KIND = {"workers": "run children", "bench": "workers (killed, reaped by the bench)"}
+
+
+def processes() -> dict[int, Proc]:
+    table = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            with suppress(OSError, IndexError):
+                head, rest = Path(entry.path, "stat").read_text().rsplit(")", 1)
+                fields = rest.split()
+                table[int(entry.name)] = Proc(
+                    head.split("(", 1)[1],
+                    int(fields[1]),
+                    (int(fields[11]) + int(fields[12])) / _TICK,
+                    (int(fields[13]) + int(fields[14])) / _TICK,
+                )
+    return table
+
+
+def cpu_by_kind(before: dict[int, Proc], after: dict[int, Proc], roots: set[int]) -> dict[str, float]:
+    """CPU-seconds spent between two process tables, by kind: PostgreSQL (this bench's cluster),
+    PgBouncer, the workers, the runs they spawned, the scheduler, the bench itself, and everything
+    that is not this bench's ("other": it makes the figures unreliable).  The time of a process
+    that ended in between moves to its parent's reaped time and is counted there; that of one
+    that ended unreaped (rare here) is lost."""
+
+    def kind(pid: int) -> str:
+        proc, seen = after[pid], 0
+        if pid == os.getpid():
+            return "bench"
+        ancestor = proc.parent
+        while ancestor in after and seen < 64:
+            if after[ancestor].comm == "orchd-worker":
+                return "run children"
+            if ancestor in roots:
+                return _KIND.get(proc.comm, "bench")
+            ancestor, seen = after[ancestor].parent, seen + 1
+        return _KIND.get(proc.comm, "other") if pid in roots else "other"
+
+    spent: Counter[str] = Counter()
+    for pid, proc in after.items():
+        was = before.get(pid)
+        if was is not None and was.comm != proc.comm:
+            was = None  # the pid was reused (or exec'd: its time counts from here)
+        mine = kind(pid)
+        spent[mine] += proc.own - (was.own if was else 0.0)
+        spent[_REAPED_KIND.get(mine, mine)] += proc.reaped - (was.reaped if was else 0.0)
+    return {k: round(v, 1) for k, v in spent.most_common()}
+
+
+#: The metric families the bench reads.  Only their lines are parsed: a worker that ran a
+#: thousand deployments exports tens of thousands of per-deployment histogram lines, and
+#: prometheus_client's parser took about half a second of the bench's CPU for each scrape.
+MEASURED = ("orchd_claim_seconds", "orchd_scheduler_tick_seconds")
+
+
+def scrape(address: str, port: int = METRICS_PORT) -> Scraped | None:
+    """name -> [(labels, value)] of the MEASURED families of a daemon's /metrics, or None when
+    it does not answer (killed, or too slow)."""
     try:
-        with urllib.request.urlopen(f"http://{address}:{port}/metrics", timeout=5) as answer:
+        with urllib.request.urlopen(f"http://{address}:{port}/metrics", timeout=30) as answer:
             body = answer.read().decode()
     except OSError:
-        return {}
+        return None
+    wanted = "\n".join(line for line in body.splitlines() if line.startswith(MEASURED))
     found: dict[str, list[tuple[dict[str, str], float]]] = defaultdict(list)
-    for family in text_string_to_metric_families(body):
+    for family in text_string_to_metric_families(wanted):
         for sample in family.samples:
             found[sample.name].append((sample.labels, sample.value))
     return found
@@ -250,9 +327,14 @@ def histogram_quantile(buckets: dict[float, float], q: float) -> float:
     return low
 
 
-def _since(before: Scraped, after: Scraped) -> Scraped:
+def _since(before: Scraped | None, after: Scraped | None) -> Scraped:
     """What a daemon counted between two scrapes.  A daemon restarted in between (killed by the
-    bench) counts from zero again: then its second scrape alone."""
+    bench) counts from zero again: then its second scrape alone (as when the first found it
+    down); nothing when the second found it down."""
+    if after is None:
+        return {}
+    if before is None:
+        return after
     old = {
         (name, tuple(sorted(labels.items()))): v for name, samples in before.items() for labels, v in samples
     }
@@ -327,7 +409,10 @@ class Scale:
         (scheduler_dir / "deployments.d").mkdir(parents=True)
         body = {
             "database": {"url": self.url},
-            "scheduler": {"loop_interval": "1s", "catchup": "all", "misfire_grace": "30m"},
+            # a short horizon, as in the chaos harness: once the scheduler stops at the drain, the
+            # runs it materialized stop coming due within seconds (with the default 10 minutes
+            # the fast schedules' runs kept coming due, and the fleet never stood idle)
+            "scheduler": {"loop_interval": "1s", "horizon": "10s", "catchup": "all", "misfire_grace": "30m"},
             "logging": {"level": "info"},
             "metrics": {"listen": f"127.0.0.1:{_free_port()}"},
         }
@@ -394,24 +479,40 @@ class Scale:
         self.say("fleet up: load begins")
         sampler = Sampler(self.server, self.database, self.bouncer)
         sampler.start()
-        before = self._scrape_all()  # the histograms count from here: the window only
+        self.unanswered = 0
+        self.scrapes = {"window start": self._scrape_all()}  # the histograms count from here
         self.window = (datetime.now(UTC), datetime.now(UTC))
+        roots = {os.getpid(), *postmaster_pid(self.server.data_dir)}
+        cpu_before, cpu_began = processes(), time.monotonic()
         self._load()
         self.window = (self.window[0], datetime.now(UTC))
+        cpu = cpu_by_kind(cpu_before, processes(), roots)
+        cpu_seconds = time.monotonic() - cpu_began
         self.say("load over: scraping metrics")
-        after = self._scrape_all()
-        worker_scrapes = [_since(b, a) for b, a in zip(before[1:], after[1:], strict=True)]
-        scheduler_scrape = _since(before[0], after[0])
+        self.scrapes["window end"] = self._scrape_all()
         sampler.stopping.set()
         sampler.join(timeout=10)
         drained = self._drain()
-        self._measure(sampler.samples, worker_scrapes, scheduler_scrape)
+        self._measure(sampler.samples)
+        self._cpu_figures(cpu, cpu_seconds)
         self._audit(drained)
 
-    def _scrape_all(self) -> list[Scraped]:
-        """The scheduler's metrics, then each worker host's."""
+    def _scrape_all(self) -> list[Scraped | None]:
+        """The scheduler's metrics, then each worker host's, scraped at once (one after the other,
+        a hundred workers busy with runs took minutes to answer)."""
+        began = time.monotonic()
         host, port = self.scheduler_metrics.rsplit(":", 1)
-        return [scrape(host, int(port)), *(scrape(h.address) for h in self.hosts)]
+        with ThreadPoolExecutor(max_workers=32, thread_name_prefix="scrape") as pool:
+            found = [scrape(host, int(port)), *pool.map(lambda h: scrape(h.address), self.hosts)]
+        down = sum(1 for f in found if f is None)
+        self.say(f"scraped {len(found)} daemons' metrics in {time.monotonic() - began:.1f}s ({down} down)")
+        self.unanswered += down
+        return found
+
+    def _segment(self, first: str, last: str) -> tuple[list[Scraped], Scraped]:
+        """What the workers and the scheduler counted between two scrapes."""
+        a, b = self.scrapes[first], self.scrapes[last]
+        return [_since(x, y) for x, y in zip(a[1:], b[1:], strict=True)], _since(a[0], b[0])
 
     def _load(self) -> None:
         """The window: the schedules run, the burst is queued half way, a tenth of the workers are
@@ -423,6 +524,7 @@ class Scale:
         kills = sorted((start + self.rng.uniform(0.1, 0.8) * settings.seconds, v) for v in victims)
         burst_at = start + settings.seconds / 2
         self.burst: tuple[datetime, float] | None = None
+        next_look = 0.0
         while (now := time.monotonic()) < end:
             fleet.tend()
             fleet.watch_orphans()
@@ -432,37 +534,42 @@ class Scale:
                     kill = fleet.kill(victim, False, self.rng.uniform(1.0, 4.0))
                     self.say(f"SIGKILL {victim.label} (pid {kill.pid}, {len(kill.run_groups)} runs)")
             if self.burst is None and now >= burst_at and settings.burst:
-                queued = datetime.now(UTC)
+                self.scrapes["burst queued"] = self._scrape_all()
+                queued, began = datetime.now(UTC), time.monotonic()
                 queue_runs(self.store, settings.burst, BURST.name)
                 with self.store.engine.begin() as conn:
                     conn.execute(text("SELECT pg_notify('orchd', 'default')"))
-                self.burst = (queued, time.monotonic() - now)
+                self.burst = (queued, time.monotonic() - began)
                 self.say(f"burst: {settings.burst} runs queued in {self.burst[1]:.1f}s")
+                next_look = time.monotonic() + 1.0
+            elif self.burst is not None and "burst done" not in self.scrapes and now >= next_look:
+                next_look = now + 1.0
+                if not self._count(runs.c.deployment_id == self._burst_id(), _open()):
+                    self.say("burst done")
+                    self.scrapes["burst done"] = self._scrape_all()
             time.sleep(0.1)
         self.fleet.start_all_stopped()
 
     def _drain(self) -> datetime:
         """As the chaos harness: every worker up until the window's runs are done, then the
-        scheduler stops, then the workers once nothing is due."""
+        scheduler stops, then the workers once nothing is due.  Each wait lasts as long as runs
+        keep finishing (a backlog drains at the fleet's pace); one that stands still for
+        ``settings.stall`` seconds is a stuck queue: a violation."""
         self.say("draining")
         fleet = self.fleet
         end = self.window[1]
-
-        def open_runs() -> int:
-            return self._count(runs.c.scheduled_for <= end, runs.c.state.not_in([s.value for s in FINISHED]))
-
-        self._wait("the window's runs to finish", lambda: open_runs() == 0, 300, violation=True)
+        self._settle("the window's runs to finish", lambda: self._count(runs.c.scheduled_for <= end, _open()))
         self.figures["runs/s, burst"] = self._burst_rate()
         fleet.stop_kind("scheduler", 60)
         drained_at = datetime.now(UTC)
 
-        def idle() -> bool:
+        def busy() -> int:
             nonlocal drained_at
             drained_at = datetime.now(UTC)
             due = (runs.c.state == S.SCHEDULED.value) & (runs.c.due_at <= drained_at)
-            return self._count(due | runs.c.state.in_([S.PENDING.value, S.RUNNING.value])) == 0
+            return self._count(due | runs.c.state.in_([S.PENDING.value, S.RUNNING.value]))
 
-        self._wait("nothing due or running", idle, 300, violation=True)
+        self._settle("nothing due or running", busy)
         fleet.stop_kind("worker", 120)
         for pid, (kind, status) in sorted(fleet.stop_status.items()):
             if status != 0:
@@ -473,24 +580,56 @@ class Scale:
         self.say("drained and stopped")
         return drained_at
 
+    def _settle(self, what: str, outstanding: Callable[[], int]) -> None:
+        settled = wait_settled(outstanding, self.settings.stall, tend=self.fleet.tend)
+        self.say(f"{what}: {'done' if settled.done else 'STUCK'} after {settled.waited:.0f}s")
+        if not settled.done:
+            self.violations.append(
+                Violation(
+                    "drain",
+                    f"stuck waiting for {what}: {settled.left} left, none finished in the last "
+                    f"{settled.still:.0f}s ({settled.waited:.0f}s in all)",
+                )
+            )
+
+    def _burst_id(self) -> int:
+        with self.store.read() as conn:
+            return int(
+                conn.execute(select(deployments.c.id).where(deployments.c.name == BURST.name)).scalar_one()
+            )
+
     def _burst_rate(self) -> float | None:
         if self.burst is None:
             return None
         queued, _ = self.burst
         with self.store.read() as conn:
             last = conn.execute(
-                select(func.max(runs.c.finished_at))
-                .join(deployments, deployments.c.id == runs.c.deployment_id)
-                .where(deployments.c.name == BURST.name)
+                select(func.max(runs.c.finished_at)).where(runs.c.deployment_id == self._burst_id())
             ).scalar()
         return round(self.settings.burst / (last - queued).total_seconds(), 1) if last else None
 
-    def _measure(self, samples: Samples, worker_scrapes: list[Any], scheduler_scrape: Any) -> None:
-        f, settings = self.figures, self.settings
+    def _claim_figures(self, name: str, worker_scrapes: list[Scraped]) -> None:
         claims = merged_buckets(worker_scrapes, "orchd_claim_seconds")
-        f["claims measured"] = int(claims.get(float("inf"), 0))
-        f["claim p50 (ms)"] = round(histogram_quantile(claims, 0.50) * 1000, 2)
-        f["claim p99 (ms)"] = round(histogram_quantile(claims, 0.99) * 1000, 2)
+        self.figures[f"claims measured, {name}"] = int(claims.get(float("inf"), 0))
+        self.figures[f"claim p50 / p99 (ms), {name}"] = [
+            round(histogram_quantile(claims, q) * 1000, 2) for q in (0.50, 0.99)
+        ]
+
+    def _measure(self, samples: Samples) -> None:
+        """Claim latency in the steady load (the window less the burst) and during the burst
+        (from its queueing until its last run finished, or the window's end), each from the
+        workers' own histograms; the rest over the whole window."""
+        f, settings = self.figures, self.settings
+        if "burst queued" in self.scrapes:
+            burst_end = "burst done" if "burst done" in self.scrapes else "window end"
+            steady = self._segment("window start", "burst queued")[0]
+            if burst_end == "burst done":
+                steady += self._segment("burst done", "window end")[0]
+            self._claim_figures("steady (window less burst)", steady)
+            self._claim_figures(f"burst (queued -> {burst_end})", self._segment("burst queued", burst_end)[0])
+        else:
+            self._claim_figures("steady (window)", self._segment("window start", "window end")[0])
+        scheduler_scrape = self._segment("window start", "window end")[1]
         ticks = merged_buckets([scheduler_scrape], "orchd_scheduler_tick_seconds")
         f["scheduler tick p50 (ms)"] = round(histogram_quantile(ticks, 0.50) * 1000, 2)
         f["scheduler tick p99 (ms)"] = round(histogram_quantile(ticks, 0.99) * 1000, 2)
@@ -530,6 +669,16 @@ class Scale:
                 round(max(p["maxwait"] * 1000 + p["maxwait_us"] / 1000 for p in samples.bouncer)),
                 max(p["sv_active"] + p["sv_idle"] + p["sv_used"] for p in samples.bouncer),
             ]
+
+    def _cpu_figures(self, cpu: dict[str, float], seconds: float) -> None:
+        """Where the machine's CPU went in the window, and whether others used it meanwhile."""
+        cores = os.cpu_count() or 1
+        ours = sum(v for k, v in cpu.items() if k != "other")
+        self.figures["CPU in the window, cores used (of the machine's)"] = [round(ours / seconds, 2), cores]
+        self.figures["CPU-s by process kind"] = cpu
+        other = cpu.get("other", 0.0) / seconds
+        verdict = "quiet" if other <= QUIET_CORES else "BUSY: its figures are unreliable"
+        self.figures["machine: other processes' cores in the window"] = f"{other:.2f} ({verdict})"
 
     def _lags(self) -> list[float]:
         """Start minus due time of first attempts of scheduled runs that started in the window, ms."""
@@ -600,16 +749,19 @@ class Scale:
         with self.store.read() as conn:
             return int(conn.execute(select(func.count()).select_from(runs).where(*conditions)).scalar_one())
 
-    def _wait(self, what: str, done: Callable[[], bool], timeout: float, violation: bool = False) -> None:
+    def _wait(self, what: str, done: Callable[[], bool], timeout: float) -> None:
+        """Wait for the fleet to come up (not a check: a fleet that cannot start ends the bench)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             self.fleet.tend()
             if done():
                 return
             time.sleep(0.5)
-        if not violation:
-            raise RuntimeError(f"timed out after {timeout:g}s waiting for {what}; {self.fleet.last_log()}")
-        self.violations.append(Violation("drain", f"timed out after {timeout:g}s waiting for {what}"))
+        raise RuntimeError(f"timed out after {timeout:g}s waiting for {what}; {self.fleet.last_log()}")
+
+
+def _open() -> Any:
+    return runs.c.state.not_in([s.value for s in FINISHED])
 
 
 def _free_port() -> int:
@@ -682,6 +834,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kill-fraction", type=float, default=d.kill_fraction)
     parser.add_argument("--burst", type=int, default=d.burst, help="runs queued at once half way (0: none)")
     parser.add_argument("--mode", choices=MODES, default=d.mode)
+    parser.add_argument(
+        "--stall", type=float, default=d.stall, help="drain: stuck when no run finished for this long"
+    )
     parser.add_argument("--seed", type=int)
     parser.add_argument("--results", type=Path, default=d.results)
     parser.add_argument("--keep", action="store_true", help="keep configs, ledger and daemon logs")
@@ -694,6 +849,7 @@ def main(argv: list[str] | None = None) -> int:
         args.kill_fraction,
         args.burst,
         args.mode,
+        args.stall,
         args.seed,
         args.results,
         args.keep,

@@ -69,6 +69,7 @@ from tests.chaos.checks import (
     unexplained_crashes,
 )
 from tests.chaos.fleet import KINDS, Daemon, Fleet
+from tests.chaos.settle import wait_settled
 from tests.containers import images
 from tests.helpers import engine_for
 from tests.pg import PgServer, postgres_server
@@ -125,7 +126,8 @@ class Settings:
     #: Seconds between two kills, and before a killed daemon is started again (uniform ranges).
     kill_every: tuple[float, float] = (2.0, 5.0)
     restart_after: tuple[float, float] = (0.5, 4.0)
-    drain_timeout: float = 120.0
+    #: The drain waits as long as things keep getting done; this long without: stuck (a violation).
+    drain_stall: float = 120.0
     results: Path | None = RESULTS
     keep: bool = False  # keep the temp dir (config, ledger, daemon logs) for a post-mortem
 
@@ -289,7 +291,7 @@ class Chaos:
         for daemon in self.fleet.daemons:
             self.fleet.start(daemon)
         if not self._wait(
-            "a first completed run", lambda: self._count(runs.c.state == S.COMPLETED.value) > 0, 60
+            "a first completed run", lambda: int(not self._count(runs.c.state == S.COMPLETED.value)), 60
         ):
             raise RuntimeError(f"the fleet did not come up; newest daemon log:\n{self.fleet.last_log()}")
         self.say(
@@ -420,11 +422,11 @@ class Chaos:
         waiting for it would only time out, so the drain leaves it to the audit, which reports it."""
         self.fleet.start_all_stopped()
         self.say("chaos over: all daemons up, draining")
-        timeout = self.settings.drain_timeout
+        stall = self.settings.drain_stall
         drained_at = datetime.now(UTC)
 
-        def settled(waiting: Callable[[datetime], Any]) -> Callable[[], bool]:
-            def done() -> bool:
+        def settled(waiting: Callable[[datetime], Any]) -> Callable[[], int]:
+            def left() -> int:
                 nonlocal drained_at
                 now = datetime.now(UTC)
                 held = (
@@ -433,9 +435,9 @@ class Chaos:
                     & (runs.c.lease_expires_at > now)
                 )
                 drained_at = now
-                return self._count(waiting(now) & ~held) == 0
+                return self._count(waiting(now) & ~held)
 
-            return done
+            return left
 
         def window_open(now: datetime) -> Any:
             return (runs.c.scheduled_for <= chaos_end) & runs.c.state.not_in([s.value for s in FINISHED])
@@ -444,10 +446,10 @@ class Chaos:
             due = (runs.c.state == S.SCHEDULED.value) & (runs.c.due_at <= now)
             return due | (runs.c.state == S.PENDING.value)
 
-        self._wait("the window's runs to finish", settled(window_open), timeout)
-        self._wait("the notifications to be sent", self._notifications_settled, timeout)
+        self._wait("the window's runs to finish", settled(window_open), stall)
+        self._wait("the notifications to be sent", self._notifications_left, stall)
         self.fleet.stop_kind("scheduler", 30)
-        self._wait("nothing due or starting", settled(due_or_starting), timeout)
+        self._wait("nothing due or starting", settled(due_or_starting), stall)
         self.fleet.stop_kind("worker", 60)
         for pid, (kind, status) in sorted(self.fleet.stop_status.items()):
             if status != 0:
@@ -457,28 +459,31 @@ class Chaos:
         self.say("drained and stopped")
         return drained_at
 
-    def _wait(self, what: str, done: Callable[[], bool], timeout: float) -> bool:
-        """Poll ``done`` while tending the fleet; a timeout is a violation (the fleet did not drain)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            self._tend()
+    def _wait(self, what: str, left: Callable[[], int], stall: float) -> bool:
+        """Poll how many things are ``left`` while tending the fleet, as long as that keeps falling
+        (tests/chaos/settle.py); one that stands still for ``stall`` seconds is a violation (the
+        fleet does not drain)."""
+
+        def count() -> int | None:
             try:
-                if done():
-                    return True
-            except DatabaseError:
-                pass  # the schema is not there yet, or the database is restarting
-            time.sleep(0.2)
-        self.violations.append(Violation("drain", f"timed out after {timeout:g}s waiting for {what}"))
-        self.say(f"timed out waiting for {what}")
-        return False
+                return left()
+            except DatabaseError:  # the schema is not there yet, or the database is restarting
+                return None
+
+        settled = wait_settled(count, stall, tend=self._tend, interval=0.2)
+        if not settled.done:
+            detail = f"{settled.left} left, none done in the last {settled.still:.0f}s"
+            self.violations.append(Violation("drain", f"stuck waiting for {what}: {detail}"))
+            self.say(f"stuck waiting for {what}")
+        return settled.done
 
     def _notify_position(self) -> int | None:
         with self.engine.connect() as conn:
             position: int | None = conn.execute(select(event_cursors.c.position)).scalar()
         return position
 
-    def _notifications_settled(self) -> bool:
-        """The outbox has read the whole history and holds nothing to send."""
+    def _notifications_left(self) -> int:
+        """Events the outbox has yet to read plus messages it holds to send (0: settled)."""
         with self.engine.connect() as conn:
             last = conn.execute(select(func.coalesce(func.max(run_states.c.id), 0))).scalar_one()
             read = conn.execute(select(event_cursors.c.position)).scalar()
@@ -487,7 +492,7 @@ class Chaos:
                 .select_from(notifications)
                 .where(notifications.c.state.in_(["pending", "sending"]))
             ).scalar_one()
-        return read is not None and read >= last and waiting == 0
+        return int(max(0, last - (read if read is not None else -1)) + waiting)
 
     def _count(self, condition: Any) -> int:
         with self.engine.connect() as conn:
