@@ -100,6 +100,11 @@ pool = "narrow"
 command = ["true"]
 priority = 5
 [[deployments]]
+name = "serial"
+command = ["true"]
+overlap = "queue"
+priority = 5
+[[deployments]]
 name = "other"
 command = ["true"]
 """
@@ -108,10 +113,11 @@ command = ["true"]
 def test_free_slots_go_to_runs_that_may_run_however_long_the_blocked_backlog(
     store: Store, make_config: MakeConfig
 ) -> None:
-    """A deployment at max_active_runs = 1 with 60 queued runs (and a full pool with 60) starved
-    every other deployment: the claim's look-ahead (4 per slot, at least 50) held only them."""
+    """A deployment at max_active_runs = 1 with 60 queued runs (and a full pool with 60, and one
+    with overlap = queue) starved every other deployment: the claim's look-ahead (4 per slot, at
+    least 50) held only them."""
     store.sync(make_config(BACKLOG), T0)
-    for name in ("capped", "crowd"):
+    for name in ("capped", "crowd", "serial"):
         store.create_run(name, T0)
         (first,) = store.claim(f"w-{name}", ["default", "narrow"], 1, T0, T0 + timedelta(minutes=1))
         store.start_many({first.id: 1}, f"w-{name}", T0)

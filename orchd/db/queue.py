@@ -227,26 +227,35 @@ class Queue(Access):
 
     def _only_waiting(self, conn: Connection, pool_names: Sequence[str]) -> tuple[set[str], set[int]]:
         """The pools and deployments whose due runs a claim can only leave waiting now (at their
-        limit, ``policy.only_waiting``), read from the active runs of these pools (a handful),
-        counted here: grouped in SQL, SQLite walked a whole index of the history in group order
-        (0.5 s at a million runs, holding the write lock)."""
+        limit, ``policy.only_waiting``), read from the active runs of these pools, counted here:
+        grouped in SQL, SQLite walked a whole index of the history in group order (0.5 s at a
+        million runs, holding the write lock).
+
+        Only active runs that a limit may count are read: those of a pool with a concurrency
+        limit, and those of a deployment whose spec may cap its active runs (the spec decides,
+        below).  Reading every active run and every active deployment's spec took three round
+        trips and grew with the fleet: at a hundred busy workers, half of each claim's time."""
+        policy = deployments.c.spec["overlap"].as_string()
         active = conn.execute(
-            select(runs.c.pool, runs.c.deployment_id).where(
+            select(runs.c.pool, runs.c.deployment_id, pools.c.concurrency_limit)
+            .join(deployments, deployments.c.id == runs.c.deployment_id)
+            .outerjoin(pools, pools.c.name == runs.c.pool)
+            .where(
                 RUNS_ACTIVE,
                 runs.c.pool.in_(list(pool_names)),  # literal: SQLite's partial index
+                or_(
+                    pools.c.concurrency_limit.is_not(None),
+                    deployments.c.spec["max_active_runs"].as_integer().is_not(None),
+                    policy.is_(None),
+                    policy != "allow",
+                ),
             )
         ).all()
         if not active:
             return set(), set()
-        in_pool = Counter(pool for pool, _ in active)
-        in_deployment = Counter(deployment_id for _, deployment_id in active)
-        pool_limits = dict(
-            conn.execute(
-                select(pools.c.name, pools.c.concurrency_limit).where(
-                    pools.c.name.in_(list(in_pool)), pools.c.concurrency_limit.is_not(None)
-                )
-            ).all()
-        )
+        in_pool = Counter(r.pool for r in active)
+        in_deployment = Counter(r.deployment_id for r in active)
+        pool_limits = {r.pool: r.concurrency_limit for r in active if r.concurrency_limit is not None}
         specs = {
             r.id: spec_of(r.spec)
             for r in conn.execute(

@@ -54,6 +54,7 @@ from sqlalchemy.engine import make_url
 from orchd.db import migrate
 from orchd.db.schema import deployments, runs, workers
 from orchd.db.store import Store
+from orchd.durations import parse_duration
 from orchd.states import FINISHED, RunState
 from tests import netns
 from tests.bench.common import RESULTS, engine_for, percentile, rss_mb
@@ -79,6 +80,8 @@ class Settings:
     workers: int = 100
     slots: int = 8
     schedules: int = 10_000
+    #: How many of the schedules fire every 2-10 s (the rest of the load is fixed shares).
+    fast: int = 100
     seconds: float = 180.0
     kill_fraction: float = 0.1
     burst: int = 5_000
@@ -90,10 +93,9 @@ class Settings:
     keep: bool = False
 
 
-def mixed_jobs(total: int, rng: random.Random) -> list[Job]:
-    """``total`` deployments of one schedule each: 1 % fast, 0.1 % failing (one retry), 10 % every
-    one to three minutes, the rest idle (every 6 h)."""
-    fast = max(1, total // 100)
+def mixed_jobs(total: int, fast: int, rng: random.Random) -> list[Job]:
+    """``total`` deployments of one schedule each: ``fast`` ones every 2-10 s (up to 2 s of work),
+    0.1 % failing (one retry), 10 % every one to three minutes, the rest idle (every 6 h)."""
     failing = max(1, total // 1000)
     minutes = max(1, total // 10)
     idle = max(0, total - fast - failing - minutes)
@@ -107,6 +109,11 @@ def mixed_jobs(total: int, rng: random.Random) -> list[Job]:
     ]
     jobs += [Job(f"idle-{i:05d}", "6h", 0, 0, 0, S.COMPLETED) for i in range(idle)]
     return jobs
+
+
+def expected_rate(jobs: list[Job]) -> float:
+    """Runs per second the schedules start in the steady state (a failing job's retry included)."""
+    return sum((1 + (j.retries if j.outcome == S.FAILED else 0)) / parse_duration(j.every) for j in jobs)
 
 
 def deployment(job: Job, script: Path, ledger: Path, tag: str, scheduled: bool = True) -> dict[str, Any]:
@@ -389,7 +396,7 @@ class Scale:
             self.bouncer = stack.enter_context(
                 pgbouncer(self.server, pool_size=pool, max_clients=4 * settings.workers + 100, listen="*")
             )
-        self.jobs = mixed_jobs(settings.schedules, self.rng)
+        self.jobs = mixed_jobs(settings.schedules, settings.fast, self.rng)
         self.tag = uuid.uuid4().hex
         self.ledger = work / "ledger"
         self.ledger.touch()
@@ -469,6 +476,7 @@ class Scale:
         self._wait("the scheduler to sync and lead", self._leading, 600)
         self.figures["scheduler sync of the deployments (s)"] = round(time.monotonic() - began, 1)
         self.say(f"scheduler leads ({len(self.jobs)} schedules); starting {settings.workers} workers")
+        self.figures["mixed load: runs/s the schedules start"] = round(expected_rate(self.jobs), 1)
         began = time.monotonic()
         for daemon in fleet.of_kind("worker"):
             fleet.start(daemon)
@@ -816,7 +824,8 @@ def render(report: dict[str, Any]) -> str:
     before, after = report["machine before"], report["machine after"]
     lines = [
         f"bench-scale: {s['workers']} workers x {s['slots']} slots ({s['mode']}), "
-        f"{s['schedules']} schedules, {s['seconds']:g}s, burst {s['burst']}; seed {report['seed']}; "
+        f"{s['schedules']} schedules ({s['fast']} fast), {s['seconds']:g}s, burst {s['burst']}; "
+        f"seed {report['seed']}; "
         f"load {before['load average']} -> {after['load average']} on {before['cpus']} CPUs",
     ]
     lines += [f"  {name:<66} {value}" for name, value in report["figures"].items()]
@@ -830,6 +839,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=d.workers)
     parser.add_argument("--slots", type=int, default=d.slots, help="worker.concurrency of each worker")
     parser.add_argument("--schedules", type=int, default=d.schedules)
+    parser.add_argument("--fast", type=int, default=d.fast, help="schedules firing every 2-10 s")
     parser.add_argument("--seconds", type=float, default=d.seconds, help="length of the load window")
     parser.add_argument("--kill-fraction", type=float, default=d.kill_fraction)
     parser.add_argument("--burst", type=int, default=d.burst, help="runs queued at once half way (0: none)")
@@ -845,6 +855,7 @@ def main(argv: list[str] | None = None) -> int:
         args.workers,
         args.slots,
         args.schedules,
+        args.fast,
         args.seconds,
         args.kill_fraction,
         args.burst,
