@@ -245,6 +245,7 @@ _TICK = os.sysconf("SC_CLK_TCK")
 #: What a process of ours is, by its command name; the kind its reaped children's time goes to.
 _KIND = {"postgres": "postgres", "pgbouncer": "pgbouncer", "orchd-worker": "workers"}
 _KIND["orchd-scheduler"] = "scheduler"
+_KTHREADD = 2
 _REAPED_KIND = {"workers": "run children", "bench": "workers (killed, reaped by the bench)"}
 
 
@@ -267,14 +268,17 @@ def processes() -> dict[int, Proc]:
 def cpu_by_kind(before: dict[int, Proc], after: dict[int, Proc], roots: set[int]) -> dict[str, float]:
     """CPU-seconds spent between two process tables, by kind: PostgreSQL (this bench's cluster),
     PgBouncer, the workers, the runs they spawned, the scheduler, the bench itself, and everything
-    that is not this bench's ("other": it makes the figures unreliable).  The time of a process
-    that ended in between moves to its parent's reaped time and is counted there; that of one
-    that ended unreaped (rare here) is lost."""
+    that is not this bench's: kernel threads (their softirq work is mostly this bench's packets
+    over the veth pairs) and "other" (other users' processes: they make the figures
+    unreliable).  The time of a process that ended in between moves to its parent's reaped
+    time and is counted there; that of one that ended unreaped (rare here) is lost."""
 
     def kind(pid: int) -> str:
         proc, seen = after[pid], 0
         if pid == os.getpid():
             return "bench"
+        if pid == _KTHREADD or proc.parent == _KTHREADD:
+            return "kernel threads"
         ancestor = proc.parent
         while ancestor in after and seen < 64:
             if after[ancestor].comm == "orchd-worker":
@@ -295,23 +299,24 @@ def cpu_by_kind(before: dict[int, Proc], after: dict[int, Proc], roots: set[int]
     return {k: round(v, 1) for k, v in spent.most_common()}
 
 
-#: The metric families the bench reads.  Only their lines are parsed: a worker that ran a
-#: thousand deployments exports tens of thousands of per-deployment histogram lines, and
-#: prometheus_client's parser took about half a second of the bench's CPU for each scrape.
-MEASURED = ("orchd_claim_seconds", "orchd_scheduler_tick_seconds")
+#: The histograms the bench reads, and all it asks a daemon for (prometheus_client's name[]
+#: filter): a worker that ran a thousand deployments has tens of thousands of per-deployment
+#: histogram lines, and writing them all took it a few tenths of a CPU-second per scrape (a
+#: hundred workers scraped during the burst skewed the very claims measured).
+MEASURED = ("orchd_claim_seconds_bucket", "orchd_scheduler_tick_seconds_bucket")
 
 
 def scrape(address: str, port: int = METRICS_PORT) -> Scraped | None:
-    """name -> [(labels, value)] of the MEASURED families of a daemon's /metrics, or None when
-    it does not answer (killed, or too slow)."""
+    """name -> [(labels, value)] of the MEASURED samples of a daemon's /metrics, or None when it
+    does not answer (killed, or too slow)."""
+    query = "&".join(f"name[]={name}" for name in MEASURED)
     try:
-        with urllib.request.urlopen(f"http://{address}:{port}/metrics", timeout=30) as answer:
+        with urllib.request.urlopen(f"http://{address}:{port}/metrics?{query}", timeout=30) as answer:
             body = answer.read().decode()
     except OSError:
         return None
-    wanted = "\n".join(line for line in body.splitlines() if line.startswith(MEASURED))
     found: dict[str, list[tuple[dict[str, str], float]]] = defaultdict(list)
-    for family in text_string_to_metric_families(wanted):
+    for family in text_string_to_metric_families(body):
         for sample in family.samples:
             found[sample.name].append((sample.labels, sample.value))
     return found
