@@ -8,14 +8,17 @@ import os
 import queue
 import socket
 import stat
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from orchd.config import load_config
 from orchd.db import migrate, wake
+from orchd.db.listen import Listener
+from orchd.db.store import Store
 from orchd.db.wake import WakeEvent, WakeSocket
+from tests.conftest import MakeConfig
 from tests.helpers import daemons, engine_for, store_for, wait_for, write_config
 
 DEPLOYMENT = '[[deployments]]\nname = "now"\ncommand = ["true"]\n'
@@ -110,3 +113,34 @@ def test_a_worker_listens_beside_the_database_file_while_it_runs(tmp_path: Path)
         store.engine.dispose()
         assert group.stop(worker) == 0
     assert list(directory.glob("*.sock")) == []
+
+
+def test_a_wake_up_for_runs_due_later_says_when() -> None:
+    now = datetime(2026, 1, 1, 12, tzinfo=UTC)
+    later = now + timedelta(seconds=90, milliseconds=250)
+    assert wake.parse(wake.payload("etl", now, now)) == WakeEvent("etl")
+    assert wake.parse(wake.payload("etl", now - timedelta(seconds=5), now)) == WakeEvent("etl")
+    assert wake.parse(wake.payload("etl", later, now)) == WakeEvent("etl", later.timestamp())
+    assert wake.parse("team@eu") == WakeEvent("team@eu")  # a pool's own "@" is its name's
+    assert wake.parse(wake.payload("team@eu", later, now)) == WakeEvent("team@eu", later.timestamp())
+
+
+def test_a_notify_says_when_queued_runs_come_due(store: Store, make_config: MakeConfig) -> None:
+    """PostgreSQL: a run queued for later wakes the listening workers with its due time (they set
+    their timer: a scheduler materializing ahead woke every idle worker into an empty claim each
+    tick), one due now without (they claim at once)."""
+    if store.engine.dialect.name != "postgresql":
+        pytest.skip("NOTIFY is PostgreSQL's; SQLite's wake-ups are datagrams")
+    store.sync(make_config(DEPLOYMENT), datetime.now(UTC))
+    events: queue.Queue[object] = queue.Queue()
+    listener = Listener(store.engine.url, {}, ["default"], events)
+    listener.start()
+    try:
+        assert events.get(timeout=30) == WakeEvent("")  # connected: look once
+        later = datetime.now(UTC).replace(microsecond=0) + timedelta(hours=1)
+        store.create_run("now", datetime.now(UTC), at=later)
+        assert events.get(timeout=30) == WakeEvent("default", later.timestamp())
+        store.create_run("now", datetime.now(UTC))
+        assert events.get(timeout=30) == WakeEvent("default")
+    finally:
+        listener.stop()

@@ -20,6 +20,7 @@ from typing import Any
 from sqlalchemy.engine import URL
 
 from orchd.backoff import Backoff
+from orchd.db import wake
 from orchd.db.base import CHANNEL
 from orchd.db.engine import conninfo
 from orchd.db.errors import reason
@@ -72,8 +73,8 @@ class Listener:
                         poller.poll()  # a notification, the connection's end, or stop()
                         # what arrived, without waiting; a lost connection raises here
                         for note in conn.notifies(timeout=0):
-                            if note.payload in self._pools:
-                                self._events.put(WakeEvent(note.payload))
+                            if (event := wake.parse(note.payload)).pool in self._pools:
+                                self._events.put(event)
             except psycopg.Error as exc:
                 log.debug("listen connection lost", error=reason(exc))
                 self._stop.wait(backoff.failed())

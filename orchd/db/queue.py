@@ -404,7 +404,8 @@ class Queue(Access):
                 )
             ]
             if released:  # the other workers of their pools take them at once
-                notify(conn, conn.execute(select(runs.c.pool).where(runs.c.id.in_(released))).scalars())
+                pools_of = conn.execute(select(runs.c.pool).where(runs.c.id.in_(released))).scalars()
+                notify(conn, ((pool, now) for pool in pools_of), now)
             return released
 
     def cancel_requested(self, worker: str) -> list[int]:
@@ -514,9 +515,10 @@ def requeue_failed(
         .join(deployments, deployments.c.id == runs.c.deployment_id)
         .where(runs.c.id.in_(list(run_ids)), retry_remains())
     ).all()
-    retried = []
+    retried, queued = [], []
     for r in rows:
         due_at, delay = retry_due(DeploymentSpec.from_json(r.spec), r.attempt, now)
+        queued.append((r.pool, due_at))
         retried += transition(
             conn,
             [r.id],
@@ -533,5 +535,5 @@ def requeue_failed(
                 "exit_code": None,
             },
         )
-    notify(conn, (r.pool for r in rows if r.id in retried))
+    notify(conn, (q for r, q in zip(rows, queued, strict=True) if r.id in retried), now)
     return retried

@@ -294,15 +294,26 @@ def insert_runs(
     inserted = [(r.id, r.attempt) for r in conn.execute(stmt, list(rows))]
     record_created(conn, inserted, now=now, actor=actor, reason=reason)
     if inserted:
-        notify(conn, (row["pool"] for row in rows))
+        notify(conn, ((row["pool"], row["due_at"]) for row in rows), now)
     return [run_id for run_id, _ in inserted]
 
 
-def notify(conn: Connection, pool_names: Iterable[str]) -> None:
-    """Wake the workers of these pools when the transaction commits, so a woken worker finds the
-    run: NOTIFY on PostgreSQL, a datagram to each worker's socket on SQLite (``orchd.db.wake``)."""
+def notify(conn: Connection, queued: Iterable[tuple[str, datetime]], now: datetime) -> None:
+    """Wake the workers of the pools runs were queued in, (pool, due_at) each, when the
+    transaction commits, so a woken worker finds the run: NOTIFY on PostgreSQL, a datagram to
+    each worker's socket on SQLite (``orchd.db.wake``).
+
+    A NOTIFY says when the pool's earliest queued run comes due if that is after ``now``
+    (``wake.payload``): its workers set their timer instead of claiming at once.  A scheduler
+    materializes runs ahead, so nearly every tick queues runs due later, and each tick woke every
+    idle worker of the fleet into an empty claim and a look for the next due time (a hundred
+    workers: two hundred transactions a second for nothing)."""
+    earliest: dict[str, datetime] = {}
+    for pool, due_at in queued:
+        earliest[pool] = min(due_at, earliest.get(pool, due_at))
     if conn.dialect.name != "postgresql":
-        wake.later(conn, pool_names)
+        wake.later(conn, earliest)
         return
-    for pool in sorted(set(pool_names)):
-        conn.execute(text("SELECT pg_notify(:channel, :pool)"), {"channel": CHANNEL, "pool": pool})
+    for pool in sorted(earliest):
+        message = wake.payload(pool, earliest[pool], now)
+        conn.execute(text("SELECT pg_notify(:channel, :pool)"), {"channel": CHANNEL, "pool": message})

@@ -23,6 +23,7 @@ import socket
 import threading
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 from sqlalchemy import Connection, Engine
@@ -33,9 +34,27 @@ PENDING = "orchd_wake"
 
 @dataclass(frozen=True)
 class WakeEvent:
-    """Runs of ``pool`` may be claimable now (empty: of any pool): a worker should look."""
+    """Runs of ``pool`` may be claimable now (empty: of any pool): a worker should look; or, with
+    ``due`` (seconds since the epoch), runs of it come due then: a worker should look then."""
 
     pool: str
+    due: float | None = None
+
+
+def payload(pool: str, due_at: datetime, now: datetime) -> str:
+    """A NOTIFY's payload: the pool's name, and ``@`` the epoch seconds of its earliest queued
+    run when that is not due yet.  Compared with the worker's own clock, as its claim compares
+    due times (``Queue.claim``)."""
+    return pool if due_at <= now else f"{pool}@{due_at.timestamp():.3f}"
+
+
+def parse(message: str) -> WakeEvent:
+    """The WakeEvent a NOTIFY payload stands for (a pool named with an ``@`` stays whole)."""
+    pool, at, due = message.rpartition("@")
+    try:
+        return WakeEvent(pool, float(due)) if at else WakeEvent(message)
+    except ValueError:
+        return WakeEvent(message)
 
 
 def wake_dir(engine: Engine) -> Path | None:

@@ -558,6 +558,11 @@ class Worker:
                 # person tailing the run sees a line a moment after it was printed
                 if writable:
                     deadline = min(deadline, time.monotonic() + _LOG_FLUSH)
+            elif isinstance(event, WakeEvent) and event.due is not None:
+                # runs come due later: claim then, not now (the claim would find nothing)
+                due = time.monotonic() + max(0.0, event.due - time.time())
+                self._next_claim = min(self._next_claim, due)
+                deadline = min(deadline, due)
             elif isinstance(event, WakeEvent):
                 self._next_claim = 0.0
                 deadline = 0.0  # act now, after taking what else is already there
