@@ -13,7 +13,7 @@ import pytest
 from orchd.config import Config, load_config
 from orchd.db.engine import make_engine
 from orchd.db.store import Store
-from orchd.worker.daemon import Worker
+from orchd.worker.daemon import Contention, Worker
 from tests.conftest import MakeConfig
 from tests.helpers import claims_per_run, history, states_count
 
@@ -227,3 +227,21 @@ def _burst_until_done(config: Config, store: Store, run_id: int) -> None:
         assert datetime.now(UTC).timestamp() < deadline, "the run did not finish"
         _burst(config, store)
         threading.Event().wait(0.05)
+
+
+def test_a_worker_that_keeps_losing_the_race_for_due_runs_backs_off_at_random() -> None:
+    """Contention: each claim that finds nothing although a run it knew of was due (others took
+    it) holds the next claim at a due time back by a random while under a maximum that doubles
+    up to 4 s; a claim that gets runs starts over; an empty claim that expected nothing (after a
+    freed slot, a wake-up) changes nothing."""
+    contention = Contention()
+    contention.claimed(0, False, 100.0)
+    assert contention.not_before == 0.0
+    maxima = []
+    for _ in range(8):
+        contention.claimed(0, True, 100.0)
+        maxima.append(contention.backoff.delay)
+        assert 100.0 <= contention.not_before <= 100.0 + contention.backoff.delay
+    assert maxima == [0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 4.0, 4.0]
+    contention.claimed(3, False, 200.0)
+    assert (contention.not_before, contention.backoff.delay) == (0.0, 0.0)

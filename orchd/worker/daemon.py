@@ -14,6 +14,7 @@ import contextlib
 import math
 import os
 import queue
+import random
 import socket
 import threading
 import time
@@ -130,6 +131,34 @@ class ActiveRun:
 
 
 @dataclass
+class Contention:
+    """Workers of a fleet that keep losing the race for runs coming due spread their claims out.
+
+    Every idle worker of a pool knows the same next due time and claims at that instant: with a
+    hundred workers and runs due every second, a hundred claims a second, all but a few finding
+    nothing (with the look for the next due time after each, most of the fleet's CPU, and the
+    claims queued behind each other).  A worker whose claim at a known due time found nothing
+    (others took the runs) waits a random while, up to a maximum that doubles with each such
+    loss, before claiming at a due time again; a claim that gets runs starts over.  A worker
+    that wins (alone, or the fastest) claims at once as before; with many losers backing off at
+    random, one of them is back within a small share of the maximum, so a due run that the
+    winners cannot take waits little.  A wake-up for runs due now (created, handed back) and a
+    freed slot of its own are not held back."""
+
+    backoff: Backoff = field(default_factory=lambda: Backoff(0.1, 4.0))
+    #: time.monotonic() before which a claim at a due time waits.
+    not_before: float = 0.0
+
+    def claimed(self, runs: int, lost: bool, now: float) -> None:
+        """A claim got ``runs``; ``lost``: none, although a run it knew of was due."""
+        if runs:
+            self.backoff.succeeded()
+            self.not_before = 0.0
+        elif lost:
+            self.not_before = now + random.uniform(0.0, self.backoff.failed())
+
+
+@dataclass
 class Outage:
     """The database is away: runs keep running, output is kept, and the worker retries with
     backoff, saying so once rather than on every attempt."""
@@ -167,6 +196,10 @@ class Worker:
     active: dict[int, ActiveRun] = field(default_factory=dict)
     _logs: list[dict[str, Any]] = field(default_factory=list)
     _next_claim: float = 0.0
+    #: The due time of a run it knows of that _next_claim waits for (None: a wake-up, a freed
+    #: slot or the poll).
+    _due_at: datetime | None = None
+    _contention: Contention = field(default_factory=Contention)
     _last_claim_at: datetime = _NEVER
     _next_sweep: float = float("inf")
     _engine_problem: str = ""
@@ -323,7 +356,7 @@ class Worker:
                     self._flush_logs()
                     self._record_starts()
                     if self._finish_exited():
-                        self._next_claim = 0.0  # a slot freed: more may be due right now
+                        self._claim_now()  # a slot freed: more may be due right now
                     if now >= next_heartbeat:
                         self._heartbeat(now)
                         next_heartbeat = now + cfg.heartbeat
@@ -333,14 +366,17 @@ class Worker:
                         self._check_cancellations(now)
                         next_cancel_check = now + _CANCEL_CHECK
                     if self.store.changed():
-                        self._next_claim = 0.0
+                        self._claim_now()
                     if (
                         drain_until is None
-                        and now >= self._next_claim
+                        and now >= self._claim_at()
                         and len(self.active) < self.concurrency
                     ):
                         claimed = self._claim()
-                        self._next_claim = now if claimed else now + self._idle_wait()
+                        if claimed:
+                            self._claim_now()
+                        else:
+                            self._next_claim = now + self._idle_wait()
                     outage.over()
                 except DatabaseError as exc:
                     self.observer.database_error("worker", exc.reason)
@@ -348,7 +384,7 @@ class Worker:
             if not self.active and (drain_until is not None or (self.burst and not claimed)):
                 break
             wake_at = min(
-                next_heartbeat, self._next_claim if len(self.active) < self.concurrency else next_heartbeat
+                next_heartbeat, self._claim_at() if len(self.active) < self.concurrency else next_heartbeat
             )
             # in an outage the heartbeat is overdue: waiting for it would mean not waiting at all
             wake_at = max(wake_at, outage.retry_at)
@@ -448,12 +484,26 @@ class Worker:
         limit is full): it is retried at the poll interval, or when a wake-up comes.  One that
         became due since is claimed at once."""
         poll = self.config.worker.poll_interval
+        self._due_at = None
         if self.burst:
             return 0.0
         due = self.store.next_due_at(self.pools)
         if due is None or due <= self._last_claim_at:
             return poll
-        return max(0.0, min(poll, (due - self.clock()).total_seconds()))
+        wait = (due - self.clock()).total_seconds()
+        if wait < poll:
+            self._due_at = due
+        return max(0.0, min(poll, wait))
+
+    def _claim_now(self) -> None:
+        """Claim at the loop's next turn (runs may be due now: not held back, see Contention)."""
+        self._next_claim, self._due_at = 0.0, None
+
+    def _claim_at(self) -> float:
+        """When the next claim is due: at a known due time, not before Contention allows."""
+        if self._due_at is None:
+            return self._next_claim
+        return max(self._next_claim, self._contention.not_before)
 
     # ------------------------------------------------------------------ steps
 
@@ -465,6 +515,9 @@ class Worker:
             self.name, self.pools, self.concurrency - len(self.active), now, now + self.lease
         )
         self.observer.claimed(len(runs), time.monotonic() - renewed)
+        # nothing although a run was due by now (by the clock the claim compared with): others took it
+        lost = not runs and self._due_at is not None and self._due_at <= now
+        self._contention.claimed(len(runs), lost, time.monotonic())
         if runs:
             self._arm_guardian(renewed)  # before a run exists: an old deadline must not strike it
         for run in runs:
@@ -561,10 +614,11 @@ class Worker:
             elif isinstance(event, WakeEvent) and event.due is not None:
                 # runs come due later: claim then, not now (the claim would find nothing)
                 due = time.monotonic() + max(0.0, event.due - time.time())
-                self._next_claim = min(self._next_claim, due)
-                deadline = min(deadline, due)
+                if due < self._next_claim:
+                    self._next_claim, self._due_at = due, datetime.fromtimestamp(event.due, UTC)
+                deadline = min(deadline, self._claim_at())
             elif isinstance(event, WakeEvent):
-                self._next_claim = 0.0
+                self._claim_now()
                 deadline = 0.0  # act now, after taking what else is already there
             elif isinstance(event, ExitEvent) and (active := self.active.get(event.run_id)) is not None:
                 active.returncode, active.exit_error = event.returncode, event.error

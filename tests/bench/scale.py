@@ -232,6 +232,15 @@ Scraped = dict[str, list[tuple[dict[str, str], float]]]
 
 
 @dataclass(frozen=True)
+class Mark:
+    """One moment of the window: when, the process table, and the daemons' histograms."""
+
+    at: float
+    procs: dict[int, Proc]
+    scraped: list[Scraped | None]
+
+
+@dataclass(frozen=True)
 class Proc:
     """A process as /proc/PID/stat shows it: its own CPU time and that of its reaped children."""
 
@@ -296,7 +305,7 @@ def cpu_by_kind(before: dict[int, Proc], after: dict[int, Proc], roots: set[int]
         mine = kind(pid)
         spent[mine] += proc.own - (was.own if was else 0.0)
         spent[_REAPED_KIND.get(mine, mine)] += proc.reaped - (was.reaped if was else 0.0)
-    return {k: round(v, 1) for k, v in spent.most_common()}
+    return dict(spent)
 
 
 #: The histograms the bench reads, and all it asks a daemon for (prometheus_client's name[]
@@ -493,22 +502,22 @@ class Scale:
         sampler = Sampler(self.server, self.database, self.bouncer)
         sampler.start()
         self.unanswered = 0
-        self.scrapes = {"window start": self._scrape_all()}  # the histograms count from here
+        self.marks: dict[str, Mark] = {}
+        self._mark("window start")  # the histograms count from here
         self.window = (datetime.now(UTC), datetime.now(UTC))
-        roots = {os.getpid(), *postmaster_pid(self.server.data_dir)}
-        cpu_before, cpu_began = processes(), time.monotonic()
         self._load()
         self.window = (self.window[0], datetime.now(UTC))
-        cpu = cpu_by_kind(cpu_before, processes(), roots)
-        cpu_seconds = time.monotonic() - cpu_began
         self.say("load over: scraping metrics")
-        self.scrapes["window end"] = self._scrape_all()
+        self._mark("window end")
         sampler.stopping.set()
         sampler.join(timeout=10)
         drained = self._drain()
         self._measure(sampler.samples)
-        self._cpu_figures(cpu, cpu_seconds)
         self._audit(drained)
+
+    def _mark(self, name: str) -> None:
+        """A moment the figures are split at: the process table and every daemon's histograms."""
+        self.marks[name] = Mark(time.monotonic(), processes(), self._scrape_all())
 
     def _scrape_all(self) -> list[Scraped | None]:
         """The scheduler's metrics, then each worker host's, scraped at once (one after the other,
@@ -523,9 +532,24 @@ class Scale:
         return found
 
     def _segment(self, first: str, last: str) -> tuple[list[Scraped], Scraped]:
-        """What the workers and the scheduler counted between two scrapes."""
-        a, b = self.scrapes[first], self.scrapes[last]
+        """What the workers and the scheduler counted between two marks."""
+        a, b = self.marks[first].scraped, self.marks[last].scraped
         return [_since(x, y) for x, y in zip(a[1:], b[1:], strict=True)], _since(a[0], b[0])
+
+    def _segments(self) -> dict[str, list[tuple[str, str]]]:
+        """The window's parts: the steady load (the window less the burst) and the burst, from
+        its queueing until its last run finished (or the window's end)."""
+        if "burst queued" not in self.marks:
+            return {"steady (window)": [("window start", "window end")]}
+        if "burst done" not in self.marks:
+            return {
+                "steady (window less burst)": [("window start", "burst queued")],
+                "burst (queued -> window end)": [("burst queued", "window end")],
+            }
+        return {
+            "steady (window less burst)": [("window start", "burst queued"), ("burst done", "window end")],
+            "burst (queued -> done)": [("burst queued", "burst done")],
+        }
 
     def _load(self) -> None:
         """The window: the schedules run, the burst is queued half way, a tenth of the workers are
@@ -547,7 +571,7 @@ class Scale:
                     kill = fleet.kill(victim, False, self.rng.uniform(1.0, 4.0))
                     self.say(f"SIGKILL {victim.label} (pid {kill.pid}, {len(kill.run_groups)} runs)")
             if self.burst is None and now >= burst_at and settings.burst:
-                self.scrapes["burst queued"] = self._scrape_all()
+                self._mark("burst queued")
                 queued, began = datetime.now(UTC), time.monotonic()
                 queue_runs(self.store, settings.burst, BURST.name)
                 with self.store.engine.begin() as conn:
@@ -555,11 +579,11 @@ class Scale:
                 self.burst = (queued, time.monotonic() - began)
                 self.say(f"burst: {settings.burst} runs queued in {self.burst[1]:.1f}s")
                 next_look = time.monotonic() + 1.0
-            elif self.burst is not None and "burst done" not in self.scrapes and now >= next_look:
+            elif self.burst is not None and "burst done" not in self.marks and now >= next_look:
                 next_look = now + 1.0
                 if not self._count(runs.c.deployment_id == self._burst_id(), _open()):
                     self.say("burst done")
-                    self.scrapes["burst done"] = self._scrape_all()
+                    self._mark("burst done")
             time.sleep(0.1)
         self.fleet.start_all_stopped()
 
@@ -633,15 +657,9 @@ class Scale:
         (from its queueing until its last run finished, or the window's end), each from the
         workers' own histograms; the rest over the whole window."""
         f, settings = self.figures, self.settings
-        if "burst queued" in self.scrapes:
-            burst_end = "burst done" if "burst done" in self.scrapes else "window end"
-            steady = self._segment("window start", "burst queued")[0]
-            if burst_end == "burst done":
-                steady += self._segment("burst done", "window end")[0]
-            self._claim_figures("steady (window less burst)", steady)
-            self._claim_figures(f"burst (queued -> {burst_end})", self._segment("burst queued", burst_end)[0])
-        else:
-            self._claim_figures("steady (window)", self._segment("window start", "window end")[0])
+        for name, parts in self._segments().items():
+            self._claim_figures(name, [w for a, b in parts for w in self._segment(a, b)[0]])
+            self._cpu_figures(name, parts)
         scheduler_scrape = self._segment("window start", "window end")[1]
         ticks = merged_buckets([scheduler_scrape], "orchd_scheduler_tick_seconds")
         f["scheduler tick p50 (ms)"] = round(histogram_quantile(ticks, 0.50) * 1000, 2)
@@ -683,15 +701,24 @@ class Scale:
                 max(p["sv_active"] + p["sv_idle"] + p["sv_used"] for p in samples.bouncer),
             ]
 
-    def _cpu_figures(self, cpu: dict[str, float], seconds: float) -> None:
-        """Where the machine's CPU went in the window, and whether others used it meanwhile."""
-        cores = os.cpu_count() or 1
+    def _cpu_figures(self, name: str, parts: list[tuple[str, str]]) -> None:
+        """Where the machine's CPU went in a part of the window, and whether others used it."""
+        roots = {os.getpid(), *postmaster_pid(self.server.data_dir)}
+        cpu: Counter[str] = Counter()
+        seconds = 0.0
+        for a, b in parts:
+            cpu.update(cpu_by_kind(self.marks[a].procs, self.marks[b].procs, roots))
+            seconds += self.marks[b].at - self.marks[a].at
         ours = sum(v for k, v in cpu.items() if k != "other")
-        self.figures["CPU in the window, cores used (of the machine's)"] = [round(ours / seconds, 2), cores]
-        self.figures["CPU-s by process kind"] = cpu
-        other = cpu.get("other", 0.0) / seconds
+        other = cpu["other"] / seconds
         verdict = "quiet" if other <= QUIET_CORES else "BUSY: its figures are unreliable"
-        self.figures["machine: other processes' cores in the window"] = f"{other:.2f} ({verdict})"
+        self.figures[f"CPU, {name}: cores used of {os.cpu_count()} / others' ({verdict})"] = [
+            round(ours / seconds, 2),
+            round(other, 2),
+        ]
+        self.figures[f"CPU-s by process kind, {name} ({seconds:.0f} s)"] = {
+            k: round(v, 1) for k, v in cpu.most_common()
+        }
 
     def _lags(self) -> list[float]:
         """Start minus due time of first attempts of scheduled runs that started in the window, ms."""
