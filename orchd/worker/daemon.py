@@ -365,8 +365,10 @@ class Worker:
                     if self.active and now >= next_cancel_check:
                         self._check_cancellations(now)
                         next_cancel_check = now + _CANCEL_CHECK
-                    if self.store.changed():
-                        self._claim_now()
+                    if self.store.changed() and (due := self.store.next_due_at(self.pools)) is not None:
+                        # something was written (the scheduler records itself every few seconds):
+                        # claim when a run is due, not at every write
+                        self._claim_when_due(due)
                     if (
                         drain_until is None
                         and now >= self._claim_at()
@@ -499,6 +501,15 @@ class Worker:
         """Claim at the loop's next turn (runs may be due now: not held back, see Contention)."""
         self._next_claim, self._due_at = 0.0, None
 
+    def _claim_when_due(self, due: datetime) -> None:
+        """Claim when a run known to come due at ``due`` does (now if it has), unless a claim
+        is already set for earlier."""
+        wait = (due - self.clock()).total_seconds()
+        if wait <= 0:
+            self._claim_now()
+        elif (at := time.monotonic() + wait) < self._next_claim:
+            self._next_claim, self._due_at = at, due
+
     def _claim_at(self) -> float:
         """When the next claim is due: at a known due time, not before Contention allows."""
         if self._due_at is None:
@@ -613,9 +624,7 @@ class Worker:
                     deadline = min(deadline, time.monotonic() + _LOG_FLUSH)
             elif isinstance(event, WakeEvent) and event.due is not None:
                 # runs come due later: claim then, not now (the claim would find nothing)
-                due = time.monotonic() + max(0.0, event.due - time.time())
-                if due < self._next_claim:
-                    self._next_claim, self._due_at = due, datetime.fromtimestamp(event.due, UTC)
+                self._claim_when_due(datetime.fromtimestamp(event.due, UTC))
                 deadline = min(deadline, self._claim_at())
             elif isinstance(event, WakeEvent):
                 self._claim_now()
