@@ -254,14 +254,23 @@ def test_a_hung_scheduler_loop_stops_the_watchdog(
     notify_socket.expect("WATCHDOG", "1")
     engine = create_engine(db_url)
     try:
-        with engine.connect() as conn:
-            # the upkeep (every 2 s) reads runs: the next one blocks on the lock
+        with engine.connect() as conn, engine.connect() as watcher:
+            # the upkeep (every 2-10 s here) reads runs: the next one blocks on the lock
             conn.execute(text("LOCK TABLE runs IN ACCESS EXCLUSIVE MODE"))
-            waiting = (
+            waiting = text(
                 "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-                " AND datname = current_database() AND pid <> pg_backend_pid()"
+                " AND datname = current_database() AND pid <> :locker"
             )
-            wait_for(lambda: conn.execute(text(waiting)).first(), what="the scheduler's tick to block")
+            locker = conn.execute(text("SELECT pg_backend_pid()")).scalar()
+
+            def blocked() -> object:
+                # read the socket meanwhile, as systemd does: a full one blocks the daemon's send
+                notify_socket.collect(0.1)
+                # a transaction of its own each time: pg_stat_activity is a snapshot within one
+                with watcher.begin():
+                    return watcher.execute(waiting, {"locker": locker}).first()
+
+            wait_for(blocked, what="the scheduler's tick to block")
             notify_socket.collect(0.3)  # a ping sent just before the tick blocked
             assert _pings(notify_socket.collect(2 * WATCHDOG_USEC / 1e6)) == []
             conn.rollback()
