@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -245,3 +245,17 @@ def test_a_worker_that_keeps_losing_the_race_for_due_runs_backs_off_at_random() 
     assert maxima == [0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 4.0, 4.0]
     contention.claimed(3, False, 200.0)
     assert (contention.not_before, contention.backoff.delay) == (0.0, 0.0)
+
+
+def test_a_run_due_by_the_last_claim_does_not_hide_the_runs_due_after_it(
+    store: Store, make_config: MakeConfig
+) -> None:
+    """A run due by a worker's last claim that the claim did not give it (another worker's claim
+    held it, or a limit is full) hid the runs due after it: the worker slept until its poll, past
+    them, and in a fleet most runs started when a wake-up happened to come (seconds late)."""
+    _deploy(make_config, store, '[[deployments]]\nname = "d"\ncommand = ["true"]\n')
+    store.create_run("d", NOW, at=NOW)
+    store.create_run("d", NOW, at=NOW + timedelta(seconds=5))
+    assert store.next_due_at(["default"], after=NOW) == NOW + timedelta(seconds=5)
+    assert store.next_due_at(["default"], after=NOW - timedelta(seconds=1)) == NOW
+    assert store.next_due_at(["default"], after=NOW + timedelta(seconds=5)) is None

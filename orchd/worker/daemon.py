@@ -482,15 +482,17 @@ class Worker:
 
     def _idle_wait(self) -> float:
         """Seconds until the earliest known due run of our pools, capped by the poll interval.
-        A run that was already due when we last claimed and was not given to us is blocked (a
-        limit is full): it is retried at the poll interval, or when a wake-up comes.  One that
-        became due since is claimed at once."""
+        A run that was already due when we last claimed and was not given to us is another
+        worker's (its claim held it) or blocked (a limit is full): it is left out, retried at the
+        poll interval or when a wake-up comes, and the runs due after it are waited for (hidden
+        behind it, a worker of a fleet slept past them until its poll).  One that became due
+        since is claimed at once."""
         poll = self.config.worker.poll_interval
         self._due_at = None
         if self.burst:
             return 0.0
-        due = self.store.next_due_at(self.pools)
-        if due is None or due <= self._last_claim_at:
+        due = self.store.next_due_at(self.pools, after=self._last_claim_at)
+        if due is None:
             return poll
         wait = (due - self.clock()).total_seconds()
         if wait < poll:
