@@ -442,17 +442,17 @@ class Queue(Access):
         changed, self._data_version = version != self._data_version, version
         return changed
 
-    def next_due_at(self, pool_names: Sequence[str], after: datetime) -> datetime | None:
-        """When the earliest SCHEDULED run of these pools due after ``after`` is due (may be past),
-        or None.  A worker passes the time of its last claim: a run due by then that the claim did
-        not give it is another's (a claim of another worker held it) or waits for a limit, and must
-        not hide the runs due after it (the worker slept until its poll, past them)."""
+    def next_due_at(self, pool_names: Sequence[str], after: datetime | None = None) -> datetime | None:
+        """When the earliest SCHEDULED run of these pools (due after ``after``) is due (may be
+        past), or None.  A worker passes the time of its last claim: a run due by then that the
+        claim did not give it is another's (a claim of another worker held it) or waits for a
+        limit, and must not hide the runs due after it (the worker slept until its poll, past
+        them)."""
+        later = () if after is None else (runs.c.due_at > after,)
         with self.read() as conn:
             value: datetime | None = conn.execute(
                 select(func.min(runs.c.due_at)).where(
-                    runs.c.state == S.SCHEDULED.value,
-                    runs.c.pool.in_(list(pool_names)),
-                    runs.c.due_at > after,
+                    runs.c.state == S.SCHEDULED.value, runs.c.pool.in_(list(pool_names)), *later
                 )
             ).scalar()
         return value
