@@ -68,32 +68,34 @@ class Deployments(Reports):
             )
             existing = {r.name: r for r in conn.execute(select(*columns))}
             ids: dict[str, int] = {}
-            new, changed = [], []
-            for dep in chosen:
-                spec = DeploymentSpec.from_config(dep, config.scheduler.catchup).to_json()
-                values = {
-                    "pool": dep.pool,
-                    "spec": spec,
-                    "priority": dep.priority,
-                    "config_hash": _hash([spec, dep.pool, dep.priority]),
-                }
-                row = existing.get(dep.name)
-                if row is None:
-                    new.append({"name": dep.name, "created_at": now, "updated_at": now, **values})
-                    continue
-                ids[dep.name] = row.id
-                if row.config_hash != values["config_hash"] or row.archived_at is not None:
-                    changed.append({"did": row.id, **values})
-            for batch in chunks(new, _BATCH):
-                stmt = insert(deployments).returning(deployments.c.id, deployments.c.name)
-                ids.update({r.name: r.id for r in conn.execute(stmt, batch)})
-            if changed:
-                conn.execute(
-                    update(deployments)
-                    .where(deployments.c.id == bindparam("did"))
-                    .values(archived_at=None, updated_at=now),
-                    changed,
-                )
+            for part in chunks(chosen, _BATCH):  # each row carries its deployment's spec as JSON
+                new, changed = [], []
+                for dep in part:
+                    spec = DeploymentSpec.from_config(dep, config.scheduler.catchup).to_json()
+                    values = {
+                        "pool": dep.pool,
+                        "spec": spec,
+                        "priority": dep.priority,
+                        "config_hash": _hash([spec, dep.pool, dep.priority]),
+                    }
+                    row = existing.get(dep.name)
+                    if row is None:
+                        new.append({"name": dep.name, "created_at": now, "updated_at": now, **values})
+                        continue
+                    ids[dep.name] = row.id
+                    if row.config_hash != values["config_hash"] or row.archived_at is not None:
+                        changed.append({"did": row.id, **values})
+                if new:
+                    stmt = insert(deployments).returning(deployments.c.id, deployments.c.name)
+                    ids.update({r.name: r.id for r in conn.execute(stmt, new)})
+                if changed:
+                    conn.execute(
+                        update(deployments)
+                        .where(deployments.c.id == bindparam("did"))
+                        .values(archived_at=None, updated_at=now),
+                        changed,
+                    )
+                report.created, report.updated = report.created + len(new), report.updated + len(changed)
             gone = [
                 r.id
                 for name, r in existing.items()
@@ -105,7 +107,7 @@ class Deployments(Reports):
                     .where(deployments.c.id.in_(chunk))
                     .values(archived_at=now, updated_at=now)
                 )
-            report.created, report.updated, report.archived = len(new), len(changed), len(gone)
+            report.archived = len(gone)
             wanted = {ids[d.name]: d.schedules for d in chosen}
             self._sync_schedules(conn, wanted, now, report, every=only is None)
             known = {name: r.id for name, r in existing.items()} | ids
@@ -219,9 +221,9 @@ class Deployments(Reports):
         deactivated: list[int] = []
         added = 0
         for dep_id, rows in self._schedule_rows(conn, dep_ids):
-            specs = wanted.get(dep_id, ())
-            for spec in specs:
-                row = rows.get(spec.key)
+            specs = {spec.key: spec for spec in wanted.get(dep_id, ())}
+            for key, spec in specs.items():
+                row = rows.get(key)
                 if row is None:
                     if len(new) >= _BATCH:  # bounded memory however many schedules there are
                         conn.execute(insert(schedules), new)
@@ -230,7 +232,7 @@ class Deployments(Reports):
                     new.append(
                         {
                             "deployment_id": dep_id,
-                            "key": spec.key,
+                            "key": key,
                             "kind": spec.kind,
                             "expr": spec.expr,
                             "timezone": spec.timezone,
@@ -250,8 +252,7 @@ class Deployments(Reports):
                     else:
                         deactivated.append(row.id)
                     conn.execute(update(schedules).where(schedules.c.id == row.id).values(**values))
-            keys = {s.key for s in specs}
-            gone += [r.id for key, r in rows.items() if key not in keys and r.archived_at is None]
+            gone += [r.id for key, r in rows.items() if key not in specs and r.archived_at is None]
         if new:
             conn.execute(insert(schedules), new)
             added += len(new)
