@@ -62,9 +62,9 @@ class ScheduleSpec:
     """One entry of a deployment's ``schedules`` list, validated.
 
     A config may hold 100,000 of these for the life of the scheduler, so each keeps its fields
-    and its key only (slots, no ``__dict__``); what computing fire times needs (time zone,
-    triggers, rule) is built on demand into a bounded cache shared by equal definitions
-    (``_calendar``), not kept on each one.
+    only (slots, no ``__dict__``); what computing fire times needs (time zone, triggers, rule) is
+    built on demand into a bounded cache shared by equal definitions (``_calendar``), not kept
+    on each one.
     """
 
     kind: Kind
@@ -75,7 +75,6 @@ class ScheduleSpec:
     parameters: Mapping[str, Any] = field(default_factory=lambda: NO_PARAMETERS)
     #: Seconds; each run is due up to this much after its nominal time (spreads load).
     jitter: float = 0.0
-    _key: str = field(default="", init=False, repr=False, compare=False)
 
     @property
     def key(self) -> str:
@@ -83,21 +82,19 @@ class ScheduleSpec:
 
         ``active`` is left out on purpose: pausing and resuming a schedule must not re-fire it.
         Optional settings enter only when set, so adding one never re-keys existing schedules.
-        Computed on first use and kept (a 25-character string).
+        Computed when asked (a few microseconds), not kept: 8 MB for 100,000 schedules.
         """
-        if not self._key:
-            identity: dict[str, Any] = {
-                "kind": self.kind,
-                "expr": " ".join(self.expr.split()) if self.kind == "cron" else self.expr,
-                "tz": self.timezone,
-                "anchor": self.anchor.isoformat() if self.anchor else None,
-                "params": dict(self.parameters),
-            }
-            if self.jitter:
-                identity["jitter"] = self.jitter
-            body = json.dumps(identity, sort_keys=True, default=str)
-            object.__setattr__(self, "_key", f"{self.kind}-{hashlib.sha256(body.encode()).hexdigest()[:16]}")
-        return self._key
+        identity: dict[str, Any] = {
+            "kind": self.kind,
+            "expr": " ".join(self.expr.split()) if self.kind == "cron" else self.expr,
+            "tz": self.timezone,
+            "anchor": self.anchor.isoformat() if self.anchor else None,
+            "params": dict(self.parameters),
+        }
+        if self.jitter:
+            identity["jitter"] = self.jitter
+        body = json.dumps(identity, sort_keys=True, default=str)
+        return f"{self.kind}-{hashlib.sha256(body.encode()).hexdigest()[:16]}"
 
     @property
     def zone(self) -> ZoneInfo:

@@ -113,9 +113,9 @@ class Scheduling(Access):
                 due_at=t + p.schedule.spec.delay(t),
                 now=now,
                 schedule_id=p.schedule.id,
-                schedule_key=p.schedule.spec.key,
+                schedule_key=key,
             )
-            for p in plans
+            for p, key in ((p, p.schedule.spec.key) for p in plans)
             for t in p.fire_times
         ]
         with self.write() as conn:
