@@ -46,7 +46,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import asdict, dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -103,19 +103,27 @@ class Settings:
 
 def mixed_jobs(total: int, fast: int, rng: random.Random) -> list[Job]:
     """``total`` deployments of one schedule each: ``fast`` ones every 2-10 s (up to 2 s of work),
-    0.1 % failing (one retry), 10 % every one to three minutes, the rest idle (every 6 h)."""
+    0.1 % failing (one retry), 10 % every one to three minutes, the rest idle (every 6 h).
+
+    Each interval counts from an anchor of its own, at random within the interval: anchored at
+    the epoch (orchd's default), every minute schedule fired in the same second, a burst of up
+    to a thousand runs at each minute that the steady figures (claim latency, schedule-to-start
+    lag) measured instead of the steady load."""
+
+    def job(name: str, seconds: int, work: float, status: int, retries: int, outcome: RunState) -> Job:
+        anchor = datetime(2026, 1, 1, tzinfo=UTC) + timedelta(seconds=rng.uniform(0, seconds))
+        return Job(name, f"{seconds}s", work, status, retries, outcome, anchor=anchor.isoformat())
+
     failing = max(1, total // 1000)
     minutes = max(1, total // 10)
     idle = max(0, total - fast - failing - minutes)
     jobs = [
-        Job(f"fast-{i:04d}", f"{rng.randint(2, 10)}s", round(rng.uniform(0.2, 2.0), 1), 0, 1, S.COMPLETED)
+        job(f"fast-{i:04d}", rng.randint(2, 10), round(rng.uniform(0.2, 2.0), 1), 0, 1, S.COMPLETED)
         for i in range(fast)
     ]
-    jobs += [Job(f"failing-{i:04d}", "5s", 0.1, 3, 1, S.FAILED) for i in range(failing)]
-    jobs += [
-        Job(f"minute-{i:05d}", f"{rng.choice((60, 120, 180))}s", 0, 0, 1, S.COMPLETED) for i in range(minutes)
-    ]
-    jobs += [Job(f"idle-{i:05d}", "6h", 0, 0, 0, S.COMPLETED) for i in range(idle)]
+    jobs += [job(f"failing-{i:04d}", 5, 0.1, 3, 1, S.FAILED) for i in range(failing)]
+    jobs += [job(f"minute-{i:05d}", rng.choice((60, 120, 180)), 0, 0, 1, S.COMPLETED) for i in range(minutes)]
+    jobs += [job(f"idle-{i:05d}", 6 * 3600, 0, 0, 0, S.COMPLETED) for i in range(idle)]
     return jobs
 
 

@@ -39,10 +39,12 @@ class Job:
     #: Run chains: (upstream deployment, the states of its runs' ends that queue a run of this one).
     #: A job with triggers and no ``every`` runs only when triggered.
     triggers: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    #: Where its interval counts from (ISO date-time; empty: the epoch, as every other's).
+    anchor: str = ""
 
     @property
     def schedule(self) -> dict[str, str]:
-        return {"interval": self.every}
+        return {"interval": self.every, **({"anchor": self.anchor} if self.anchor else {})}
 
 
 @dataclass(frozen=True)
