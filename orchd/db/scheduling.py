@@ -17,12 +17,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from functools import lru_cache
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import (
     ColumnElement,
     Connection,
     Select,
+    TextClause,
     and_,
     bindparam,
     delete,
@@ -358,32 +359,46 @@ class Scheduling(Access):
             )  # fmt: skip
 
 
-# What the upkeep acts on (``_upkeep_next`` reads when each will next be true).
+class _Watch(NamedTuple):
+    """What the upkeep acts on, stated once for its look (when it will next have work) and its
+    work: the rows in ``scope`` whose ``deadline`` column has passed a bound."""
+
+    scope: ColumnElement[bool] | TextClause
+    deadline: Any
+
+    def past(self, bound: Any) -> ColumnElement[bool]:
+        return and_(self.scope, self.deadline < bound)
+
+    def earliest(self) -> Any:
+        """The earliest deadline in scope, from an index, as a scalar subquery."""
+        return select(func.min(self.deadline)).where(self.scope).scalar_subquery()
+
+
+#: Active runs, by when their lease expires; runs still waiting, by their due time (stale once
+#: misfire_grace has passed); workers shown online, by when they were last heard from.
+_LEASED = _Watch(RUNS_ACTIVE, runs.c.lease_expires_at)
+_WAITING = _Watch(runs.c.state == S.SCHEDULED.value, runs.c.due_at)
+_ONLINE = _Watch(workers.c.status == "online", workers.c.last_heartbeat)
+
+
 def _expired(now: Any) -> ColumnElement[bool]:
     """Active runs whose lease has expired."""
-    return and_(RUNS_ACTIVE, runs.c.lease_expires_at < now)
+    return _LEASED.past(now)
 
 
 def _stale(cutoff: Any) -> ColumnElement[bool]:
     """Runs still waiting since before ``cutoff`` (misfire_grace after their due time)."""
-    return and_(runs.c.state == S.SCHEDULED.value, runs.c.due_at < cutoff)
+    return _WAITING.past(cutoff)
 
 
 def _silent(since: Any) -> ColumnElement[bool]:
     """Workers shown online that have not been heard from since ``since``."""
-    return and_(workers.c.status == "online", workers.c.last_heartbeat < since)
+    return _ONLINE.past(since)
 
 
 @lru_cache(maxsize=2)
 def _upkeep_next(misfires: bool) -> Select[tuple[Any, Any, Any]]:
     """When the upkeep will next have work, in one read built once: the earliest lease of an
     active run, the oldest heartbeat of a worker shown online and (``misfires``) the earliest due
-    time of a waiting run, each from an index.  An idle scheduler asks every few seconds."""
-    lease = select(func.min(runs.c.lease_expires_at)).where(RUNS_ACTIVE)
-    heard = select(func.min(workers.c.last_heartbeat)).where(workers.c.status == "online")
-    due = select(func.min(runs.c.due_at)).where(runs.c.state == S.SCHEDULED.value)
-    return select(
-        lease.scalar_subquery(),
-        heard.scalar_subquery(),
-        due.scalar_subquery() if misfires else null(),
-    )
+    time of a waiting run.  An idle scheduler asks every few seconds."""
+    return select(_LEASED.earliest(), _ONLINE.earliest(), _WAITING.earliest() if misfires else null())
