@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from orchd.config import Config
 from orchd.db.store import Store
 from orchd.errors import DatabaseUnavailable
 from orchd.scheduler.daemon import Scheduler
@@ -42,6 +43,16 @@ def _counting(obj: Any, method: str) -> list[int]:
     return calls
 
 
+def _chatty_run(make_config: MakeConfig, store: Store, pg_server: PgServer) -> tuple[Config, int, Worker]:
+    """The config, a queued run of "chatty" and a worker for it, on a server the test may stop."""
+    if pg_server.data_dir is None:
+        pytest.skip("ORCHD_TEST_DATABASE_URL points at a server this test must not stop")
+    config = make_config(BODY)
+    store.sync(config, datetime.now(UTC))
+    run_id = store.create_run("chatty", datetime.now(UTC))
+    return config, run_id, Worker(config, store, ["default"], 2, name="w")
+
+
 def _state(store: Store, run_id: int) -> str | None:
     try:
         row = store.get_run(run_id)
@@ -57,12 +68,7 @@ def test_a_database_outage_is_waited_out_not_spun(
     """The worker's loop stopped waiting once its heartbeat was overdue: PostgreSQL stopped for
     15 s cost it 14.95 CPU-s.  Each daemon's loop turns are counted while the server is down: a
     few per second at most (the worker's loop wakes twice a second to watch its runs' deadlines)."""
-    if pg_server.data_dir is None:
-        pytest.skip("ORCHD_TEST_DATABASE_URL points at a server this test must not stop")
-    config = make_config(BODY)
-    store.sync(config, datetime.now(UTC))
-    run_id = store.create_run("chatty", datetime.now(UTC))
-    worker = Worker(config, store, ["default"], 2, name="w")
+    config, run_id, worker = _chatty_run(make_config, store, pg_server)
     scheduler = Scheduler(config, store)
     worker_turns = _counting(worker, "_handle_events")
     scheduler_turns = _counting(scheduler, "_lead")
@@ -99,12 +105,7 @@ def test_a_worker_starting_into_an_outage_waits_it_out(
 ) -> None:
     """The database answered the worker's start-up check and went away before it registered:
     the worker ended with exit 1 (seen in the chaos run); now it registers once the server is back."""
-    if pg_server.data_dir is None:
-        pytest.skip("ORCHD_TEST_DATABASE_URL points at a server this test must not stop")
-    config = make_config(BODY)
-    store.sync(config, datetime.now(UTC))
-    run_id = store.create_run("chatty", datetime.now(UTC))
-    worker = Worker(config, store, ["default"], 2, name="w")
+    _, run_id, worker = _chatty_run(make_config, store, pg_server)
     stop = threading.Event()
     failed: list[BaseException] = []
 
