@@ -9,11 +9,10 @@ PostgreSQL (many hosts): psycopg 3, pre-pinged pooled connections.
 from __future__ import annotations
 
 import os
-import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import URL, make_url
@@ -23,6 +22,9 @@ from orchd.backoff import Backoff
 from orchd.config import DatabaseConfig
 from orchd.db.errors import install
 from orchd.errors import ConfigError, DatabaseForbidden, DatabaseMissing, DatabaseUnavailable
+
+if TYPE_CHECKING:
+    import sqlite3
 
 #: Execution option for transactions that only read (SQLite: plain deferred BEGIN).
 READ_ONLY = {"orchd_read_only": True}
@@ -200,6 +202,8 @@ def _sqlite_engine(url: URL, db: DatabaseConfig) -> Engine:
 def _set_wal(cursor: sqlite3.Cursor, patience: float) -> None:
     """Switch to WAL.  SQLite answers "database is locked" at once, without the busy handler, when
     several processes open a new file together and race to switch it, so retry until ``patience``."""
+    import sqlite3  # here, not at the top: a PostgreSQL process never loads SQLite (0.8 MB of RSS)
+
     deadline = time.monotonic() + patience
     while True:
         try:
