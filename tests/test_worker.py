@@ -13,9 +13,9 @@ import pytest
 from orchd.config import Config, load_config
 from orchd.db.engine import make_engine
 from orchd.db.store import Store
-from orchd.worker.daemon import Contention, Worker
+from orchd.worker.daemon import Ahead, Contention, Worker
 from tests.conftest import MakeConfig
-from tests.helpers import claims_per_run, history, states_count
+from tests.helpers import claims_per_run, history, state_of, states_count, wait_for
 
 NOW = datetime.now(UTC)
 
@@ -259,3 +259,33 @@ def test_a_run_due_by_the_last_claim_does_not_hide_the_runs_due_after_it(
     assert store.next_due_at(["default"], after=NOW) == NOW + timedelta(seconds=5)
     assert store.next_due_at(["default"], after=NOW - timedelta(seconds=1)) == NOW
     assert store.next_due_at(["default"], after=NOW + timedelta(seconds=5)) is None
+
+
+def test_a_run_claimed_ahead_of_its_due_time_starts_when_it_comes_due(
+    store: Store, make_config: MakeConfig
+) -> None:
+    """A worker claims a run it knows of a claim's duration before it is due (Ahead), so the run
+    is PENDING when it comes due, and starts then: never before, by the run's own clock.  The
+    claims here start the most allowed ahead (20 ms), far more than the claim takes."""
+    config = _deploy(make_config, store, '[[deployments]]\nname = "d"\ncommand = ["date", "+%s.%N"]\n')
+    first = datetime.now(UTC) + timedelta(seconds=1)
+    due = [first + timedelta(seconds=0.15 * i) for i in range(6)]
+    ids = [store.create_run("d", NOW, at=at) for at in due]
+    worker = Worker(config, store, ["default"], 4, name="w", _ahead=Ahead(claim=1.0))
+    stop = threading.Event()
+    thread = threading.Thread(target=worker.run, args=(stop,))
+    thread.start()
+    try:
+        wait_for(lambda: all(state_of(store, i) == "COMPLETED" for i in ids), 20)
+    finally:
+        stop.set()
+        thread.join(10)
+    assert not thread.is_alive()
+    for run_id, at in zip(ids, due, strict=True):
+        row = store.get_run(run_id)
+        assert row is not None and row.started_at is not None
+        began = datetime.fromtimestamp(float(store.run_logs(run_id)[0].line), UTC)
+        assert began >= at, (
+            f"run {run_id} began {(at - began).total_seconds() * 1000:.1f} ms before it was due"
+        )
+        assert row.started_at >= at

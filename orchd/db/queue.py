@@ -123,11 +123,19 @@ class Queue(Access):
         return Heartbeat({r.id: RunState(r.state) for r in held}, known=recorded.rowcount > 0)
 
     def claim(
-        self, worker: str, pool_names: Sequence[str], limit: int, now: datetime, lease_until: datetime
+        self,
+        worker: str,
+        pool_names: Sequence[str],
+        limit: int,
+        now: datetime,
+        lease_until: datetime,
+        due_by: datetime | None = None,
     ) -> list[ClaimedRun]:
-        """Take up to ``limit`` due runs for ``worker``: SCHEDULED, ``due_at <= now``, of one of
-        ``pool_names``, pool not paused; highest priority first, then the longest due.  Each is
-        PENDING under ``worker`` with a lease until ``lease_until`` before this returns.
+        """Take up to ``limit`` due runs for ``worker``: SCHEDULED, due by ``due_by`` (default
+        ``now``; a worker that claims a few milliseconds ahead of a run's due time passes it, and
+        starts the run when it comes due), of one of ``pool_names``, pool not paused; highest
+        priority first, then the longest due.  Each is PENDING under ``worker`` with a lease until
+        ``lease_until`` before this returns.
 
         Guarantees, with any number of workers on any number of hosts:
 
@@ -155,7 +163,7 @@ class Queue(Access):
                 {
                     "pools": [p for p in pool_names if p not in full_pools],
                     "full_deployments": list(full_deployments),
-                    "now": now,
+                    "now": due_by or now,
                     "limit": candidates_for(limit),
                 },
             ).all()

@@ -94,7 +94,9 @@ def _count(store: Store, state: str) -> int:
 
 
 def bench_latency(dbs: Databases, backend: str, tmp: Path, repeats: int, seconds: float) -> list[Figure]:
-    """Runs becoming due while a worker idles: started_at - scheduled_for, without claiming early."""
+    """Runs becoming due while a worker idles: started_at - scheduled_for.  The worker claims a
+    claim's duration ahead of a due time it knows (worker.daemon.Ahead), and starts the run when
+    it comes due (never before: test_worker checks by the run's clock)."""
     scheduled: list[float] = []
     created: list[float] = []
     p50s, p99s = [], []
