@@ -27,6 +27,7 @@ from sqlalchemy import (
     and_,
     bindparam,
     insert,
+    literal,
     not_,
     select,
     text,
@@ -80,9 +81,18 @@ def transition(
         )
         moved = conn.execute(stmt).all()
     else:  # the common case, a statement built once (see _moving)
-        built = _moving(source, target, holder is not None, tuple(sorted(values)))
+        keys = tuple(sorted(values))
         bound = {f"v_{key}": value for key, value in values.items()}
-        moved = conn.execute(built, {"ids": list(run_ids), "now": now, "holder": holder, **bound}).all()
+        params = {"ids": list(run_ids), "now": now, "holder": holder, **bound}
+        if conn.dialect.name == "postgresql":  # the move and its history in one round trip
+            params |= {"actor": actor, "reason": reason}
+            ids = list(
+                conn.execute(_moving_recorded(source, target, holder is not None, keys), params).scalars()
+            )
+            if ids and target in FINISHED:
+                fire_triggers(conn, ids, target, now=now, actor=actor)
+            return ids
+        moved = conn.execute(_moving(source, target, holder is not None, keys), params).all()
     if moved:
         conn.execute(
             _HISTORY,
@@ -183,6 +193,26 @@ def _moving(source: RunState, target: RunState, held: bool, keys: tuple[str, ...
         .values(state=target.value, updated_at=bindparam("now", type_=runs.c.updated_at.type), **sets)
         .returning(runs.c.id, runs.c.attempt)
     )
+
+
+@lru_cache(maxsize=128)
+def _moving_recorded(source: RunState, target: RunState, held: bool, keys: tuple[str, ...]) -> Any:
+    """_moving and the history rows of the runs it moved, in one PostgreSQL statement (a CTE: the
+    UPDATE's RETURNING feeds the INSERT), bound as _moving plus ``actor`` and ``reason``; returns
+    the ids moved.  A transition is a statement fewer, a claim's and a start's round trips fewer
+    by a third."""
+    moved = _moving(source, target, held, keys).cte("moved")
+    history = select(
+        moved.c.id,
+        literal(source.value, run_states.c.from_state.type),
+        literal(target.value, run_states.c.to_state.type),
+        moved.c.attempt,
+        bindparam("now", type_=run_states.c.at.type),
+        bindparam("actor", type_=run_states.c.actor.type),
+        bindparam("reason", type_=run_states.c.reason.type),
+    )
+    columns = ["run_id", "from_state", "to_state", "attempt", "at", "actor", "reason"]
+    return insert(run_states).from_select(columns, history).returning(run_states.c.run_id)
 
 
 def record_created(
