@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy import event
 
 from orchd.config import Config, load_config
 from orchd.db.engine import make_engine
@@ -289,3 +290,35 @@ def test_a_run_claimed_ahead_of_its_due_time_starts_when_it_comes_due(
             f"run {run_id} began {(at - began).total_seconds() * 1000:.1f} ms before it was due"
         )
         assert row.started_at >= at
+
+
+def test_the_runs_that_ended_well_are_recorded_in_the_claim_that_refills_their_slots(
+    store: Store, make_config: MakeConfig
+) -> None:
+    """complete_and_claim: one transaction records a worker's plainly completed runs and claims
+    new ones (the worker's loop does this whenever slots freed); a run the worker no longer
+    holds is not recorded."""
+    _deploy(make_config, store, '[[deployments]]\nname = "d"\ncommand = ["true"]\n')
+    now = datetime.now(UTC)
+    first = [store.create_run("d", now) for _ in range(3)]
+    lease = now + timedelta(minutes=1)
+    claimed = store.claim("w", ["default"], 3, now, lease)
+    store.start_many({r.id: 1000 + r.id for r in claimed}, "w", now)
+    store.cancel_run(first[2], now)  # no longer plainly RUNNING under w
+    fresh = store.create_run("d", now)
+    begins: list[object] = []
+    count = begins.append
+    event.listen(store.engine, "begin", count)
+    try:
+        done, claimed = store.complete_and_claim(first, "w", ["default"], 2, now, lease)
+    finally:
+        event.remove(store.engine, "begin", count)
+    assert sorted(done) == first[:2]
+    assert [r.id for r in claimed] == [fresh]
+    assert len(begins) == 1
+    assert [state_of(store, i) for i in (*first, fresh)] == [
+        "COMPLETED",
+        "COMPLETED",
+        "CANCELLING",
+        "PENDING",
+    ]

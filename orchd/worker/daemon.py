@@ -379,8 +379,10 @@ class Worker:
                 try:
                     self._flush_logs()
                     self._record_starts()
-                    if self._finish_exited():
-                        self._claim_now()  # a slot freed: more may be due right now
+                    # a claim follows (a slot freed: more may be due right now) and records the
+                    # runs that ended well in its transaction, unless the worker is stopping
+                    if self._finish_exited(plain=drain_until is not None):
+                        self._claim_now()
                     if now >= next_heartbeat:
                         self._heartbeat(now)
                         next_heartbeat = now + cfg.heartbeat
@@ -393,11 +395,7 @@ class Worker:
                         # something was written (the scheduler records itself every few seconds):
                         # claim when a run is due, not at every write
                         self._claim_when_due(due)
-                    if (
-                        drain_until is None
-                        and now >= self._claim_at()
-                        and len(self.active) < self.concurrency
-                    ):
+                    if drain_until is None and now >= self._claim_at() and self._free_slots():
                         claimed = self._claim()
                         if claimed:
                             self._claim_now()
@@ -409,9 +407,7 @@ class Worker:
                     outage.failed(exc, now, cap=self.fence.margin / 4)
             if not self.active and (drain_until is not None or (self.burst and not claimed)):
                 break
-            wake_at = min(
-                next_heartbeat, self._claim_at() if len(self.active) < self.concurrency else next_heartbeat
-            )
+            wake_at = min(next_heartbeat, self._claim_at() if self._free_slots() else next_heartbeat)
             # in an outage the heartbeat is overdue: waiting for it would mean not waiting at all
             wake_at = max(wake_at, outage.retry_at)
             self._handle_events(
@@ -545,18 +541,27 @@ class Worker:
     # ------------------------------------------------------------------ steps
 
     def _claim(self) -> int:
-        """Claim, spawn, then mark every spawned run RUNNING in one statement.  At a known due
-        time the claim starts ahead of it (Ahead) and the runs are spawned when it comes."""
+        """Record the plainly completed runs and claim new ones in one transaction, spawn them,
+        then mark every spawned run RUNNING in one statement.  At a known due time the claim
+        starts ahead of it (Ahead) and the runs are spawned when it comes."""
         renewed = time.monotonic()
         now = self.clock()
         due_by = now
         if self._due_at is not None and now < self._due_at <= now + timedelta(seconds=_AHEAD_CAP):
             due_by = self._due_at
         self._last_claim_at = due_by
-        runs = self.store.claim(
-            self.name, self.pools, self.concurrency - len(self.active), now, now + self.lease, due_by
+        plain = self._plain_ended()
+        completed, runs = self.store.complete_and_claim(
+            [a.run.id for a in plain],
+            self.name,
+            self.pools,
+            self.concurrency - len(self.active) + len(plain),
+            now,
+            now + self.lease,
+            due_by,
         )
         took = time.monotonic() - renewed
+        self._completed_plain(plain, set(completed))
         self.observer.claimed(len(runs), took)
         self._ahead.claimed(took)
         # nothing although a run was due by then (the time the claim compared with): others took it
@@ -691,25 +696,35 @@ class Worker:
             self.store.append_logs(self._logs)
             self._logs = []
 
-    def _finish_exited(self) -> int:
-        """Record the runs whose process ended: plain successes in one statement, the rest one by
-        one.  A run leaves ``active`` only once its outcome is written."""
-        ended = [
+    def _ended(self) -> list[ActiveRun]:
+        """The runs whose process ended and whose outcome is to be written (their start was)."""
+        return [
             a
             for a in self.active.values()
             if a.returncode is not None and (a.recorded or a.ending == Ending.LOST)
         ]
-        plain = [a for a in ended if a.returncode == 0 and a.ending is None and a.result_file is None]
-        if plain:
-            recorded = set(self.store.complete_many([a.run.id for a in plain], self.name, self.clock()))
-            for active in plain:
-                del self.active[active.run.id]
-                if active.run.id in recorded:
-                    self._completed(active)
-                else:
-                    _refused(active.bound, S.COMPLETED, exit_code=0)
-                self._remove_after(active)
-        done = {a.run.id for a in plain}
+
+    def _plain_ended(self) -> list[ActiveRun]:
+        """The ended runs that completed plainly (exit 0, nothing more to record): many are
+        recorded in one statement."""
+        return [a for a in self._ended() if a.returncode == 0 and a.ending is None and a.result_file is None]
+
+    def _free_slots(self) -> int:
+        """Slots for new runs: the plainly completed runs not yet recorded free theirs, since
+        the claim records them first."""
+        return self.concurrency - len(self.active) + len(self._plain_ended())
+
+    def _finish_exited(self, plain: bool = True) -> int:
+        """Record the runs whose process ended, the plain successes in one statement (or, when
+        not ``plain``, in the claim that follows, _claim), the rest one by one; return how many
+        ended.  A run leaves ``active`` only once its outcome is written."""
+        ended = self._ended()
+        simple = self._plain_ended()
+        if simple and plain:
+            self._completed_plain(
+                simple, set(self.store.complete_many([a.run.id for a in simple], self.name, self.clock()))
+            )
+        done = {a.run.id for a in simple}
         for active in ended:
             if active.run.id in done:
                 continue
@@ -717,6 +732,17 @@ class Worker:
             del self.active[active.run.id]
             self._remove_after(active)
         return len(ended)
+
+    def _completed_plain(self, ended: list[ActiveRun], recorded: set[int]) -> None:
+        """After the plain successes ``ended`` were written: those ``recorded`` COMPLETED, the
+        rest refused (no longer ours)."""
+        for active in ended:
+            del self.active[active.run.id]
+            if active.run.id in recorded:
+                self._completed(active)
+            else:
+                _refused(active.bound, S.COMPLETED, exit_code=0)
+            self._remove_after(active)
 
     def _completed(self, active: ActiveRun) -> None:
         duration = time.monotonic() - active.started
