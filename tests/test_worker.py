@@ -15,6 +15,7 @@ from orchd.config import Config, load_config
 from orchd.db.engine import make_engine
 from orchd.db.store import Store
 from orchd.worker.daemon import Ahead, Contention, Worker
+from orchd.worker.process import Pumps
 from tests.conftest import MakeConfig
 from tests.helpers import claims_per_run, history, state_of, states_count, wait_for
 
@@ -322,3 +323,22 @@ def test_the_runs_that_ended_well_are_recorded_in_the_claim_that_refills_their_s
         "CANCELLING",
         "PENDING",
     ]
+
+
+def test_the_output_pumps_are_kept_from_run_to_run_and_a_run_never_waits_for_another() -> None:
+    """Pumps: a job (a run's output pump) runs on an idle thread, or on a new one when all are
+    busy: a run whose output never ends does not hold up the next run's; once idle, the threads
+    serve the next runs instead of new ones (a thread per run cost each spawn a wait)."""
+    pumps = Pumps()
+    gate, ran = threading.Event(), []
+    pumps.submit(lambda: (gate.wait(10), ran.append("long")))
+    pumps.submit(lambda: ran.append("short"))
+    wait_for(lambda: ran == ["short"], 5)
+    gate.set()
+    wait_for(lambda: sorted(ran) == ["long", "short"] and pumps._idle == 2, 5)
+    for _ in range(10):
+        done = threading.Event()
+        pumps.submit(done.set)
+        assert done.wait(5)
+        wait_for(lambda: pumps._idle == 2, 5)
+    assert pumps._started == 2

@@ -21,7 +21,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -154,8 +154,42 @@ def run_environment(extra: Mapping[str, str]) -> dict[str, str]:
     return env
 
 
+class Pumps:
+    """The threads that pump runs' output, kept from one run to the next.  A thread started per
+    run cost the worker's loop a wait for the new thread to come up (it needs the interpreter's
+    lock first) at every spawn, a tenth of a busy worker's time.  Daemon threads, as before: a
+    pump blocked on a run that outlives the worker must not keep the worker alive; at most one
+    per run at once, so at most ``concurrency`` of them."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._idle = 0
+        self._started = 0
+
+    def submit(self, job: Callable[[], None]) -> None:
+        """Run ``job`` on an idle pump, or on a new one when none is idle."""
+        with self._lock:
+            if self._idle:
+                self._idle -= 1
+            else:
+                self._started += 1
+                threading.Thread(target=self._serve, name=f"pump-{self._started}", daemon=True).start()
+        self._jobs.put(job)
+
+    def _serve(self) -> None:
+        while True:
+            self._jobs.get()()
+            with self._lock:
+                self._idle += 1
+
+
+_PUMPS = Pumps()
+
+
 class RunProcess:
-    """A started run: its process group and the thread pumping its output into ``events``."""
+    """A started run: its process group, its output pumped into ``events`` by one of the
+    process's pumps (Pumps) until it exits."""
 
     def __init__(
         self,
@@ -183,8 +217,7 @@ class RunProcess:
         self.pid = self.proc.pid
         self.guardian = guardian
         guardian.watch(self.pid)
-        self._pump = threading.Thread(target=self._pump_output, name=f"run-{run_id}", daemon=True)
-        self._pump.start()
+        _PUMPS.submit(self._pump_output)
 
     def terminate(self, grace: float) -> None:
         """Ask the run to stop (SIGTERM to its group); ``grace`` is how long until ``kill``."""
