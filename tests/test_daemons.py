@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import signal
+import subprocess
 import sys
 from collections import Counter
 from datetime import UTC, datetime
@@ -233,3 +234,24 @@ def test_runs_start_with_no_signal_ignored_or_blocked(tmp_path: Path, db_url: st
     # a test run that inherited them ignored (as CI's may) passes that on whatever the daemon does
     glibc_own = (1 << 31) | (1 << 32)
     assert {name: mask & ~glibc_own for name, mask in masks.items()} == {"SigIgn": 0, "SigBlk": 0}
+
+
+def test_a_worker_keeps_its_start_up_out_of_the_collectors_full_passes(tmp_path: Path, db_url: str) -> None:
+    """runtime.freeze_startup: what start-up built is frozen before the loop begins (a full pass
+    of the cyclic collector walked it all, in the middle of a claim)."""
+    config = write_config(
+        tmp_path / "orchd.toml", db_url, '[[deployments]]\nname = "x"\ncommand = ["true"]\n'
+    )
+    store = store_for(db_url)
+    store.sync(load_config(config), datetime.now(UTC))
+    store.create_run("x", datetime.now(UTC))
+    script = (
+        "import gc, sys\n"
+        "from orchd.cli.daemons import worker_main\n"
+        f"worker_main(['--config', {str(config)!r}, '--burst'], standalone_mode=False)\n"
+        "print(gc.get_freeze_count())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout.split()[-1]) > 10_000
+    assert [r.state for r in store.list_runs()] == ["COMPLETED"]

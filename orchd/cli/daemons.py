@@ -22,7 +22,7 @@ from orchd.db.locks import check_session
 from orchd.errors import ConfigError, OrchdError
 from orchd.logging import configure, get_logger
 from orchd.notify import Notifier
-from orchd.runtime import Signals, open_store
+from orchd.runtime import Signals, freeze_startup, open_store
 from orchd.scheduler.daemon import Scheduler
 from orchd.worker.daemon import Worker
 
@@ -115,6 +115,7 @@ def scheduler_main(config_path: Path | None, once: bool, metrics_listen: str | N
         )
         return
     log.info("scheduler started", version=__version__)
+    freeze_startup()
     scheduler.run(signals.stop, _reloader(signals, config_path), notifier)
     log.info("scheduler stopped")
 
@@ -172,6 +173,7 @@ def worker_main(
         burst,
         observer=metrics.Metrics(store),
     )
+    freeze_startup()
     worker.run(signals.stop, notifier)
 
 
@@ -216,6 +218,7 @@ def web_main(config_path: Path | None, listen: str | None, metrics_listen: str |
     if store is None:
         return
     log.info("orchd-web started", version=__version__)
+    freeze_startup()
     serve(config, store, auth, sock, signals.stop, notifier)
 
 
@@ -277,6 +280,7 @@ def up(config_path: Path | None, metrics_listen: str | None) -> None:
     thread.start()
     web = _start_web(config, signals.stop)
     log.info("orchd up: scheduler and worker running; Ctrl-C stops both", database=config.database.url)
+    freeze_startup()
     Worker(
         config,
         worker_store,
