@@ -156,8 +156,7 @@ class Queue(Access):
         is never lost."""
         if limit <= 0:
             return []
-        with self.write() as conn:
-            return self._claim_in(conn, worker, pool_names, limit, now, lease_until, due_by)
+        return self.complete_and_claim((), worker, pool_names, limit, now, lease_until, due_by)[1]
 
     def complete_and_claim(
         self,
@@ -177,93 +176,81 @@ class Queue(Access):
             done = self._complete_in(conn, completed, worker, now)
             if limit <= 0:
                 return done, []
-            return done, self._claim_in(conn, worker, pool_names, limit, now, lease_until, due_by)
-
-    def _claim_in(
-        self,
-        conn: Connection,
-        worker: str,
-        pool_names: Sequence[str],
-        limit: int,
-        now: datetime,
-        lease_until: datetime,
-        due_by: datetime | None,
-    ) -> list[ClaimedRun]:
-        full_pools, full_deployments = self._only_waiting(conn, pool_names)
-        candidates = conn.execute(
-            _candidates(),
-            {
-                "pools": [p for p in pool_names if p not in full_pools],
-                "full_deployments": list(full_deployments),
-                "now": due_by or now,
-                "limit": candidates_for(limit),
-            },
-        ).all()
-        if not candidates:
-            return []
-        pool_caps = {c.pool: c.concurrency_limit for c in candidates if c.concurrency_limit}
-        if pool_caps:  # only limited pools serialise their claimers, on their row: re-read it locked
-            locked = conn.execute(
-                select(pools.c.name, pools.c.concurrency_limit)
-                .where(pools.c.name.in_(list(pool_caps)))
-                .order_by(pools.c.name)
-                .with_for_update()
+            full_pools, full_deployments = self._only_waiting(conn, pool_names)
+            candidates = conn.execute(
+                _candidates(),
+                {
+                    "pools": [p for p in pool_names if p not in full_pools],
+                    "full_deployments": list(full_deployments),
+                    "now": due_by or now,
+                    "limit": candidates_for(limit),
+                },
             ).all()
-            pool_caps = {r.name: r.concurrency_limit for r in locked if r.concurrency_limit}
-        specs = {c.deployment_id: spec_of(c.spec) for c in candidates}
-        dep_caps = {d: cap for d, spec in specs.items() if (cap := spec.active_cap)}
-        if dep_caps:
-            conn.execute(
-                select(deployments.c.id)
-                .where(deployments.c.id.in_(list(dep_caps)))
-                .order_by(deployments.c.id)
-                .with_for_update()
-            ).all()
-        decided = admit(
-            [Candidate(c.id, c.pool, c.deployment_id) for c in candidates],
-            limit,
-            pool_limits=pool_caps,
-            deployment_limits=dep_caps,
-            active_in_pool=self._active_counts(conn, runs.c.pool, list(pool_caps)),
-            active_in_deployment=self._active_counts(conn, runs.c.deployment_id, list(dep_caps)),
-            overlap={d: spec.overlap for d, spec in specs.items()},
-        )
-        transition(
-            conn,
-            decided.skip,
-            S.SCHEDULED,
-            S.MISSED,
-            now=now,
-            actor=worker,
-            values={"finished_at": now},
-            reason="skipped: the deployment's max_active_runs are still active (overlap = skip)",
-        )
-        self._supersede(conn, decided.supersede, worker, now)
-        moved = transition(
-            conn,
-            decided.take,
-            S.SCHEDULED,
-            S.PENDING,
-            now=now,
-            actor=worker,
-            reason="claimed",
-            values={"worker": worker, "claimed_at": now, "lease_expires_at": lease_until},
-        )
-        ours = set(moved)
-        return [
-            ClaimedRun(
-                c.id,
-                c.deployment,
-                c.attempt,
-                c.max_attempts,
-                c.scheduled_for,
-                json.loads(c.parameters),
-                specs[c.deployment_id],
-                None if c.upstream_run_id is None else Upstream(c.upstream_run_id, c.upstream_result),
+            if not candidates:
+                return done, []
+            pool_caps = {c.pool: c.concurrency_limit for c in candidates if c.concurrency_limit}
+            if pool_caps:  # only limited pools serialise their claimers, on their row: re-read it locked
+                locked = conn.execute(
+                    select(pools.c.name, pools.c.concurrency_limit)
+                    .where(pools.c.name.in_(list(pool_caps)))
+                    .order_by(pools.c.name)
+                    .with_for_update()
+                ).all()
+                pool_caps = {r.name: r.concurrency_limit for r in locked if r.concurrency_limit}
+            specs = {c.deployment_id: spec_of(c.spec) for c in candidates}
+            dep_caps = {d: cap for d, spec in specs.items() if (cap := spec.active_cap)}
+            if dep_caps:
+                conn.execute(
+                    select(deployments.c.id)
+                    .where(deployments.c.id.in_(list(dep_caps)))
+                    .order_by(deployments.c.id)
+                    .with_for_update()
+                ).all()
+            decided = admit(
+                [Candidate(c.id, c.pool, c.deployment_id) for c in candidates],
+                limit,
+                pool_limits=pool_caps,
+                deployment_limits=dep_caps,
+                active_in_pool=self._active_counts(conn, runs.c.pool, list(pool_caps)),
+                active_in_deployment=self._active_counts(conn, runs.c.deployment_id, list(dep_caps)),
+                overlap={d: spec.overlap for d, spec in specs.items()},
             )
-            for c in candidates
-            if c.id in ours
-        ]
+            transition(
+                conn,
+                decided.skip,
+                S.SCHEDULED,
+                S.MISSED,
+                now=now,
+                actor=worker,
+                values={"finished_at": now},
+                reason="skipped: the deployment's max_active_runs are still active (overlap = skip)",
+            )
+            self._supersede(conn, decided.supersede, worker, now)
+            moved = transition(
+                conn,
+                decided.take,
+                S.SCHEDULED,
+                S.PENDING,
+                now=now,
+                actor=worker,
+                reason="claimed",
+                values={"worker": worker, "claimed_at": now, "lease_expires_at": lease_until},
+            )
+            ours = set(moved)
+            return done, [
+                ClaimedRun(
+                    c.id,
+                    c.deployment,
+                    c.attempt,
+                    c.max_attempts,
+                    c.scheduled_for,
+                    json.loads(c.parameters),
+                    specs[c.deployment_id],
+                    None if c.upstream_run_id is None else Upstream(c.upstream_run_id, c.upstream_result),
+                )
+                for c in candidates
+                if c.id in ours
+            ]
 
     def _only_waiting(self, conn: Connection, pool_names: Sequence[str]) -> tuple[set[str], set[int]]:
         """The pools and deployments whose due runs a claim can only leave waiting now (at their

@@ -124,6 +124,11 @@ class ActiveRun:
     def bound(self) -> Any:
         return log.bind(run_id=self.run.id, deployment=self.run.deployment, attempt=self.run.attempt)
 
+    @property
+    def plain(self) -> bool:
+        """Exited 0 with nothing more to record: recorded COMPLETED with others in one statement."""
+        return self.returncode == 0 and self.ending is None and self.result_file is None
+
     def end(self, why: RunState | Ending, reason: str, grace: float, now: float) -> None:
         """Stop the run's process group: SIGTERM now, SIGKILL after ``grace``."""
         if self.ending is None:
@@ -555,7 +560,7 @@ class Worker:
             [a.run.id for a in plain],
             self.name,
             self.pools,
-            self.concurrency - len(self.active) + len(plain),
+            self._free_slots(),
             now,
             now + self.lease,
             due_by,
@@ -705,9 +710,7 @@ class Worker:
         ]
 
     def _plain_ended(self) -> list[ActiveRun]:
-        """The ended runs that completed plainly (exit 0, nothing more to record): many are
-        recorded in one statement."""
-        return [a for a in self._ended() if a.returncode == 0 and a.ending is None and a.result_file is None]
+        return [a for a in self._ended() if a.plain]
 
     def _free_slots(self) -> int:
         """Slots for new runs: the plainly completed runs not yet recorded free theirs, since
@@ -719,7 +722,7 @@ class Worker:
         not ``plain``, in the claim that follows, _claim), the rest one by one; return how many
         ended.  A run leaves ``active`` only once its outcome is written."""
         ended = self._ended()
-        simple = self._plain_ended()
+        simple = [a for a in ended if a.plain]
         if simple and plain:
             self._completed_plain(
                 simple, set(self.store.complete_many([a.run.id for a in simple], self.name, self.clock()))
