@@ -110,17 +110,40 @@ command = ["true"]
 """
 
 
+#: The same, with limits that only several active runs reach (2 of 2, and 2 + 1 of 3 in the pool).
+COUNTED = (
+    BACKLOG.replace("concurrency_limit = 1", "concurrency_limit = 3")
+    .replace("max_active_runs = 1", "max_active_runs = 2")
+    .replace(
+        'name = "serial"\ncommand = ["true"]\noverlap = "queue"',
+        'name = "crowd-too"\npool = "narrow"\ncommand = ["true"]',
+    )
+)
+
+
+@pytest.mark.parametrize(
+    ("config", "active"),
+    [
+        (BACKLOG, {"capped": 1, "crowd": 1, "serial": 1}),
+        (COUNTED, {"capped": 2, "crowd": 2, "crowd-too": 1}),
+    ],
+    ids=["one-active-each", "counted"],
+)
 def test_free_slots_go_to_runs_that_may_run_however_long_the_blocked_backlog(
-    store: Store, make_config: MakeConfig
+    store: Store, make_config: MakeConfig, config: str, active: dict[str, int]
 ) -> None:
     """A deployment at max_active_runs = 1 with 60 queued runs (and a full pool with 60, and one
     with overlap = queue) starved every other deployment: the claim's look-ahead (4 per slot, at
-    least 50) held only them."""
-    store.sync(make_config(BACKLOG), T0)
-    for name in ("capped", "crowd", "serial"):
-        store.create_run(name, T0)
-        (first,) = store.claim(f"w-{name}", ["default", "narrow"], 1, T0, T0 + timedelta(minutes=1))
-        store.start_many({first.id: 1}, f"w-{name}", T0)
+    least 50) held only them.  ``counted``: the limits are reached only by counting several
+    active runs per deployment and per pool (2 + 1 in a pool of three; on PostgreSQL counted in
+    SQL), and must read as full all the same."""
+    store.sync(make_config(config), T0)
+    for name, n in active.items():
+        for _ in range(n):
+            store.create_run(name, T0)
+        claimed = store.claim(f"w-{name}", ["default", "narrow"], n, T0, T0 + timedelta(minutes=1))
+        assert len(claimed) == n
+        store.start_many({c.id: 1 for c in claimed}, f"w-{name}", T0)
         for _ in range(60):
             store.create_run(name, T0)
     other = store.create_run("other", T0 + timedelta(seconds=1))  # due later, lower priority
