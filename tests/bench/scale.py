@@ -77,6 +77,8 @@ S = RunState
 LEASE = 10.0
 METRICS_PORT = 9464
 MODES = ("pgbouncer", "poll", "direct")
+#: The server logs each statement slower than this (ms): the claim-latency target is 20 ms.
+SLOW_STATEMENT_MS = 15
 BURST = Job("burst", "1h", 0, 0, retries=0, outcome=S.COMPLETED)
 
 
@@ -150,7 +152,7 @@ def deployment(job: Job, script: Path, ledger: Path, tag: str, scheduled: bool =
 @contextmanager
 def reachable_server(hosts: list[netns.Host]) -> Iterator[PgServer]:
     """A throwaway cluster that the namespaces reach over their veth pairs and that logs every lock
-    wait longer than 100 ms."""
+    wait longer than 100 ms and every statement slower than SLOW_STATEMENT_MS."""
     with postgres_server() as server:
         if server.data_dir is None:
             raise SystemExit("bench-scale needs the throwaway cluster (unset ORCHD_TEST_DATABASE_URL)")
@@ -159,6 +161,7 @@ def reachable_server(hosts: list[netns.Host]) -> Iterator[PgServer]:
             conf.write(
                 "listen_addresses = '*'\nmax_connections = 600\nlog_lock_waits = on\n"
                 "deadlock_timeout = '100ms'\nshared_buffers = '256MB'\n"
+                f"log_min_duration_statement = '{SLOW_STATEMENT_MS}ms'\n"
             )
         with (server.data_dir / "pg_hba.conf").open("a") as hba:
             hba.write("host all all 10.0.0.0/8 trust\n")
@@ -711,6 +714,7 @@ class Scale:
             round(samples.longest_lock_wait * 1000),
         ]
         f["lock waits over 100 ms (PostgreSQL log)"] = self._logged_lock_waits()
+        f[f"statements over {SLOW_STATEMENT_MS} ms (PostgreSQL log)"] = self._slow_statements()
         if samples.bouncer:
             f["pgbouncer: client wait max (ms) / server connections max"] = [
                 round(max(p["maxwait"] * 1000 + p["maxwait_us"] / 1000 for p in samples.bouncer)),
@@ -749,8 +753,21 @@ class Scale:
             ).all()
         return [(r.started_at - r.due_at).total_seconds() * 1000 for r in rows]
 
+    def _server_log(self) -> str:
+        return self.server.log_file.read_text(errors="replace") if self.server.log_file else ""
+
+    def _slow_statements(self) -> dict[str, Any]:
+        """The statements the server took longer than SLOW_STATEMENT_MS over, by their first words:
+        what a claim's tail is made of when the server is the slow part (a read that grew with the
+        active runs was found so)."""
+        slow = re.findall(
+            r"duration: [\d.]+ ms  (?:statement|execute|bind|parse)[^:]*: (.{1,60})", self._server_log()
+        )
+        kinds = Counter(" ".join(statement.split()[:4]) for statement in slow)
+        return {"count": len(slow), "kinds": dict(kinds.most_common(5))}
+
     def _logged_lock_waits(self) -> dict[str, Any]:
-        log = self.server.log_file.read_text(errors="replace") if self.server.log_file else ""
+        log = self._server_log()
         waits = re.findall(r"still waiting for (\w+) on (.+?) after ([\d.]+) ms", log)
         kinds = Counter(f"{lock} on {what.split(' of ')[0]}" for lock, what, _ in waits)
         return {"count": len(waits), "kinds": dict(kinds.most_common(5))}
