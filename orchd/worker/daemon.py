@@ -402,9 +402,11 @@ class Worker:
                         self._claim_when_due(due)
                     if drain_until is None and now >= self._claim_at() and self._free_slots():
                         claimed = self._claim()
-                        if claimed:
-                            self._claim_now()
+                        if claimed and not self._free_slots():
+                            self._claim_now()  # full: the next claim comes with a freed slot
                         else:
+                            # one that left slots free took every due run it could see: another
+                            # now would find nothing (a write for each run a fleet starts)
                             self._next_claim = now + self._idle_wait()
                     outage.over()
                 except DatabaseError as exc:
