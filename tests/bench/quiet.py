@@ -76,7 +76,7 @@ class Section:
         )
 
 
-def _busy_seconds() -> float:
+def busy_seconds() -> float:
     """All CPUs' non-idle time since boot (user nice system irq softirq steal; not idle, iowait)."""
     fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
     user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[:8])
@@ -120,7 +120,7 @@ def _tree_seconds(table: dict[int, tuple[int, float]], roots: Iterable[int]) -> 
 def snapshot(extra_roots: Iterable[int] = ()) -> Snapshot:
     return Snapshot(
         time.monotonic(),
-        _busy_seconds(),
+        busy_seconds(),
         _tree_seconds(_processes(), [os.getpid(), *extra_roots]),
         _load(),
     )

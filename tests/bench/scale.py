@@ -14,7 +14,8 @@ Every run's command appends start and end lines to a ledger, as in the chaos har
 the workers are SIGKILLed at random moments and restarted.
 
 Measured: claim latency p50/p99 (the workers' orchd_claim_seconds histograms: the claim's
-transaction as the worker sees it) in the steady load and during the burst apart, the CPU each
+transaction as the worker sees it) in the steady load, during the burst and in the catch-up after
+it apart (the window opens once the fleet has settled after its start: see Settling), the CPU each
 kind of process used in each (and whether other processes used the machine meanwhile: the
 figures are then unreliable), schedule-to-start lag, runs/s steady and for the burst, the
 server's connections (all, orchd's, per worker) and transactions per second, lock waits
@@ -63,7 +64,7 @@ from orchd.durations import parse_duration
 from orchd.states import FINISHED, RunState
 from tests import netns
 from tests.bench.common import RESULTS, engine_for, percentile, rss_mb
-from tests.bench.quiet import QUIET_CORES, postmaster_pid
+from tests.bench.quiet import QUIET_CORES, busy_seconds, postmaster_pid
 from tests.bench.run import queue_runs
 from tests.chaos import checks
 from tests.chaos.checks import Job, Observed, Violation, read_ledger
@@ -80,6 +81,9 @@ MODES = ("pgbouncer", "poll", "direct")
 #: The server logs each statement slower than this (ms): the claim-latency target is 20 ms.
 SLOW_STATEMENT_MS = 15
 BURST = Job("burst", "1h", 0, 0, retries=0, outcome=S.COMPLETED)
+#: The machine counts as saturated with more than this share of its CPUs busy (the steady load
+#: keeps about half of two busy).
+SATURATED = 0.8
 
 
 @dataclass(frozen=True)
@@ -101,6 +105,26 @@ class Settings:
     seed: int | None = None
     results: Path | None = RESULTS / "scale.json"
     keep: bool = False
+
+
+class Settling:
+    """Is the fleet in its steady state again after a transient (its start, the burst)?  When no
+    run waits a second past its due time and the CPUs were not saturated at the last two looks
+    (a look every second or so).  Caught up alone was not enough: as the last of a hundred
+    workers came online the queue kept up, but the machine was still saturated by their start,
+    every claim took 200-500 ms, and the steady figures measured that for five seconds."""
+
+    def __init__(self, caught_up: Callable[[], bool]) -> None:
+        self.caught_up = caught_up
+        self.last = (time.monotonic(), busy_seconds())
+        self.calm = 0
+
+    def look(self) -> bool:
+        now, busy = time.monotonic(), busy_seconds()
+        cores = (busy - self.last[1]) / max(now - self.last[0], 1e-3)
+        self.last = (now, busy)
+        self.calm = self.calm + 1 if cores < SATURATED * (os.cpu_count() or 1) else 0
+        return self.calm >= 2 and self.caught_up()
 
 
 def mixed_jobs(total: int, fast: int, rng: random.Random) -> list[Job]:
@@ -515,6 +539,8 @@ class Scale:
             fleet.start(daemon)
         self._wait("every worker online", lambda: self._online() >= settings.workers, 900)
         self.figures["fleet start, all workers online (s)"] = round(time.monotonic() - began, 1)
+        self._wait("the fleet to settle", Settling(self._caught_up).look, 300)
+        self.figures["fleet start, settled (s)"] = round(time.monotonic() - began, 1)
         rss = [rss_mb(d.pid) for d in fleet.alive("worker") if d.pid is not None]
         self.figures["worker RSS median / max (MB)"] = [round(percentile(rss, 50)), round(max(rss))]
         self.say("fleet up: load begins")
@@ -556,8 +582,9 @@ class Scale:
         return [_since(x, y) for x, y in zip(a[1:], b[1:], strict=True)], _since(a[0], b[0])
 
     def _segments(self) -> dict[str, list[tuple[str, str]]]:
-        """The window's parts: the steady load (the window less the burst) and the burst, from
-        its queueing until its last run finished (or the window's end)."""
+        """The window's parts: the burst, from its queueing until its last run finished; the
+        catch-up, from then until the fleet settled (Settling: the runs the burst held back, a
+        machine still saturated); the steady load, the rest."""
         if "burst queued" not in self.marks:
             return {"steady (window)": [("window start", "window end")]}
         if "burst done" not in self.marks:
@@ -565,10 +592,15 @@ class Scale:
                 "steady (window less burst)": [("window start", "burst queued")],
                 "burst (queued -> window end)": [("burst queued", "window end")],
             }
-        return {
-            "steady (window less burst)": [("window start", "burst queued"), ("burst done", "window end")],
+        resumed = "settled" if "settled" in self.marks else "window end"
+        parts = {
+            "steady (window less burst and catch-up)": [("window start", "burst queued")],
             "burst (queued -> done)": [("burst queued", "burst done")],
+            f"catch-up (burst done -> {resumed})": [("burst done", resumed)],
         }
+        if resumed == "settled":
+            parts["steady (window less burst and catch-up)"].append(("settled", "window end"))
+        return parts
 
     def _load(self) -> None:
         """The window: the schedules run, the burst is queued half way, a tenth of the workers are
@@ -580,6 +612,7 @@ class Scale:
         kills = sorted((start + self.rng.uniform(0.1, 0.8) * settings.seconds, v) for v in victims)
         burst_at = start + settings.seconds / 2
         self.burst: tuple[datetime, float] | None = None
+        settling: Settling | None = None  # from the burst's end
         next_look = 0.0
         while (now := time.monotonic()) < end:
             fleet.tend()
@@ -603,6 +636,12 @@ class Scale:
                 if not self._count(runs.c.deployment_id == self._burst_id(), _open()):
                     self.say("burst done")
                     self._mark("burst done")
+                    settling = Settling(self._caught_up)
+            elif settling is not None and "settled" not in self.marks and now >= next_look:
+                next_look = now + 1.0
+                if settling.look():
+                    self.say("settled after the burst")
+                    self._mark("settled")
             time.sleep(0.1)
         self.fleet.start_all_stopped()
 
@@ -817,6 +856,11 @@ class Scale:
                     select(func.count()).select_from(workers).where(workers.c.status == "online")
                 ).scalar_one()
             )
+
+    def _caught_up(self) -> bool:
+        """No run waits to be claimed a second after it came due (see Settling)."""
+        late = datetime.now(UTC) - timedelta(seconds=1)
+        return not self._count(runs.c.state == S.SCHEDULED.value, runs.c.due_at < late)
 
     def _count(self, *conditions: Any) -> int:
         with self.store.read() as conn:
