@@ -46,10 +46,10 @@ def only_waiting(
     limits: Mapping[K, int], active: Mapping[K, int], overlap: Mapping[K, str] | None = None
 ) -> set[K]:
     """The pools (or deployments) at their limit whose due runs can only wait: no overlap policy
-    (``skip``, ``cancel_previous``) acts on them.  A claim leaves their runs out of the candidates
-    it reads, so a long backlog behind a full deployment or pool cannot fill the look-ahead and
-    hide the runs that could start (head-of-line blocking); ``admit`` still checks every limit
-    under the locks."""
+    (``skip``, ``cancel_previous``) acts on them.  A claim that finds their runs among its
+    candidates reads them again without them, so a long backlog behind a full deployment or pool
+    cannot fill the look-ahead and hide the runs that could start (head-of-line blocking);
+    ``admit`` still checks every limit under the locks."""
     return {
         key
         for key, limit in limits.items()

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import event, text
 from structlog.testing import capture_logs
 
 from orchd.config import Config, load_config
@@ -149,6 +149,37 @@ def test_free_slots_go_to_runs_that_may_run_however_long_the_blocked_backlog(
     other = store.create_run("other", T0 + timedelta(seconds=1))  # due later, lower priority
     claimed = store.claim("w", ["default", "narrow"], 4, T0 + timedelta(seconds=2), T0 + timedelta(minutes=1))
     assert [c.id for c in claimed] == [other]
+
+
+def test_a_claim_that_finds_no_due_run_reads_nothing_else(store: Store, make_config: MakeConfig) -> None:
+    """Most claims of a fleet find nothing (another worker took the run, or a freed slot finds
+    the queue empty): such a claim is one statement, the look for due runs; the limits' read of
+    the active runs (here: runs of a capped deployment and a limited pool) comes only when
+    there are candidates to admit."""
+    store.sync(make_config(COUNTED), T0)
+    for name in ("capped", "crowd"):
+        taken = [store.create_run(name, T0) for _ in range(2)]
+        claimed = store.claim(f"w-{name}", ["default", "narrow"], 2, T0, T0 + timedelta(minutes=1))
+        assert sorted(c.id for c in claimed) == taken
+    later = store.create_run("other", T0 + timedelta(minutes=5))  # queued, not due yet
+    seen: list[str] = []
+
+    def record(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+        seen.append(statement)
+
+    event.listen(store.engine, "before_cursor_execute", record)
+    try:
+        claimed = store.claim(
+            "w", ["default", "narrow"], 4, T0 + timedelta(seconds=1), T0 + timedelta(minutes=1)
+        )
+    finally:
+        event.remove(store.engine, "before_cursor_execute", record)
+    assert claimed == []
+    selects = [s for s in seen if s.lstrip().upper().startswith("SELECT")]
+    assert len(selects) == 1 and "runs.due_at <=" in selects[0], seen
+    assert [
+        c.id for c in store.claim("w", ["default"], 1, T0 + timedelta(minutes=5), T0 + timedelta(minutes=6))
+    ] == [later]
 
 
 # ---------------------------------------------------------------- B15: runs of an archived deployment

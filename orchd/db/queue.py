@@ -177,18 +177,23 @@ class Queue(Access):
             done = self._complete_in(conn, completed, worker, now)
             if limit <= 0:
                 return done, []
-            full_pools, full_deployments = self._only_waiting(conn, pool_names)
-            candidates = conn.execute(
-                _candidates(),
-                {
-                    "pools": [p for p in pool_names if p not in full_pools],
-                    "full_deployments": list(full_deployments),
-                    "now": due_by or now,
-                    "limit": candidates_for(limit),
-                },
-            ).all()
-            if not candidates:
+            look: dict[str, Any] = {
+                "pools": list(pool_names),
+                "full_deployments": [],
+                "now": due_by or now,
+                "limit": candidates_for(limit),
+            }
+            candidates = conn.execute(_candidates(), look).all()
+            if not candidates:  # most claims of a fleet (another took the run): one statement
                 return done, []
+            full_pools, full_deployments = self._only_waiting(conn, pool_names)
+            if any(c.pool in full_pools or c.deployment_id in full_deployments for c in candidates):
+                # their backlog may fill the look-ahead and hide the runs that could start
+                look["pools"] = [p for p in pool_names if p not in full_pools]
+                look["full_deployments"] = list(full_deployments)
+                candidates = conn.execute(_candidates(), look).all()
+                if not candidates:
+                    return done, []
             pool_caps = {c.pool: c.concurrency_limit for c in candidates if c.concurrency_limit}
             if pool_caps:  # only limited pools serialise their claimers, on their row: re-read it locked
                 locked = conn.execute(
@@ -259,9 +264,9 @@ class Queue(Access):
 
         Only active runs that a limit may count are read: those of a pool with a concurrency
         limit, and those of a deployment whose spec may cap its active runs (the spec decides,
-        below).  Reading every active run and every active
-        deployment's spec took three round trips and grew with the fleet: at a hundred busy
-        workers, half of each claim's time."""
+        below).  Reading every active run and every active deployment's spec took three round
+        trips and grew with the fleet: at a hundred busy workers, half of each claim's time.
+        Read only when the claim found candidates (most claims of a fleet find none)."""
         active = conn.execute(_limited_active(self._postgres), {"pools": list(pool_names)}).all()
         if not active:
             return set(), set()
