@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import event, text
+from sqlalchemy import Connection, event, text
 from structlog.testing import capture_logs
 
 from orchd.config import Config, load_config
@@ -153,33 +153,42 @@ def test_free_slots_go_to_runs_that_may_run_however_long_the_blocked_backlog(
 
 def test_a_claim_that_finds_no_due_run_reads_nothing_else(store: Store, make_config: MakeConfig) -> None:
     """Most claims of a fleet find nothing (another worker took the run, or a freed slot finds
-    the queue empty): such a claim is one statement, the look for due runs; the limits' read of
-    the active runs (here: runs of a capped deployment and a limited pool) comes only when
-    there are candidates to admit."""
+    the queue empty): such a claim is one statement, the look for due runs, and on PostgreSQL
+    outside any transaction (autocommit: no BEGIN, no COMMIT); the limits' read of the active
+    runs (here: runs of a capped deployment and a limited pool) comes only when there are
+    candidates.  A due run that another claim in flight holds counts as none; once it is let
+    go, it is claimed."""
     store.sync(make_config(COUNTED), T0)
     for name in ("capped", "crowd"):
         taken = [store.create_run(name, T0) for _ in range(2)]
         claimed = store.claim(f"w-{name}", ["default", "narrow"], 2, T0, T0 + timedelta(minutes=1))
         assert sorted(c.id for c in claimed) == taken
     later = store.create_run("other", T0 + timedelta(minutes=5))  # queued, not due yet
-    seen: list[str] = []
+    at = T0 + timedelta(minutes=5)
+    postgres = store.engine.dialect.name == "postgresql"
+    seen: list[tuple[str, bool]] = []
 
-    def record(_conn: object, _cursor: object, statement: str, *_: object) -> None:
-        seen.append(statement)
+    def record(conn: Connection, _cursor: object, statement: str, *_: object) -> None:
+        seen.append((statement, postgres and conn.connection.dbapi_connection.autocommit))  # type: ignore[union-attr]
 
     event.listen(store.engine, "before_cursor_execute", record)
     try:
         claimed = store.claim(
             "w", ["default", "narrow"], 4, T0 + timedelta(seconds=1), T0 + timedelta(minutes=1)
         )
+        assert claimed == []
+        statements = [statement for statement, _ in seen if statement != "BEGIN IMMEDIATE"]  # SQLite
+        assert len(statements) == 1 and "runs.due_at <=" in statements[0], statements
+        assert seen[-1][1] == postgres
+        if postgres:  # the run is held by another claim in flight: none is free
+            with store.engine.begin() as held:
+                held.execute(text("SELECT id FROM runs WHERE id = :id FOR UPDATE"), {"id": later})
+                seen.clear()
+                assert store.claim("w", ["default"], 1, at, at + timedelta(minutes=1)) == []
+                assert len(seen) == 1 and seen[0][1], seen
     finally:
         event.remove(store.engine, "before_cursor_execute", record)
-    assert claimed == []
-    selects = [s for s in seen if s.lstrip().upper().startswith("SELECT")]
-    assert len(selects) == 1 and "runs.due_at <=" in selects[0], seen
-    assert [
-        c.id for c in store.claim("w", ["default"], 1, T0 + timedelta(minutes=5), T0 + timedelta(minutes=6))
-    ] == [later]
+    assert [c.id for c in store.claim("w", ["default"], 1, at, at + timedelta(minutes=1))] == [later]
 
 
 # ---------------------------------------------------------------- B15: runs of an archived deployment

@@ -173,6 +173,8 @@ class Queue(Access):
         well and claims as many new ones in one write (a transaction fewer per turn of its loop,
         which at full speed is most of what it does).  Returns the runs recorded COMPLETED and
         the runs claimed."""
+        if self._postgres and not completed and limit > 0 and self._none_free(pool_names, due_by or now):
+            return [], []
         with self.write() as conn:
             done = self._complete_in(conn, completed, worker, now)
             if limit <= 0:
@@ -257,6 +259,16 @@ class Queue(Access):
                 for c in candidates
                 if c.id in ours
             ]
+
+    def _none_free(self, pool_names: Sequence[str], due_by: datetime) -> bool:
+        """PostgreSQL: is no run of these pools due by ``due_by`` and free (not held by a claim in
+        flight: SKIP LOCKED)?  One statement outside a transaction, asked before a claim that has
+        nothing to record: most claims of a fleet are workers arriving at a due time whose run
+        another worker's claim took, and each was a transaction of three round trips (BEGIN, the
+        look, COMMIT) that found nothing; this is one.  A "yes" is only a hint (the claim looks
+        again, under its locks); the look's row lock lasts only the statement."""
+        with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            return conn.execute(_free_due(), {"pools": list(pool_names), "now": due_by}).first() is None
 
     def _only_waiting(self, conn: Connection, pool_names: Sequence[str]) -> tuple[set[str], set[int]]:
         """The pools and deployments whose due runs a claim can only leave waiting now (at their
@@ -510,6 +522,21 @@ def _limited_active(grouped: bool) -> Select[Any]:
                 policy != "allow",
             )
         )
+    )
+
+
+@lru_cache(maxsize=1)
+def _free_due() -> Select[Any]:
+    """Queue._none_free's look (bound: ``pools``, ``now``): one due run no claim holds."""
+    return (
+        select(runs.c.id)
+        .where(
+            runs.c.state == S.SCHEDULED.value,
+            runs.c.pool.in_(bindparam("pools", expanding=True)),
+            runs.c.due_at <= bindparam("now", type_=runs.c.due_at.type),
+        )
+        .limit(1)
+        .with_for_update(skip_locked=True)
     )
 
 
