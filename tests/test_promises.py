@@ -156,8 +156,8 @@ def test_a_claim_that_finds_no_due_run_reads_nothing_else(store: Store, make_con
     the queue empty): such a claim is one statement, the look for due runs, and on PostgreSQL
     outside any transaction (autocommit: no BEGIN, no COMMIT); the limits' read of the active
     runs (here: runs of a capped deployment and a limited pool) comes only when there are
-    candidates.  A due run that another claim in flight holds counts as none; once it is let
-    go, it is claimed."""
+    candidates that a limit may turn away.  A due run that another claim in flight holds counts
+    as none; once it is let go, it is claimed."""
     store.sync(make_config(COUNTED), T0)
     for name in ("capped", "crowd"):
         taken = [store.create_run(name, T0) for _ in range(2)]
@@ -186,9 +186,11 @@ def test_a_claim_that_finds_no_due_run_reads_nothing_else(store: Store, make_con
                 seen.clear()
                 assert store.claim("w", ["default"], 1, at, at + timedelta(minutes=1)) == []
                 assert len(seen) == 1 and seen[0][1], seen
+        seen.clear()  # a run that no limit can turn away is claimed without the limits' read
+        assert [c.id for c in store.claim("w", ["default"], 1, at, at + timedelta(minutes=1))] == [later]
+        assert [s for s, _ in seen if "active.n" in s] == []
     finally:
         event.remove(store.engine, "before_cursor_execute", record)
-    assert [c.id for c in store.claim("w", ["default"], 1, at, at + timedelta(minutes=1))] == [later]
 
 
 # ---------------------------------------------------------------- B15: runs of an archived deployment

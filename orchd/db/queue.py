@@ -188,7 +188,9 @@ class Queue(Access):
             candidates = conn.execute(_candidates(), look).all()
             if not candidates:  # most claims of a fleet (another took the run): one statement
                 return done, []
-            full_pools, full_deployments = self._only_waiting(conn, pool_names)
+            # the limits' read only when a limit may turn a candidate away
+            limited = any(c.concurrency_limit or spec_of(c.spec).active_cap for c in candidates)
+            full_pools, full_deployments = self._only_waiting(conn, pool_names) if limited else (set(), set())
             if any(c.pool in full_pools or c.deployment_id in full_deployments for c in candidates):
                 # their backlog may fill the look-ahead and hide the runs that could start
                 look["pools"] = [p for p in pool_names if p not in full_pools]
@@ -278,7 +280,8 @@ class Queue(Access):
         limit, and those of a deployment whose spec may cap its active runs (the spec decides,
         below).  Reading every active run and every active deployment's spec took three round
         trips and grew with the fleet: at a hundred busy workers, half of each claim's time.
-        Read only when the claim found candidates (most claims of a fleet find none)."""
+        Read only when the claim found candidates (most claims of a fleet find none) and a limit
+        may turn one of them away."""
         active = conn.execute(_limited_active(self._postgres), {"pools": list(pool_names)}).all()
         if not active:
             return set(), set()
