@@ -539,6 +539,9 @@ class Scale:
             fleet.start(daemon)
         self._wait("every worker online", lambda: self._online() >= settings.workers, 900)
         self.figures["fleet start, all workers online (s)"] = round(time.monotonic() - began, 1)
+        self.unanswered = 0
+        self.marks: dict[str, Mark] = {}
+        self._mark("all online")
         self._wait("the fleet to settle", Settling(self._caught_up).look, 300)
         self.figures["fleet start, settled (s)"] = round(time.monotonic() - began, 1)
         rss = [rss_mb(d.pid) for d in fleet.alive("worker") if d.pid is not None]
@@ -546,8 +549,6 @@ class Scale:
         self.say("fleet up: load begins")
         sampler = Sampler(self.server, self.database, self.bouncer)
         sampler.start()
-        self.unanswered = 0
-        self.marks: dict[str, Mark] = {}
         self._mark("window start")  # the histograms count from here
         self.window = (datetime.now(UTC), datetime.now(UTC))
         self._load()
@@ -584,13 +585,20 @@ class Scale:
     def _segments(self) -> dict[str, list[tuple[str, str]]]:
         """The window's parts: the burst, from its queueing until its last run finished; the
         catch-up, from then until the fleet settled (Settling: the runs the burst held back, a
-        machine still saturated); the steady load, the rest."""
+        machine still saturated); the steady load, the rest.  And, for the whole picture, the
+        settling of the fleet's start (from all workers online until it settled, before the
+        window) and the whole window."""
+        context = {
+            "fleet start settling (all online -> window start)": [("all online", "window start")],
+            "whole window (steady, burst and catch-up)": [("window start", "window end")],
+        }
         if "burst queued" not in self.marks:
-            return {"steady (window)": [("window start", "window end")]}
+            return {"steady (window)": [("window start", "window end")], **context}
         if "burst done" not in self.marks:
             return {
                 "steady (window less burst)": [("window start", "burst queued")],
                 "burst (queued -> window end)": [("burst queued", "window end")],
+                **context,
             }
         resumed = "settled" if "settled" in self.marks else "window end"
         parts = {
@@ -600,7 +608,7 @@ class Scale:
         }
         if resumed == "settled":
             parts["steady (window less burst and catch-up)"].append(("settled", "window end"))
-        return parts
+        return {**parts, **context}
 
     def _load(self) -> None:
         """The window: the schedules run, the burst is queued half way, a tenth of the workers are
