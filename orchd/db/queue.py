@@ -26,6 +26,7 @@ from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import (
+    ColumnElement,
     Connection,
     Integer,
     Row,
@@ -531,15 +532,17 @@ def _limited_active(grouped: bool) -> Select[Any]:
 @lru_cache(maxsize=1)
 def _free_due() -> Select[Any]:
     """Queue._none_free's look (bound: ``pools``, ``now``): one due run no claim holds."""
+    return select(runs.c.id).where(*_due()).limit(1).with_for_update(skip_locked=True)
+
+
+def _due() -> tuple[ColumnElement[bool], ...]:
+    """A run a claim may take by its state and time (bound: ``pools``, ``now``): the same for
+    the claim's candidates and the look before it (Queue._none_free), which must never find none
+    where the claim would find some."""
     return (
-        select(runs.c.id)
-        .where(
-            runs.c.state == S.SCHEDULED.value,
-            runs.c.pool.in_(bindparam("pools", expanding=True)),
-            runs.c.due_at <= bindparam("now", type_=runs.c.due_at.type),
-        )
-        .limit(1)
-        .with_for_update(skip_locked=True)
+        runs.c.state == S.SCHEDULED.value,
+        runs.c.pool.in_(bindparam("pools", expanding=True)),
+        runs.c.due_at <= bindparam("now", type_=runs.c.due_at.type),
     )
 
 
@@ -571,9 +574,7 @@ def _candidates() -> Select[Any]:
         .outerjoin(pools, pools.c.name == runs.c.pool)
         .outerjoin(upstream, upstream.c.id == runs.c.upstream_run_id)
         .where(
-            runs.c.state == S.SCHEDULED.value,
-            runs.c.pool.in_(bindparam("pools", expanding=True)),
-            runs.c.due_at <= bindparam("now", type_=runs.c.due_at.type),
+            *_due(),
             or_(pools.c.paused.is_(None), pools.c.paused.is_(False)),
             runs.c.deployment_id.not_in(bindparam("full_deployments", expanding=True)),
             deployments.c.archived_at.is_(None),  # removed from the config: never started

@@ -86,8 +86,10 @@ def end_runs(
     for pgid in groups:
         with contextlib.suppress(OSError):
             os.killpg(pgid, signal.SIGKILL)
-    if proc is None or not wait:
-        return [] if proc is None else [proc]
+    if proc is None:
+        return []
+    if not wait:
+        return [proc]
     with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(timeout=120)
     return []
