@@ -36,7 +36,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.date import DateTrigger
-from dateutil.rrule import rrule, rrulestr
+from dateutil.rrule import MINUTELY, SECONDLY, rrule, rrulestr
 
 from orchd.durations import format_duration, parse_duration
 from orchd.limits import check_year, json_safe
@@ -395,15 +395,21 @@ def _build_rrule(text: str, zone: ZoneInfo, anchor: datetime | None) -> tuple[rr
         raise ValueError("expected a single RRULE (with an optional DTSTART line)")
     dtstart: datetime = check_year(rule._dtstart, "DTSTART")  # type: ignore[attr-defined]  # not in stubs
     count: int | None = rule._count  # type: ignore[attr-defined]
-    if count:
-        if count > MAX_COUNT:
-            raise ValueError(
-                f"expected COUNT of at most {MAX_COUNT} (use UNTIL for a longer rule), got {count}"
-            )
-        # the same rule ending at its last occurrence: it can then be iterated from any point
-        uncounted = rule.replace(count=None)
-        occurrences = list(itertools.islice(_bounded(uncounted, dtstart, None), count))
-        rule = uncounted.replace(until=occurrences[-1] if occurrences else dtstart - TICK)
+    if count and count > MAX_COUNT:
+        raise ValueError(f"expected COUNT of at most {MAX_COUNT} (use UNTIL for a longer rule), got {count}")
+    try:
+        if rule._freq in (MINUTELY, SECONDLY):  # type: ignore[attr-defined]
+            # dateutil finds such a rule empty only when it walks it (MINUTELY;INTERVAL=120;BYHOUR=3
+            # from midnight reaches even hours only): walked here for a day, it is refused with the
+            # config instead of failing every command and tick that asks for its next time
+            next(iter(_bounded(rule, dtstart, dtstart + _DAY)), None)
+        if count:
+            # the same rule ending at its last occurrence: it can then be iterated from any point
+            uncounted = rule.replace(count=None)
+            occurrences = list(itertools.islice(_bounded(uncounted, dtstart, None), count))
+            rule = uncounted.replace(until=occurrences[-1] if occurrences else dtstart - TICK)
+    except ValueError as exc:
+        raise ValueError(f"matches no time: {exc}") from None
     return rule, dtstart.tzinfo is None
 
 

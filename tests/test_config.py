@@ -564,6 +564,13 @@ BAD = {
         "deployments.a.schedules[0].rrule",
         "not an RFC 5545 rule",
     ),
+    "empty-rrule": Bad(  # every 120th minute from midnight: even hours only
+        DEPLOY
+        + 'schedules = [{ rrule = "FREQ=MINUTELY;INTERVAL=120;BYHOUR=3", anchor = 2026-01-01T00:00:00Z }]\n',
+        4,
+        "deployments.a.schedules[0].rrule",
+        "matches no time: Invalid combination of interval and byhour resulting in empty rule.",
+    ),
     "bad-jitter": Bad(
         DEPLOY + 'schedules = [{ interval = "5m", jitter = "a bit" }]\n',
         4,

@@ -96,7 +96,9 @@ def test_moving_dtstart_by_whole_periods_keeps_every_fire_time(
     freq: str, interval: int, extra: str, dtstart: datetime, periods: int, offset: timedelta, zone: str
 ) -> None:
     """The bounded rule finds what dateutil finds walking from DTSTART (checked where that walk
-    is short enough to run): DST, 29 February, the 31st, last Fridays and set positions included."""
+    is short enough to run): DST, 29 February, the 31st, last Fridays and set positions included.
+    A rule dateutil finds empty only on that walk (every 9th second from second 2 of the day,
+    BYMINUTE=0,30;BYSECOND=5) is refused by the config."""
     if "BYDAY=-1FR" in extra and freq not in ("MONTHLY", "YEARLY"):
         extra = ";BYDAY=FR"
     if "BYSETPOS" in extra and freq in ("HOURLY", "MINUTELY", "SECONDLY"):
@@ -110,7 +112,12 @@ def test_moving_dtstart_by_whole_periods_keeps_every_fire_time(
     if freq in ("MINUTELY", "SECONDLY"):
         step = 1 / (24 * 60) if freq == "MINUTELY" else 1 / 86400
     probe = rule._dtstart + timedelta(days=step * interval * periods) + offset  # type: ignore[attr-defined]
-    expected = rule.after(probe, inc=True)
+    try:
+        expected = rule.after(probe, inc=True)
+    except ValueError:
+        with pytest.raises(ValueError, match=r"^rrule: matches no time: "):
+            parse_schedule({"rrule": text})
+        return
     if expected is not None and expected.year - probe.year > RRULE_LOOKAHEAD_YEARS:
         expected = None
     assert _bounded(rule, probe, None).after(probe, inc=True) == expected, text

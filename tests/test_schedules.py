@@ -626,6 +626,17 @@ def test_key_differs_between_kinds() -> None:
         ({"cron": "* * * * *", "tz": "UTC"}, r"^tz: unknown schedule key \(expected one of active, anchor"),
         ({"rrule": "FREQ=DAILY"}, r"^rrule: needs a DTSTART"),
         ({"rrule": "FREQ=DAILY;BYHOUR=x", "anchor": "2026-01-01T00:00:00"}, r"^rrule: not an RFC 5545 rule"),
+        # rules dateutil finds empty only when it walks them: every 9th second from second 2 of the
+        # day (2 mod 9) reaches no 5th second of minute 0 or 30 (both 5 mod 9); every 120th minute
+        # from midnight reaches only even hours
+        (
+            {"rrule": "DTSTART:20260101T000002\nRRULE:FREQ=SECONDLY;INTERVAL=9;BYMINUTE=0,30;BYSECOND=5"},
+            r"^rrule: matches no time: Invalid combination of interval, byhour and byminute",
+        ),
+        (
+            {"rrule": "DTSTART:20260101T000000\nRRULE:FREQ=MINUTELY;INTERVAL=120;BYHOUR=3"},
+            r"^rrule: matches no time: Invalid combination of interval and byhour",
+        ),
         ({"interval": "5m", "jitter": "soon"}, r"^jitter: expected a duration"),
         ({"interval": "5m", "anchor": "yesterday"}, r"^anchor: expected an ISO 8601 date-time"),
         ({"interval": "5m", "anchor": 5}, r"^anchor: expected a date-time, got 5"),
