@@ -397,17 +397,18 @@ def _build_rrule(text: str, zone: ZoneInfo, anchor: datetime | None) -> tuple[rr
     count: int | None = rule._count  # type: ignore[attr-defined]
     if count and count > MAX_COUNT:
         raise ValueError(f"expected COUNT of at most {MAX_COUNT} (use UNTIL for a longer rule), got {count}")
+    # dateutil finds some MINUTELY and SECONDLY rules empty only when it walks them
+    # (MINUTELY;INTERVAL=120;BYHOUR=3 from midnight reaches even hours only): walked here, such a
+    # rule is refused with the config instead of failing every command and tick that asks for its
+    # next time
     try:
-        if rule._freq in (MINUTELY, SECONDLY):  # type: ignore[attr-defined]
-            # dateutil finds such a rule empty only when it walks it (MINUTELY;INTERVAL=120;BYHOUR=3
-            # from midnight reaches even hours only): walked here for a day, it is refused with the
-            # config instead of failing every command and tick that asks for its next time
-            next(iter(_bounded(rule, dtstart, dtstart + _DAY)), None)
         if count:
             # the same rule ending at its last occurrence: it can then be iterated from any point
             uncounted = rule.replace(count=None)
             occurrences = list(itertools.islice(_bounded(uncounted, dtstart, None), count))
             rule = uncounted.replace(until=occurrences[-1] if occurrences else dtstart - TICK)
+        elif rule._freq in (MINUTELY, SECONDLY):  # type: ignore[attr-defined]
+            next(iter(_bounded(rule, dtstart, dtstart + _DAY)), None)  # a day shows it
     except ValueError as exc:
         raise ValueError(f"matches no time: {exc}") from None
     return rule, dtstart.tzinfo is None

@@ -637,6 +637,10 @@ def test_key_differs_between_kinds() -> None:
             {"rrule": "DTSTART:20260101T000000\nRRULE:FREQ=MINUTELY;INTERVAL=120;BYHOUR=3"},
             r"^rrule: matches no time: Invalid combination of interval and byhour",
         ),
+        (
+            {"rrule": "DTSTART:20260101T000000\nRRULE:FREQ=MINUTELY;INTERVAL=120;BYHOUR=3;COUNT=5"},
+            r"^rrule: matches no time: Invalid combination of interval and byhour",
+        ),
         ({"interval": "5m", "jitter": "soon"}, r"^jitter: expected a duration"),
         ({"interval": "5m", "anchor": "yesterday"}, r"^anchor: expected an ISO 8601 date-time"),
         ({"interval": "5m", "anchor": 5}, r"^anchor: expected a date-time, got 5"),
