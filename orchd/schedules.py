@@ -36,7 +36,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.date import DateTrigger
-from dateutil.rrule import MINUTELY, SECONDLY, rrule, rrulestr
+from dateutil.rrule import HOURLY, MINUTELY, SECONDLY, rrule, rrulestr
 
 from orchd.durations import format_duration, parse_duration
 from orchd.limits import check_year, json_safe
@@ -394,9 +394,8 @@ def _build_rrule(text: str, zone: ZoneInfo, anchor: datetime | None) -> tuple[rr
     if not isinstance(rule, rrule):
         raise ValueError("expected a single RRULE (with an optional DTSTART line)")
     dtstart: datetime = check_year(rule._dtstart, "DTSTART")  # type: ignore[attr-defined]  # not in stubs
+    _check_parts(rule)
     count: int | None = rule._count  # type: ignore[attr-defined]
-    if count and count > MAX_COUNT:
-        raise ValueError(f"expected COUNT of at most {MAX_COUNT} (use UNTIL for a longer rule), got {count}")
     # dateutil finds some MINUTELY and SECONDLY rules empty only when it walks them
     # (MINUTELY;INTERVAL=120;BYHOUR=3 from midnight reaches even hours only): walked here, such a
     # rule is refused with the config instead of failing every command and tick that asks for its
@@ -412,6 +411,31 @@ def _build_rrule(text: str, zone: ZoneInfo, anchor: datetime | None) -> tuple[rr
     except ValueError as exc:
         raise ValueError(f"matches no time: {exc}") from None
     return rule, dtstart.tzinfo is None
+
+
+def _check_parts(rule: rrule) -> None:
+    """Refuse what dateutil builds but cannot iterate: INTERVAL=0 divides by zero, BYHOUR=25 or
+    BYSECOND=60 fail on the first walk, a COUNT is read as the rule ending at its last
+    occurrence (so with an UNTIL, which dateutil deprecates, or with none at COUNT=0, it would be
+    a rule with both), and BYSETPOS under a sub-daily FREQ picks from periods of an hour or less,
+    one at a time, with no skipping of days: a position no period has (FREQ=SECONDLY;BYSETPOS=2)
+    walks every second for a century."""
+    parts = vars(rule)
+    if parts["_interval"] < 1:
+        raise ValueError(f"expected INTERVAL of at least 1, got {parts['_interval']}")
+    count = parts["_count"]
+    if count is not None and parts["_until"] is not None:
+        raise ValueError("expected COUNT or UNTIL, not both (RFC 5545)")
+    if count is not None and count < 1:
+        raise ValueError(f"expected COUNT of at least 1, got {count}")
+    if count is not None and count > MAX_COUNT:
+        raise ValueError(f"expected COUNT of at most {MAX_COUNT} (use UNTIL for a longer rule), got {count}")
+    for name, top in (("hour", 23), ("minute", 59), ("second", 59)):
+        wrong = sorted(v for v in parts[f"_by{name}"] or () if not 0 <= v <= top)
+        if wrong:
+            raise ValueError(f"expected BY{name.upper()} from 0 to {top}, got {wrong[0]}")
+    if parts["_bysetpos"] and parts["_freq"] in (HOURLY, MINUTELY, SECONDLY):
+        raise ValueError("BYSETPOS needs FREQ=DAILY or longer (a set of positions within each day or more)")
 
 
 #: How far ahead an rrule is searched for its next fire time (a rule with none in that time is

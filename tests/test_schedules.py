@@ -641,6 +641,32 @@ def test_key_differs_between_kinds() -> None:
             {"rrule": "DTSTART:20260101T000000\nRRULE:FREQ=MINUTELY;INTERVAL=120;BYHOUR=3;COUNT=5"},
             r"^rrule: matches no time: Invalid combination of interval and byhour",
         ),
+        # what dateutil builds but cannot walk (a traceback, or a walk of every second for a century)
+        (
+            {"rrule": "DTSTART:20260101T000000\nRRULE:FREQ=DAILY;INTERVAL=0"},
+            r"^rrule: expected INTERVAL of at least 1, got 0",
+        ),
+        (
+            {"rrule": "DTSTART:20260101T000000\nRRULE:FREQ=DAILY;COUNT=0"},
+            r"^rrule: expected COUNT of at least 1, got 0",
+        ),
+        pytest.param(  # dateutil itself only warns (deprecated, to be an error)
+            {"rrule": "DTSTART:20260101T000000\nRRULE:FREQ=DAILY;COUNT=2;UNTIL=20270101T000000"},
+            r"^rrule: expected COUNT or UNTIL, not both",
+            marks=pytest.mark.filterwarnings("ignore:Using both 'count' and 'until':DeprecationWarning"),
+        ),
+        (
+            {"rrule": "DTSTART:20260101T000000\nRRULE:FREQ=MINUTELY;BYHOUR=25"},
+            r"^rrule: expected BYHOUR from 0 to 23, got 25",
+        ),
+        (
+            {"rrule": "DTSTART:20260101T000000\nRRULE:FREQ=HOURLY;BYSECOND=60"},
+            r"^rrule: expected BYSECOND from 0 to 59, got 60",
+        ),
+        (
+            {"rrule": "DTSTART:20260101T000000\nRRULE:FREQ=SECONDLY;BYSETPOS=2"},
+            r"^rrule: BYSETPOS needs FREQ=DAILY or longer",
+        ),
         ({"interval": "5m", "jitter": "soon"}, r"^jitter: expected a duration"),
         ({"interval": "5m", "anchor": "yesterday"}, r"^anchor: expected an ISO 8601 date-time"),
         ({"interval": "5m", "anchor": 5}, r"^anchor: expected a date-time, got 5"),
