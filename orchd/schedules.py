@@ -424,12 +424,15 @@ def _check_parts(rule: rrule) -> None:
     if parts["_interval"] < 1:
         raise ValueError(f"expected INTERVAL of at least 1, got {parts['_interval']}")
     count = parts["_count"]
-    if count is not None and parts["_until"] is not None:
-        raise ValueError("expected COUNT or UNTIL, not both (RFC 5545)")
-    if count is not None and count < 1:
-        raise ValueError(f"expected COUNT of at least 1, got {count}")
-    if count is not None and count > MAX_COUNT:
-        raise ValueError(f"expected COUNT of at most {MAX_COUNT} (use UNTIL for a longer rule), got {count}")
+    if count is not None:
+        if parts["_until"] is not None:
+            raise ValueError("expected COUNT or UNTIL, not both (RFC 5545)")
+        if count < 1:
+            raise ValueError(f"expected COUNT of at least 1, got {count}")
+        if count > MAX_COUNT:
+            raise ValueError(
+                f"expected COUNT of at most {MAX_COUNT} (use UNTIL for a longer rule), got {count}"
+            )
     for name, top in (("hour", 23), ("minute", 59), ("second", 59)):
         wrong = sorted(v for v in parts[f"_by{name}"] or () if not 0 <= v <= top)
         if wrong:

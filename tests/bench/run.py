@@ -590,7 +590,8 @@ def bench_cli(dbs: Databases, backend: str, tmp: Path, repeats: int) -> list[Fig
             )
     ls = [orchd, "run", "ls", "--config", str(config.path)]
     floor = [str(BIN / "python"), "-c", LIBRARY_FLOOR, url]
-    timed(ls), timed(floor)
+    for argv in (ls, floor):  # a first run writes the byte code, as on a user's machine
+        timed(argv)
     pairs = [(timed(floor), timed(ls)) for _ in range(repeats)]
     return [
         *figures,
